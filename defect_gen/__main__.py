@@ -1,0 +1,3 @@
+from defect_gen.cli import main
+
+raise SystemExit(main())

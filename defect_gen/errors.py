@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Anything a user can cause (a bad config key, a missing file, a checkpoint that does not fit)
+raises a `DefectGenError` whose message is one line naming the culprit and what was
+expected. `cli.main` prints that line and exits non-zero; everything else is a bug and keeps
+its traceback.
+"""
+
+
+class DefectGenError(Exception):
+    """Base class of errors caused by user input, shown as one line."""
+
+
+class ConfigError(DefectGenError):
+    """A config file, key or value is wrong."""
+
+
+class DataError(DefectGenError):
+    """A dataset file or folder is missing, unreadable or inconsistent."""
+
+
+class CheckpointError(DefectGenError):
+    """A checkpoint is missing, corrupt, unsafe, or does not fit the model."""
