@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from conftest import reference_file
+from defect_gen.gaussian_diffusion import GaussianDiffusion, cosine_betas, linear_betas
+from defect_gen.respace import space_timesteps, split_at, window, with_switch
+
+
+def test_cosine_schedule_matches_published():
+    ref = torch.load(reference_file("schedule_cosine_1000.pt"), weights_only=True)
+    betas = cosine_betas(1000)
+    diffusion = GaussianDiffusion(betas)
+    assert (betas.float() - ref["betas"]).abs().max() <= 1e-6
+    assert (diffusion.alphas_cumprod.float() - ref["alphas_cumprod"]).abs().max() <= 1e-6
+
+
+def test_linear_schedule_range():
+    b = linear_betas(1000)
+    assert b[0].item() == pytest.approx(1e-4) and b[-1].item() == pytest.approx(0.02)
+    assert linear_betas(500)[-1].item() == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("predict", ["x0", "eps", "v"])
+def test_parameterisations_recover_x0(predict):
+    d = GaussianDiffusion(cosine_betas(100), predict=predict)
+    x0, noise = torch.rand(3, 5, 4, 4) * 2 - 1, torch.randn(3, 5, 4, 4)
+    t = torch.tensor([0, 50, 99])
+    x_t = d.q_sample(x0, t, noise)
+    perfect = d.target(x0, noise, t)  # what a perfect network outputs
+    torch.testing.assert_close(d.x0_from_output(perfect, x_t, t), x0, atol=2e-4, rtol=0)
+
+
+def test_loss_is_zero_for_perfect_model_and_weights_mask():
+    d = GaussianDiffusion(cosine_betas(100), predict="x0", mask_loss_weight=3.0)
+    x0 = torch.zeros(2, 5, 4, 4)
+
+    class Const(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, x, t):
+            return torch.zeros_like(x) + self.value
+
+    t = torch.tensor([5, 60])
+    assert d.training_losses(Const(0.0), x0, t)["loss"].abs().max() == 0
+    out = d.training_losses(Const(1.0), x0, t)
+    # rgb and mask MSE are both 1; weighted mean over 3 RGB + 2 mask channels
+    assert out["loss"][0].item() == pytest.approx((3 * 1 + 3.0 * 2 * 1) / 5)
+
+
+def test_space_timesteps_and_switch():
+    assert space_timesteps(1000) == list(range(999, -1, -1))
+    ts = space_timesteps(1000, 50)
+    assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    with_s = with_switch(ts, 400, 1000)
+    assert 400 in with_s and len(with_s) == 51
+    large, small = split_at(with_s, 400)
+    assert min(large) == 400 and max(small) < 400
+    assert with_switch(ts, 0, 1000) == ts and with_switch(ts, 1000, 1000) == ts
+    assert window(1000, 0, None) == (0, 1000)
+    with pytest.raises(ValueError):
+        window(1000, 500, 400)

@@ -1,0 +1,94 @@
+"""Samplers and the two-stage hand-over, with stand-in denoisers that record what they see."""
+
+import pytest
+import torch
+
+from defect_gen.gaussian_diffusion import GaussianDiffusion, cosine_betas
+from defect_gen.respace import space_timesteps, split_at, with_switch
+from defect_gen.samplers import SAMPLERS, randn_rows, sample_ddim, sample_ddpm, two_stage_denoiser
+
+
+class Recorder:
+    """A stand-in network: predicts a fixed x0 and records every timestep it is called at."""
+
+    def __init__(self, x0_value: float):
+        self.value, self.seen = x0_value, []
+
+    def __call__(self, x, t):
+        self.seen.append(t)
+        return torch.full_like(x, self.value)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddpm", 50), ("ddim", 50), ("ddim", None)])
+@pytest.mark.parametrize("switch", [0, 1, 400, 999, 1000])
+def test_each_model_sees_only_its_own_timesteps(sampler, steps, switch):
+    diffusion = GaussianDiffusion(cosine_betas(1000))
+    large, small = Recorder(0.5), Recorder(-0.5)
+    timesteps = with_switch(space_timesteps(1000, steps), switch, 1000)
+    x = torch.randn(2, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = SAMPLERS[sampler](two_stage_denoiser(large, small, switch), x, timesteps, diffusion,
+                            generator=torch.Generator().manual_seed(1))
+    expect_large, expect_small = split_at(timesteps, switch)
+    assert large.seen == expect_large and small.seen == expect_small
+    assert all(t >= switch for t in large.seen) and all(t < switch for t in small.seen)
+    if switch > 0:  # the small model takes the same chain over, starting right below the switch
+        assert small.seen[0] == max(t for t in timesteps if t < switch)
+    if 0 < switch < 1000:
+        assert large.seen[-1] == switch
+    # the chain ends at the last model's x0 prediction (t = 0 step adds no noise)
+    last = small if switch > 0 else large
+    torch.testing.assert_close(out, torch.full_like(out, last.value), atol=1e-4, rtol=0)
+    n = len(timesteps)
+    assert n == (1000 if steps is None else 50 + (0 < switch < 1000 and switch not in space_timesteps(1000, steps)))
+
+
+def test_sampler_starts_from_given_xt_at_given_t():
+    diffusion = GaussianDiffusion(cosine_betas(1000))
+    rec = Recorder(0.25)
+    x = torch.randn(1, 5, 4, 4)
+    sample_ddim(rec, x, [300, 200, 100, 0], diffusion)
+    assert rec.seen == [300, 200, 100, 0]
+    with pytest.raises(ValueError):
+        sample_ddim(rec, x, [100, 300], diffusion)
+
+
+def test_ddim_eta0_deterministic_and_ddpm_noise_depends_on_seed():
+    diffusion = GaussianDiffusion(cosine_betas(100))
+    denoise = lambda x, t: x.clamp(-1, 1) * 0.9  # noqa: E731  a contracting stand-in
+    x = torch.randn(2, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    ts = space_timesteps(100, 10)
+    a = sample_ddim(denoise, x, ts, diffusion, eta=0.0)
+    b = sample_ddim(denoise, x, ts, diffusion, eta=0.0)
+    assert torch.equal(a, b)
+    c = sample_ddpm(denoise, x, ts, diffusion, generator=torch.Generator().manual_seed(1))
+    d = sample_ddpm(denoise, x, ts, diffusion, generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(c, d)
+
+
+def test_samplers_reproduce_gaussian_data_variance():
+    """For data ~ N(0, s^2) the exact x0 predictor is linear. With it, the full 1000-step chain
+    must reproduce the data variance (a check of the posterior coefficients and noise scale),
+    and ancestral DDPM must equal DDIM with eta = 1 step for step (same marginals, same noise)."""
+    diffusion = GaussianDiffusion(cosine_betas(1000))
+    s2 = 0.25
+
+    def exact_x0(x, t):
+        ab = diffusion.alpha_bar_at(t)
+        return x * (ab**0.5 * s2) / (ab * s2 + 1 - ab)
+
+    x = torch.randn(20000, 1, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = space_timesteps(1000)
+    ddpm = sample_ddpm(exact_x0, x, ts, diffusion, generator=torch.Generator().manual_seed(3))
+    ddim1 = sample_ddim(exact_x0, x, ts, diffusion, generator=torch.Generator().manual_seed(3), eta=1.0)
+    ddim0 = sample_ddim(exact_x0, x, ts, diffusion, eta=0.0)
+    torch.testing.assert_close(ddpm, ddim1, atol=1e-9, rtol=0)
+    assert ddpm.var().item() == pytest.approx(s2, rel=0.04)
+    assert ddim0.var().item() == pytest.approx(s2, rel=0.02)
+
+
+def test_per_row_generators_make_rows_independent_of_batch():
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    like = torch.empty(3, 2, 2)
+    batch = randn_rows(like, gens([7, 8, 9]))
+    alone = randn_rows(like[:1], gens([8]))
+    assert torch.equal(batch[1], alone[0])
