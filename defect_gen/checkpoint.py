@@ -1,0 +1,144 @@
+"""Checkpoints: one file per save, written atomically, loaded without running code.
+
+File format (a dict, `torch.save`d):
+
+    {"format": "defect-gen/1", "config": {...resolved config...}, "step": N,
+     "model": state_dict, "ema": {"<rate>": state_dict}, "optimizer": state_dict,
+     "scaler": state_dict | None, "rng": {...}}
+
+Files live in WORK_DIR/checkpoint/ as ckpt_<step>.pt beside a `latest` text file naming
+the newest one. A save goes to a temporary file, is fsync'ed, then renamed over the final
+name, and only then does `latest` move: a crash at any point leaves the previous latest
+intact. Loading always uses `torch.load(weights_only=True)`, which refuses pickles that
+would construct arbitrary objects or run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import torch
+
+from defect_gen.errors import CheckpointError
+
+FORMAT = "defect-gen/1"
+CKPT_DIR = "checkpoint"
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save to path via temp file + fsync + rename; the old file survives any failure."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
+        raise
+    _fsync_dir(directory)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: str, map_location="cpu") -> dict:
+    """Load any checkpoint safely; errors name the file and say what is wrong."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        raise CheckpointError(f"refused to load {path}: it holds objects other than tensors and plain data, "
+                              f"which could run code ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+def ckpt_dir(work_dir: str) -> str:
+    return os.path.join(work_dir, CKPT_DIR)
+
+
+def save_training(work_dir: str, state: dict, keep_last: int) -> str:
+    """Save a training checkpoint for state["step"], move `latest`, prune old ones."""
+    directory = ckpt_dir(work_dir)
+    name = f"ckpt_{state['step']:08d}.pt"
+    path = os.path.join(directory, name)
+    atomic_save({"format": FORMAT, **state}, path)
+    _atomic_write_text(os.path.join(directory, "latest"), name + "\n")
+    _fsync_dir(directory)
+    for old in list_checkpoints(work_dir)[:-keep_last]:
+        os.remove(old)
+    return path
+
+
+def list_checkpoints(work_dir: str) -> list[str]:
+    directory = ckpt_dir(work_dir)
+    if not os.path.isdir(directory):
+        return []
+    names = sorted(n for n in os.listdir(directory) if n.startswith("ckpt_") and n.endswith(".pt"))
+    return [os.path.join(directory, n) for n in names]
+
+
+def latest(work_dir: str) -> str | None:
+    """The checkpoint to resume from: the `latest` pointer, else the newest ckpt_*.pt."""
+    pointer = os.path.join(ckpt_dir(work_dir), "latest")
+    if os.path.isfile(pointer):
+        with open(pointer, encoding="utf-8") as f:
+            path = os.path.join(ckpt_dir(work_dir), f.read().strip())
+        if os.path.isfile(path):
+            return path
+    found = list_checkpoints(work_dir)
+    return found[-1] if found else None
+
+
+def resolve(path: str) -> str:
+    """Accept a checkpoint file or a work dir (then its latest checkpoint)."""
+    if os.path.isdir(path):
+        found = latest(path)
+        if found is None:
+            raise CheckpointError(f"no checkpoint in {ckpt_dir(path)} (train first, or pass a .pt file)")
+        return found
+    return path
+
+
+def ema_weights(ckpt: dict, path: str, raw: bool = False) -> dict:
+    """The weights to sample with: the (first) EMA unless `raw`."""
+    if raw or not ckpt.get("ema"):
+        if "model" not in ckpt:
+            raise CheckpointError(f"checkpoint {path} has no 'model' weights")
+        return ckpt["model"]
+    ema = ckpt["ema"]
+    return next(iter(ema.values())) if isinstance(ema, dict) and all(isinstance(v, dict) for v in ema.values()) else ema

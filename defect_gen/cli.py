@@ -1,0 +1,179 @@
+"""The `defect-gen` command: train, sample, info, make-demo-data.
+
+Only this module parses arguments. A `DefectGenError` (bad config, file, checkpoint, value)
+becomes one line on stderr and exit status 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from defect_gen.errors import DefectGenError
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one model (large- or small-RF, as its config says)")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--work_dir", required=True, help="run folder: config.yaml, checkpoint/, metrics.jsonl")
+    p.add_argument("--num_defect", type=int, default=None, help="number of defect classes (checked against data.classes)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.max_steps=500 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate image + mask pairs with the large and small models")
+    p.add_argument("--large_recep", help="large-RF checkpoint (.pt) or its run folder")
+    p.add_argument("--small_recep", help="small-RF checkpoint (.pt) or its run folder")
+    p.add_argument("--large_recep_config", help="config for a checkpoint without one inside (optional for ours)")
+    p.add_argument("--small_recep_config", help="config for a checkpoint without one inside (optional for ours)")
+    p.add_argument("--step_inference", type=int, required=True,
+                   help="switch step: large model for t >= S, small model for t < S (0 = large only, T = small only)")
+    p.add_argument("--num_defect", type=int, default=None, help="number of defect classes (checked against the checkpoints)")
+    p.add_argument("--sample_dir", required=True, help="output folder")
+    p.add_argument("--num_samples", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i")
+    p.add_argument("--steps", type=int, default=None, help="respace to N steps (default: all T)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--overwrite", action="store_true", help="replace pairs already in --sample_dir")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="receptive field, parameters and GFLOPs of a model config")
+    p.add_argument("--config", required=True)
+    p.add_argument("--num_defect", type=int, default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("make-demo-data", help="write the built-in procedural demo dataset (paired layout)")
+    p.add_argument("dir")
+    p.add_argument("--num_images", type=int, default=48)
+    p.add_argument("--image_size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="defect-gen", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_sample, _add_info, _add_demo):
+        add(sub)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from defect_gen import dist_util
+    from defect_gen.config import load_config, resolve_num_defect, to_yaml
+    from defect_gen.train_util import TrainLoop, resolve_device
+
+    cfg = resolve_num_defect(load_config(args.config, args.overrides), args.num_defect)
+    if args.dry_run:
+        print(to_yaml(cfg), end="")
+        return 0
+    device = resolve_device(cfg.train.device)
+    dinfo = dist_util.init(device.type)
+    if device.type == "cuda":
+        import torch
+
+        device = torch.device("cuda", dinfo.local_rank)
+    try:
+        path = TrainLoop(cfg, args.work_dir, device, progress=not args.no_progress).run()
+    finally:
+        dist_util.cleanup()
+    if dinfo.is_main:
+        print(f"checkpoint: {path}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from defect_gen.errors import ConfigError
+    from defect_gen.sample import SampleSettings, generate, load_model
+    from defect_gen.train_util import resolve_device
+
+    device = resolve_device(args.device)
+    large = load_model(args.large_recep, device, args.raw_weights) if args.large_recep else None
+    small = load_model(args.small_recep, device, args.raw_weights) if args.small_recep else None
+    if large is None and small is None:
+        raise ConfigError("give --large_recep and/or --small_recep")
+    for m in (large, small):
+        if m is not None and args.num_defect is not None and m.cfg.num_defect != args.num_defect:
+            raise ConfigError(f"--num_defect {args.num_defect} disagrees with {m.path}, "
+                              f"which was trained with {m.cfg.num_defect} defect classes")
+    for name in ("num_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    settings = SampleSettings(
+        sample_dir=args.sample_dir, step_inference=args.step_inference, num_samples=args.num_samples,
+        batch_size=args.batch_size, seed=args.seed, steps=args.steps, sampler=args.sampler, eta=args.eta,
+        overwrite=args.overwrite, raw_weights=args.raw_weights)
+    rows = generate(large, small, settings, device, progress=not args.no_progress)
+    print(f"{len(rows)} pairs in {args.sample_dir} (preview: {os.path.join(args.sample_dir, 'preview.png')})")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from defect_gen.config import load_config, resolve_num_defect
+    from defect_gen.unet import build_unet, num_channels, receptive_field
+
+    cfg = resolve_num_defect(load_config(args.config, args.overrides), args.num_defect)
+    model = build_unet(cfg.model, cfg.num_defect).eval()
+    size = cfg.model.image_size
+    x = torch.zeros(1, num_channels(cfg.num_defect), size, size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, torch.zeros(1, dtype=torch.long))
+    rf = receptive_field(cfg.model)
+    params = sum(p.numel() for p in model.parameters())
+    scope = "global (attention)" if rf.is_global else f"{rf.pixels} px"
+    print(f"config:           {args.config}")
+    print(f"image size:       {size} px, {cfg.num_defect} defect classes, {num_channels(cfg.num_defect)} channels")
+    print(f"receptive field:  {scope}; convolutions alone: {rf.conv_pixels} px "
+          f"= {rf.conv_pixels / size:.2f} x image side")
+    print(f"parameters:       {params / 1e6:.2f} M")
+    print(f"forward GFLOPs:   {counter.get_total_flops() / 1e9:.2f} per image")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from defect_gen.datasets.demo import make_demo_data
+
+    summary = make_demo_data(args.dir, num_images=args.num_images, image_size=args.image_size,
+                             seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {summary['num_images']} demo pairs to {args.dir}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "make-demo-data": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DefectGenError as exc:
+        if args.debug:
+            raise
+        print(f"defect-gen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"defect-gen {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Process-group set-up that works under torchrun, under mpiexec, or as a single process.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; those are the
+launcher's contract, not hidden switches. Under mpiexec (mpi4py installed) rank and size come
+from MPI and rank 0 broadcasts a free port, as guided-diffusion did. Otherwise: one process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mpi_env() -> tuple[int, int, int, str, int] | None:
+    """(rank, size, local_rank, master_addr, master_port) from MPI, or None if not under mpiexec."""
+    if not any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")):
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() == 1:
+        return None
+    addr = comm.bcast(socket.gethostbyname(socket.getfqdn()) if comm.Get_rank() == 0 else None, root=0)
+    port = comm.bcast(_free_port() if comm.Get_rank() == 0 else None, root=0)
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+    return comm.Get_rank(), comm.Get_size(), local, addr, port
+
+
+def init(device_type: str) -> DistInfo:
+    """Join (or skip) the process group; NCCL on CUDA, gloo on CPU."""
+    if dist.is_available() and dist.is_initialized():
+        return info()
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if device_type == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend, init_method="env://")
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+    mpi = _mpi_env()
+    if mpi is not None:
+        rank, size, local, addr, port = mpi
+        if device_type == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=size)
+        return DistInfo(rank, size, local)
+    return DistInfo()
+
+
+def info() -> DistInfo:
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
