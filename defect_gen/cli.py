@@ -99,11 +99,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    import torch
+
+    from defect_gen import dist_util
     from defect_gen.errors import ConfigError
     from defect_gen.sample import SampleSettings, generate, load_model
     from defect_gen.train_util import resolve_device
 
     device = resolve_device(args.device)
+    dinfo = dist_util.init(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", dinfo.local_rank)
     large = load_model(args.large_recep, device, args.raw_weights) if args.large_recep else None
     small = load_model(args.small_recep, device, args.raw_weights) if args.small_recep else None
     if large is None and small is None:
@@ -119,8 +125,14 @@ def cmd_sample(args) -> int:
         sample_dir=args.sample_dir, step_inference=args.step_inference, num_samples=args.num_samples,
         batch_size=args.batch_size, seed=args.seed, steps=args.steps, sampler=args.sampler, eta=args.eta,
         overwrite=args.overwrite, raw_weights=args.raw_weights)
-    rows = generate(large, small, settings, device, progress=not args.no_progress)
-    print(f"{len(rows)} pairs in {args.sample_dir} (preview: {os.path.join(args.sample_dir, 'preview.png')})")
+    try:
+        rows = generate(large, small, settings, device, progress=not args.no_progress)
+    finally:
+        dist_util.cleanup()
+    if dinfo.world_size > 1:
+        print(f"rank {dinfo.rank}: {len(rows)} pairs")
+    if dinfo.is_main:
+        print(f"{args.num_samples} pairs in {args.sample_dir} (preview: {os.path.join(args.sample_dir, 'preview.png')})")
     return 0
 
 

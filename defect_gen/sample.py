@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from defect_gen import checkpoint as ckpt_lib
+from defect_gen import dist_util
 from defect_gen.config import Config, from_dict
 from defect_gen.errors import ConfigError, DefectGenError
 from defect_gen.gaussian_diffusion import GaussianDiffusion
@@ -96,8 +97,15 @@ def _prepare_dir(sample_dir: str, overwrite: bool) -> None:
     if not overwrite and (os.path.exists(manifest) or (os.path.isdir(images) and os.listdir(images))):
         raise DefectGenError(f"{sample_dir} already holds generated pairs; pass --overwrite to replace them "
                              f"or choose another --sample_dir")
-    if overwrite and os.path.exists(manifest):
-        os.remove(manifest)
+    if overwrite:  # asked for explicitly: clear the previous run's pairs so none linger
+        for sub in ("images", "masks", "masks_color"):
+            folder = os.path.join(sample_dir, sub)
+            for name in os.listdir(folder) if os.path.isdir(folder) else []:
+                if name.endswith(".png"):
+                    os.remove(os.path.join(folder, name))
+        for name in ("manifest.jsonl", "preview.png"):
+            if os.path.exists(os.path.join(sample_dir, name)):
+                os.remove(os.path.join(sample_dir, name))
     for sub in ("images", "masks", "masks_color"):
         try:
             os.makedirs(os.path.join(sample_dir, sub), exist_ok=True)
@@ -136,15 +144,21 @@ def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSett
                           f"{'large' if large is None else 'small'}-RF model, which was not given")
     denoise = two_stage_denoiser(large and diffusion.denoiser(large.model),
                                  small and diffusion.denoiser(small.model), s.step_inference)
-    _prepare_dir(s.sample_dir, s.overwrite)
+    dinfo = dist_util.info()
+    if dinfo.is_main:
+        _prepare_dir(s.sample_dir, s.overwrite)
+    dist_util.barrier()
+    progress = progress and dinfo.is_main
+    # Under torchrun each rank takes a contiguous slice of the sample indices: no duplicate, no gap.
+    lo, hi = (s.num_samples * dinfo.rank) // dinfo.world_size, (s.num_samples * (dinfo.rank + 1)) // dinfo.world_size
     shape = (3 + cfg.num_defect + 1, cfg.model.image_size, cfg.model.image_size)
     rows, preview = [], []
     start = time.perf_counter()
     manifest = open(os.path.join(s.sample_dir, "manifest.jsonl"), "a", encoding="utf-8")
-    bar = tqdm(total=s.num_samples, desc="sampling", unit="pair", disable=not progress)
+    bar = tqdm(total=hi - lo, desc="sampling", unit="pair", disable=not progress)
     with manifest, bar, torch.inference_mode():
-        for first in range(0, s.num_samples, s.batch_size):
-            seeds = [s.seed + i for i in range(first, min(first + s.batch_size, s.num_samples))]
+        for first in range(lo, hi, s.batch_size):
+            seeds = [s.seed + i for i in range(first, min(first + s.batch_size, hi))]
             gens = [torch.Generator(device).manual_seed(seed) for seed in seeds]
             x = randn_rows(torch.empty((len(seeds), *shape), device=device), gens)
             x = SAMPLERS[s.sampler](denoise, x, timesteps, diffusion, generator=gens, eta=s.eta,
@@ -157,7 +171,8 @@ def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSett
                 if len(preview) < s.preview:
                     preview.append((rgb, index))
             bar.update(len(seeds))
-    if preview:
+    dist_util.barrier()
+    if preview and dinfo.is_main:
         save_pair_grid(os.path.join(s.sample_dir, "preview.png"), [p[0] for p in preview], [p[1] for p in preview])
     elapsed = time.perf_counter() - start
     if progress:
