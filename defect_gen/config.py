@@ -72,7 +72,9 @@ class TrainConfig:
     save_every: int = 1000
     keep_last: int = 3  # checkpoints kept in WORK_DIR/checkpoint
     log_every: int = 50
-    sample_every: int = 0  # write a sample grid from the EMA model every N steps; 0 = never
+    # Every N steps (and at the end) WORK_DIR/samples/step_N.png shows the EMA model's
+    # output over its timestep window (image | colour mask | overlay); 0 = never.
+    sample_every: int = 0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 

@@ -24,7 +24,10 @@ from defect_gen.config import Config, to_dict, to_yaml
 from defect_gen.datasets.dataset import DefectDataset
 from defect_gen.errors import CheckpointError, DefectGenError
 from defect_gen.gaussian_diffusion import GaussianDiffusion
-from defect_gen.respace import window
+from defect_gen.io import save_pair_grid
+from defect_gen.masks import image_to_uint8, mask_to_index, split_image_mask
+from defect_gen.respace import space_timesteps, window
+from defect_gen.samplers import sample_ddim
 from defect_gen.unet import build_unet
 
 
@@ -127,6 +130,34 @@ class TrainLoop:
         ema_p = list(self.ema.parameters())
         torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1.0 - self.cfg.train.ema_rate)
 
+    # -- preview grids -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def preview(self, n: int = 8, steps: int = 50) -> str:
+        """Grid of what the EMA model makes over its own timestep window [t_min, t_max).
+
+        A model trained on the whole range samples from pure noise; one trained on a window
+        that stops short of T (a small-RF model) starts from real pairs noised to t_max - 1,
+        exactly the kind of input it will get from the large model. The sampler's output after
+        the step at t_min is the model's x0 prediction there.
+        """
+        t_min, t_max = self.t_window
+        T = self.cfg.diffusion.num_timesteps
+        ts = [t for t in space_timesteps(T, steps) if t_min <= t < t_max] or [t_max - 1]
+        gen = torch.Generator(self.device).manual_seed(self.cfg.train.seed)
+        noise = torch.randn((n, *self.data.data.shape[1:]), generator=gen, device=self.device)
+        if ts[0] == T - 1:
+            x = noise
+        else:
+            real = self.data.data[:n].to(self.device)
+            noise = noise[: len(real)]
+            x = self.diffusion.q_sample(real, torch.full((len(real),), ts[0], device=self.device), noise)
+        out = sample_ddim(self.diffusion.denoiser(self.ema), x, ts, self.diffusion, eta=0.0)
+        image, mask = split_image_mask(out.float().cpu())
+        path = os.path.join(self.work_dir, "samples", f"step_{self.step:08d}.png")
+        save_pair_grid(path, list(image_to_uint8(image)), list(mask_to_index(mask).to(torch.uint8).numpy()))
+        return path
+
     # -- the loop --------------------------------------------------------------------------
 
     def _log(self, row: dict) -> None:
@@ -154,5 +185,8 @@ class TrainLoop:
                 tick, tick_step = now, self.step
             if self.step % tcfg.save_every == 0 or self.step == tcfg.max_steps:
                 last = self.save() or last
+            if tcfg.sample_every and self.dist.is_main and (
+                    self.step % tcfg.sample_every == 0 or self.step == tcfg.max_steps):
+                bar.set_postfix_str(f"preview {self.preview()}")
         bar.close()
         return last or ckpt_lib.latest(self.work_dir)

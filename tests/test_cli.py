@@ -27,6 +27,7 @@ def run(tmp_path_factory):
                 "--set", f"data.root={data}", "--no-progress", *TINY]
         if name == "large":
             args += ["--set", "model.channel_mult=[1,2]", "--set", "model.attention_downsample=[2]"]
+        args += ["--set", "train.sample_every=2"]
         assert main(args) == 0
     return root
 
@@ -41,6 +42,11 @@ def test_training_writes_config_metrics_and_checkpoints(run):
     assert state["step"] == 3 and state["format"] == ckpt_lib.FORMAT
     assert state["config"]["model"]["image_size"] == 32 and set(state) >= {"model", "ema", "optimizer", "rng"}
     assert not torch.equal(state["model"]["out.2.weight"], torch.zeros_like(state["model"]["out.2.weight"]))
+    # preview grids of the EMA model every 2 steps and at the end, for both window kinds
+    for name in ("large", "small"):
+        grids = sorted(p.name for p in (run / name / "samples").iterdir())
+        assert grids == ["step_00000002.png", "step_00000003.png"]
+        assert Image.open(run / name / "samples" / grids[-1]).size[0] > 128
 
 
 def test_rerun_resumes_from_latest(run, capsys):
