@@ -1,60 +1,253 @@
-"""In-memory few-shot dataset: decode every pair once, then serve random augmented batches.
+"""The training set: check the data, pick the few-shot subset, decode it once, serve batches.
 
-Few-shot sets are tens of images, so holding them as one tensor makes an epoch free of file
-I/O and decoding. Items are RGB in [-1, 1] stacked with the one-hot mask (background first).
+`DefectDataset` first runs the same check as `defect-gen data check` and refuses bad data
+with the same messages (or, with `data.skip_bad`, leaves the bad files out and lists them).
+It then selects the pairs to train on (`select_pairs`: a seeded few-shot subset, or all),
+and holds them in memory as uint8 tensors at `data.load_size` (default: the model's
+image size). Few-shot sets are tens of images, so an epoch does no file I/O or decoding,
+and uint8 storage keeps even a few thousand 256 px pairs within a few GB; a DataLoader
+with worker processes would only add start-up cost here. Batches are built on the fly:
+a random `image_size` crop (when `load_size` is larger), the one-hot mask (background
+first), then flips / 90-degree rotations applied identically to image and mask.
+
+The pairs chosen are written by `write_selection` (TrainLoop: WORK_DIR/selected_files.json),
+with the ones left over, so an experiment can be repeated (`data.selection_file`) and the
+rest kept for testing.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import random
+import sys
+from dataclasses import dataclass, field
+
+import blobfile as bf
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from defect_gen import dist_util
 from defect_gen.config import DataConfig
-from defect_gen.datasets.layouts import Record, find_records
+from defect_gen.datasets.check import PairStats, Report, check_dataset, read_pair
+from defect_gen.datasets.layouts import Problem
 from defect_gen.errors import DataError
-from defect_gen.io import read_image, read_mask
-from defect_gen.masks import stack_image_mask, uint8_to_image
+from defect_gen.masks import stack_image_mask
+
+# ---------------------------------------------------------------------------------------
+# Few-shot selection
 
 
-def _load_pair(rec: Record, size: int, num_defect: int) -> tuple[torch.Tensor, torch.Tensor]:
-    image, mask = read_image(rec.image), read_mask(rec.mask)
-    if image.shape[:2] != mask.shape[:2]:
-        raise DataError(f"mask {rec.mask} is {mask.shape[1]}x{mask.shape[0]} but its image {rec.image} "
-                        f"is {image.shape[1]}x{image.shape[0]}")
-    if mask.max() > num_defect:
-        raise DataError(f"mask {rec.mask} holds class value {int(mask.max())}, but data.classes lists only "
-                        f"{num_defect} classes (values 0..{num_defect} allowed)")
-    if image.shape[:2] != (size, size):
-        # Area-like resampling for the photo; nearest for the mask so classes stay exact.
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BOX if image.shape[0] > size
-                                                         else Image.BICUBIC))
-        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
-    return uint8_to_image(image), torch.from_numpy(mask.astype(np.int64))
+@dataclass
+class Selection:
+    train: list[PairStats]  # the pairs trained on, sorted by image path
+    rest: list[PairStats]  # good pairs not trained on (kept for testing)
+    how: str  # one line saying how `train` was chosen
+    skipped: list[Problem] = field(default_factory=list)  # bad files left out with data.skip_bad
+
+
+def _pick_per_class(pairs: list[PairStats], n: int, num_defect: int, rng: random.Random) -> list[PairStats]:
+    """About `n` images per class, rarest class first.
+
+    Images are shuffled once; each class, from the rarest, takes images containing it until
+    it has `n` (counting images an earlier class already took), so a multi-class image
+    counts for all its classes and rare classes get their share first.
+    """
+    order = list(pairs)
+    rng.shuffle(order)
+    by_class = {c: [p for p in order if c in p.class_pixels] for c in range(1, num_defect + 1)}
+    have = [0] * (num_defect + 1)
+    chosen: dict[str, PairStats] = {}
+    for c in sorted(by_class, key=lambda c: (len(by_class[c]), c)):
+        for pair in by_class[c]:
+            if have[c] >= n:
+                break
+            if pair.record.image not in chosen:
+                chosen[pair.record.image] = pair
+                for k in pair.classes:
+                    have[k] += 1
+    return list(chosen.values())
+
+
+def relative(path: str, root: str) -> str:
+    """`path` relative to the dataset root (selection files stay valid when the data moves)."""
+    prefix = root.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def _from_file(report: Report, path: str) -> list[PairStats]:
+    """The pairs named in an earlier run's selected_files.json."""
+    try:
+        with bf.BlobFile(path, "rb") as f:
+            wanted = [row["image"] for row in json.loads(f.read())["selected"]]
+    except FileNotFoundError:
+        raise DataError(f"data.selection_file {path}: file not found") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"data.selection_file {path}: not a selected_files.json "
+                        f"({type(exc).__name__}: {exc})") from None
+    by_path = {relative(p.record.image, report.cfg.root): p for p in report.pairs}
+    missing = [w for w in wanted if w not in by_path]
+    if missing:
+        raise DataError(f"data.selection_file {path} lists {len(missing)} images that are not good pairs under "
+                        f"{report.cfg.root}, e.g. {missing[0]}")
+    return [by_path[w] for w in wanted]
+
+
+def select_pairs(report: Report) -> Selection:
+    """The pairs to train on: data.selection_file, or a seeded few-shot pick, or all defect images.
+
+    Defect-free images (empty masks, good folders) join only as `data.good_share` of the
+    training set, drawn with the same seed.
+    """
+    cfg = report.cfg
+    rng = random.Random(cfg.selection_seed)
+    if cfg.selection_file:
+        train = _from_file(report, cfg.selection_file)
+        how = f"{len(train)} pairs listed in {cfg.selection_file}"
+    else:
+        defect = [p for p in report.pairs if p.class_pixels]
+        good = [p for p in report.pairs if not p.class_pixels]
+        n = cfg.num_images_per_class
+        train = _pick_per_class(defect, n, len(cfg.classes), rng) if n else defect
+        n_good = min(len(good), round(cfg.good_share / (1.0 - cfg.good_share) * len(train)))
+        train += rng.sample(good, n_good)
+        picked = f"{n} per class, seed {cfg.selection_seed}" if n else "all"
+        how = f"{len(train) - n_good} defect images ({picked}) + {n_good} of {len(good)} defect-free"
+    chosen = {p.record.image for p in train}
+    train.sort(key=lambda p: p.record.image)
+    return Selection(train, [p for p in report.pairs if p.record.image not in chosen], how)
+
+
+def write_selection(selection: Selection, cfg: DataConfig, path: str) -> None:
+    """Write the chosen and left-over pairs as JSON (paths relative to data.root)."""
+    names = ["background", *cfg.classes]
+
+    def row(p: PairStats) -> dict:
+        mask = relative(p.record.mask, cfg.root) if p.record.mask else None
+        return {"image": relative(p.record.image, cfg.root), "mask": mask, "classes": [names[c] for c in p.classes]}
+
+    doc = {"root": cfg.root, "layout": cfg.layout, "how": selection.how,
+           "num_images_per_class": cfg.num_images_per_class, "good_share": cfg.good_share,
+           "selection_seed": cfg.selection_seed, "selected": [row(p) for p in selection.train],
+           "rest": [row(p) for p in selection.rest],
+           "skipped": [{"path": p.path, "problem": p.message} for p in selection.skipped]}
+    parent = bf.dirname(path)
+    if parent:
+        bf.makedirs(parent)
+    with bf.BlobFile(path, "wb") as f:
+        f.write((json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------------------
+# Refusing bad data
+
+
+def _stderr(line: str) -> None:
+    if dist_util.info().is_main:  # one copy of each message, not one per rank
+        print(line, file=sys.stderr)
+
+
+def refuse_or_skip(report: Report, log=_stderr) -> list[Problem]:
+    """Raise on bad data (after logging every problem), or return the problems skipped."""
+    problems, cfg = report.problems, report.cfg
+    if not problems:
+        return []
+    if cfg.skip_bad and not report.refusable:
+        log(f"data.skip_bad: {len(problems)} problem(s) found; leaving out {len(report.bad)} bad pair(s):")
+        for p in problems:
+            log(f"  {p.message}")
+        return list(problems)
+    for p in problems:
+        log(p.message)
+    if report.refusable:  # name the problem that skipping cannot fix
+        first, fix = next(p for p in problems if not p.skippable), "data.skip_bad cannot skip this"
+    else:
+        first, fix = problems[0], "fix them, or set data.skip_bad: true to leave the bad files out"
+    count = f"{len(problems)} problems (listed above), e.g." if len(problems) > 1 else "1 problem:"
+    raise DataError(f"refusing to train on {cfg.root}: {count} {first.message}; {fix}")
+
+
+# ---------------------------------------------------------------------------------------
+# The dataset
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: int, resample: str) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to size x size: area (box) or bicubic for the photo, nearest for the mask."""
+    if image.shape[:2] == (size, size):
+        return image, mask
+    shrinking = min(image.shape[:2]) >= size
+    method = Image.BOX if resample == "area" and shrinking else Image.BICUBIC
+    image = np.asarray(Image.fromarray(image).resize((size, size), method))
+    mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))  # classes stay exact
+    return image, mask
 
 
 class DefectDataset:
-    """All pairs of a dataset as one (N, 3 + K + 1, S, S) float tensor."""
+    """The selected pairs in memory: `images` (N, 3, L, L) and `masks` (N, L, L) uint8."""
 
-    def __init__(self, cfg: DataConfig, image_size: int, progress: bool = True):
-        self.cfg = cfg
+    def __init__(self, cfg: DataConfig, image_size: int, progress: bool = True, log=_stderr):
+        self.cfg, self.image_size = cfg, image_size
         self.num_defect = len(cfg.classes)
-        self.records = find_records(cfg.root, cfg.layout)
-        images, masks = [], []
+        self.load_size = cfg.load_size or image_size
+        cache: dict = {}
+
+        def keep(rec, image, mask) -> None:
+            # Without a few-shot pick every defect image is used: keep it now, decode once.
+            if mask.any() or cfg.good_share > 0:
+                cache[rec] = resize_pair(image, mask, self.load_size, cfg.resize)
+
+        selects = cfg.num_images_per_class is not None or cfg.selection_file
+        report = check_dataset(cfg, on_pair=None if selects else keep, progress=progress)
+        skipped = refuse_or_skip(report, log)
+        self.selection = select_pairs(report)
+        self.selection.skipped = skipped
+        self.records = [p.record for p in self.selection.train]
+        if not self.records:
+            raise DataError(f"no pairs to train on in {cfg.root}: {self.selection.how}")
+        log(f"data: {len(self.records)} pairs from {cfg.root}: {self.selection.how}"
+            + (f"; {len(report.notes)} notes, see `defect-gen data check`" if report.notes else ""))
+        pairs = []
         for rec in tqdm(self.records, desc="loading data", disable=not progress, leave=False):
-            img, mask = _load_pair(rec, image_size, self.num_defect)
-            images.append(img)
-            masks.append(mask)
-        self.data = stack_image_mask(torch.stack(images), torch.stack(masks), self.num_defect)
+            pair = cache.get(rec)
+            pairs.append(pair if pair is not None else
+                         resize_pair(*read_pair(rec, cfg, report.kind), self.load_size, cfg.resize))
+        self.images = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous()
+        self.masks = torch.from_numpy(np.stack([p[1] for p in pairs]))
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.images)
+
+    def write_selection(self, path: str) -> None:
+        """Write the chosen pairs (and the rest) to `path`, e.g. WORK_DIR/selected_files.json."""
+        write_selection(self.selection, self.cfg, path)
+
+    def _stack(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, 3, S, S) + masks (B, S, S) -> (B, 3 + K + 1, S, S) float."""
+        return stack_image_mask(images.float() / 127.5 - 1.0, masks.long(), self.num_defect)
+
+    @functools.cached_property
+    def data(self) -> torch.Tensor:
+        """Every pair as one (N, 3 + K + 1, S, S) float tensor (centre crops when load_size > S)."""
+        start = (self.load_size - self.image_size) // 2
+        crop = slice(start, start + self.image_size)
+        return self._stack(self.images[..., crop, crop], self.masks[..., crop, crop])
 
     def batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """A random batch (with replacement across calls), augmented identically for image and mask."""
-        idx = torch.randint(len(self.data), (batch_size,), generator=generator)
-        return augment(self.data[idx], self.cfg, generator)
+        idx = torch.randint(len(self.images), (batch_size,), generator=generator)
+        images, masks = self.images[idx], self.masks[idx]
+        if self.load_size > self.image_size:
+            images, masks = self._random_crop(images, masks, generator)
+        return augment(self._stack(images, masks), self.cfg, generator)
+
+    def _random_crop(self, images, masks, generator):
+        s = self.image_size
+        offsets = torch.randint(self.load_size - s + 1, (len(images), 2), generator=generator).tolist()
+        images = torch.stack([im[:, y:y + s, x:x + s] for im, (y, x) in zip(images, offsets)])
+        masks = torch.stack([m[y:y + s, x:x + s] for m, (y, x) in zip(masks, offsets)])
+        return images, masks
 
 
 def augment(x: torch.Tensor, cfg: DataConfig, generator: torch.Generator) -> torch.Tensor:
