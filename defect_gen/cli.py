@@ -26,22 +26,39 @@ def _add_train(sub) -> None:
 
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate image + mask pairs with the large and small models")
-    p.add_argument("--large_recep", help="large-RF checkpoint (.pt) or its run folder")
-    p.add_argument("--small_recep", help="small-RF checkpoint (.pt) or its run folder")
-    p.add_argument("--large_recep_config", help="config for a checkpoint without one inside (optional for ours)")
-    p.add_argument("--small_recep_config", help="config for a checkpoint without one inside (optional for ours)")
+    p.add_argument("--large_recep", help="large-RF checkpoint (.pt) or its run folder; ours or the published one")
+    p.add_argument("--small_recep", help="small-RF checkpoint (.pt) or its run folder; ours or the published one")
+    p.add_argument("--large_recep_config", help="YAML for a published checkpoint (optional for ours, which carry one)")
+    p.add_argument("--small_recep_config", help="YAML for a published checkpoint (optional for ours, which carry one)")
     p.add_argument("--step_inference", type=int, required=True,
                    help="switch step: large model for t >= S, small model for t < S (0 = large only, T = small only)")
     p.add_argument("--num_defect", type=int, default=None, help="number of defect classes (checked against the checkpoints)")
     p.add_argument("--sample_dir", required=True, help="output folder")
-    p.add_argument("--num_samples", type=int, default=16)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i")
+    p.add_argument("--num_samples", type=int, default=None,
+                   help="pairs to write (default: one per --mask file, else one per --good image, else 16)")
+    p.add_argument("--batch_size", default="auto", help="pairs per batch, or auto: sized to GPU memory (8 on CPU)")
+    p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i (retries: + num_samples each)")
     p.add_argument("--steps", type=int, default=None, help="respace to N steps (default: all T)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
-    p.add_argument("--overwrite", action="store_true", help="replace pairs already in --sample_dir")
+    g = p.add_argument_group("control")
+    g.add_argument("--classes", default="", help="comma-separated classes (names or 1..K) every pair must contain; "
+                   "rejection sampling")
+    g.add_argument("--max-tries", type=int, default=20, help="candidates per pair before it is given up (--classes)")
+    g.add_argument("--mask", dest="mask_dir", help="folder of class-index masks: generate an image for each")
+    g.add_argument("--good", dest="good_dir", help="folder of defect-free images to paint defects into")
+    g.add_argument("--place", choices=["as-is", "random"], default=None,
+                   help="where masks go (default: random for --good without --mask, else as-is)")
+    g.add_argument("--resample", type=int, default=1, help="RePaint: denoise each stretch this many times")
+    g.add_argument("--jump", type=int, default=10, help="RePaint: steps jumped back up per resampling")
+    g = p.add_argument_group("output")
+    g.add_argument("--min-defect-pixels", type=int, default=0, help="drop defect regions smaller than this")
+    g.add_argument("--keep-empty", action="store_true", help="also write pairs whose mask has no defect")
+    g.add_argument("--layout", choices=["paired", "mvtec", "defect_spectrum"], default="paired",
+                   help="folder structure of the pairs (reads back with the same data.layout)")
+    g.add_argument("--overwrite", action="store_true", help="replace the pairs a previous run wrote to --sample_dir")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on CUDA")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
@@ -62,11 +79,29 @@ def _add_demo(sub) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write an EMA-only checkpoint for inference (no optimizer state)")
+    p.add_argument("src", help="training checkpoint (.pt) or run folder (its latest checkpoint)")
+    p.add_argument("--out", required=True, help="output .pt (never overwritten)")
+    p.add_argument("--rate", default=None, help="which EMA (default: train.ema_rate)")
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="dataset tools: `data check` validates a dataset before training")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    c = data_sub.add_parser("check", help="per-class counts, defect-pixel shares, image sizes and every problem")
+    c.add_argument("--config", required=True, help="YAML config whose data section to check")
+    c.add_argument("--num_defect", type=int, default=None, help="number of defect classes (checked against data.classes)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set data.root=DIR (repeatable)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="defect-gen", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_sample, _add_info, _add_demo):
+    for add in (_add_train, _add_sample, _add_info, _add_demo, _add_export, _add_data):
         add(sub)
     return parser
 
@@ -103,36 +138,50 @@ def cmd_sample(args) -> int:
 
     from defect_gen import dist_util
     from defect_gen.errors import ConfigError
-    from defect_gen.sample import SampleSettings, generate, load_model
+    from defect_gen.sample import SampleSettings, check_settings, generate, load_model
     from defect_gen.train_util import resolve_device
 
+    if args.batch_size != "auto" and not args.batch_size.isdigit():
+        raise ConfigError(f"--batch_size must be a positive integer or auto, got {args.batch_size!r}")
+    settings = SampleSettings(
+        sample_dir=args.sample_dir, step_inference=args.step_inference, num_samples=args.num_samples,
+        batch_size=None if args.batch_size == "auto" else int(args.batch_size), seed=args.seed, steps=args.steps,
+        sampler=args.sampler, eta=args.eta, overwrite=args.overwrite, raw_weights=args.raw_weights,
+        classes=[c.strip() for c in args.classes.split(",") if c.strip()], max_tries=args.max_tries,
+        mask_dir=args.mask_dir, good_dir=args.good_dir, place=args.place, resample=args.resample,
+        jump_length=args.jump, min_defect_pixels=args.min_defect_pixels, keep_empty=args.keep_empty,
+        layout=args.layout, precision=args.precision)
+    check_settings(settings)
     device = resolve_device(args.device)
     dinfo = dist_util.init(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", dinfo.local_rank)
-    large = load_model(args.large_recep, device, args.raw_weights) if args.large_recep else None
-    small = load_model(args.small_recep, device, args.raw_weights) if args.small_recep else None
+    large = small = None
+    if args.large_recep:
+        large = load_model(args.large_recep, device, args.raw_weights, args.large_recep_config, "--large_recep_config")
+    if args.small_recep:
+        small = load_model(args.small_recep, device, args.raw_weights, args.small_recep_config, "--small_recep_config")
     if large is None and small is None:
         raise ConfigError("give --large_recep and/or --small_recep")
     for m in (large, small):
         if m is not None and args.num_defect is not None and m.cfg.num_defect != args.num_defect:
             raise ConfigError(f"--num_defect {args.num_defect} disagrees with {m.path}, "
                               f"which was trained with {m.cfg.num_defect} defect classes")
-    for name in ("num_samples", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    settings = SampleSettings(
-        sample_dir=args.sample_dir, step_inference=args.step_inference, num_samples=args.num_samples,
-        batch_size=args.batch_size, seed=args.seed, steps=args.steps, sampler=args.sampler, eta=args.eta,
-        overwrite=args.overwrite, raw_weights=args.raw_weights)
     try:
-        rows = generate(large, small, settings, device, progress=not args.no_progress)
+        summary = generate(large, small, settings, device, progress=not args.no_progress)
     finally:
         dist_util.cleanup()
     if dinfo.world_size > 1:
-        print(f"rank {dinfo.rank}: {len(rows)} pairs")
+        print(f"rank {dinfo.rank}: {len(summary.rows)} pairs")
     if dinfo.is_main:
-        print(f"{args.num_samples} pairs in {args.sample_dir} (preview: {os.path.join(args.sample_dir, 'preview.png')})")
+        rate = summary.pairs / max(summary.seconds, 1e-9)
+        print(f"{summary.pairs} pairs in {args.sample_dir} in {summary.seconds:.1f} s ({rate:.2f} pairs/s, "
+              f"{summary.steps}); preview: {os.path.join(args.sample_dir, 'preview.png')}")
+        if summary.tries != summary.pairs or summary.failed:
+            print(f"acceptance: {summary.pairs} of {summary.tries} candidates kept ({summary.acceptance:.1%})")
+        if summary.failed:
+            print(f"warning: {summary.failed} pairs had no accepted candidate in --max-tries {settings.max_tries}; "
+                  f"their names are missing (raise --max-tries or relax --classes)", file=sys.stderr)
     return 0
 
 
@@ -170,7 +219,31 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "make-demo-data": cmd_demo}
+def cmd_export(args) -> int:
+    from defect_gen.checkpoint import export_ema
+
+    print(f"wrote {export_ema(args.src, args.out, args.rate)}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    """`data check`: print the report; exit 1 when it found problems (training would refuse)."""
+    from defect_gen.config import load_config, resolve_num_defect
+    from defect_gen.datasets.check import check_dataset, format_report
+    from defect_gen.datasets.dataset import select_pairs
+
+    cfg = resolve_num_defect(load_config(args.config, args.overrides), args.num_defect)
+    report = check_dataset(cfg.data, progress=not args.no_progress)
+    for line in format_report(report):
+        print(line)
+    if report.pairs and not report.refusable:
+        suffix = " (after leaving out the bad pairs, as data.skip_bad would)" if report.problems else ""
+        print(f"training set: {select_pairs(report).how}{suffix}")
+    return 1 if report.problems else 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "make-demo-data": cmd_demo,
+            "export": cmd_export, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

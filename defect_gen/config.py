@@ -50,11 +50,34 @@ class DiffusionConfig:
     t_max: typing.Optional[int] = None  # None = num_timesteps
 
 
+# The dataset layouts `defect_gen.datasets.layouts` reads (README "Data layouts" shows each).
+DATA_LAYOUTS = ("paired", "mvtec", "defect_spectrum", "official", "class_folders")
+
+
 @dataclass
 class DataConfig:
-    root: str = ""
-    layout: str = "paired"  # images/<stem>.<ext> + masks/<stem>.png class-index masks
+    """Where the pairs are, how their masks encode classes, which few are used, how they are prepared."""
+
+    root: str = ""  # a local folder or a gs:// / az:// URL
+    layout: str = "paired"  # paired | mvtec | defect_spectrum | official | class_folders
     classes: list[str] = field(default_factory=list)  # defect class names, in mask-index order
+    # mvtec / class_folders: class of each defect folder; unlisted folders must be named as a class.
+    folder_classes: dict[str, str] = field(default_factory=dict)
+    good_folders: list[str] = field(default_factory=lambda: ["good"])  # folders of defect-free images
+    categories: list[str] = field(default_factory=list)  # defect_spectrum: ROOT/<category> to read; [] = all
+    # Colour masks: class name -> [r, g, b]; black is background (or give "background" a colour).
+    palette: dict[str, list[int]] = field(default_factory=dict)
+    # auto: binary for mvtec / class_folders, class indices otherwise; binary elsewhere needs one class.
+    mask_type: str = "auto"  # auto | index | binary
+    mask_threshold: int = 128  # binary masks: pixels >= this are defect (masks are rarely exactly 0/255)
+    # Few-shot selection: this many images per class (seeded, rarest class first); null = all.
+    num_images_per_class: typing.Optional[int] = None
+    good_share: float = 0.0  # share of the training set that is defect-free images, in [0, 1)
+    selection_seed: int = 0
+    selection_file: typing.Optional[str] = None  # reuse a run's selected_files.json instead of selecting
+    skip_bad: bool = False  # skip (and list) bad files instead of refusing to train
+    resize: str = "area"  # image resampling: area (box when shrinking, bicubic when enlarging) | bicubic
+    load_size: typing.Optional[int] = None  # resize to this, then take random image_size crops
     hflip: bool = True
     vflip: bool = False
     rot90: bool = False
@@ -68,7 +91,14 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     max_steps: int = 10000
-    ema_rate: float = 0.9999
+    ema_rate: float = 0.9999  # the EMA that sampling uses
+    extra_ema_rates: list[float] = field(default_factory=list)  # more EMAs kept in checkpoints
+    # Split each batch into chunks of this size (gradient accumulation); 0 = the whole batch.
+    # The result does not depend on it: the batch, timesteps and noise are drawn first.
+    microbatch: int = 0
+    precision: str = "auto"  # auto (bf16 on CUDA where supported, else fp32) | fp32 | bf16 | fp16
+    channels_last: bool = True  # memory format on CUDA (faster convolutions); ignored on CPU
+    compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
     save_every: int = 1000
     keep_last: int = 3  # checkpoints kept in WORK_DIR/checkpoint
     log_every: int = 50
@@ -99,6 +129,9 @@ def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        return f"mapping of {_type_name(key_tp)} to {_type_name(value_tp)}"
     if origin is typing.Union:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " or null"
     return tp.__name__
@@ -117,6 +150,8 @@ def _coerce(value, tp, key: str):
             raise ConfigError(f"config key '{key}': expected a {_type_name(tp)}, got {value!r}")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        return _coerce_dict(value, tp, key)
     ok = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -126,6 +161,19 @@ def _coerce(value, tp, key: str):
     if not ok:
         raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     return float(value) if tp is float else value
+
+
+def _coerce_dict(value, tp, key: str) -> dict:
+    """A mapping with string keys (YAML may read `1:` or `yes:` as other types: name the key)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key '{key}': expected a {_type_name(tp)}, got {value!r}")
+    _, value_tp = typing.get_args(tp)
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"config key '{key}': key {k!r} is not a string; quote it in the YAML")
+        out[k] = _coerce(v, value_tp, f"{key}.{k}")
+    return out
 
 
 def _build(cls, data, prefix: str):
@@ -149,6 +197,55 @@ def _build(cls, data, prefix: str):
 def _positive(key: str, value) -> None:
     if value <= 0:
         raise ConfigError(f"config key '{key}': must be > 0, got {value}")
+
+
+def _choice(key: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}': expected one of {', '.join(allowed)}, got {value!r}")
+
+
+def _validate_data_values(cfg: Config) -> None:
+    """The data section's single values (layout, mask type, selection sizes, load size)."""
+    d = cfg.data
+    _choice("data.layout", d.layout, DATA_LAYOUTS)
+    _choice("data.mask_type", d.mask_type, ("auto", "index", "binary"))
+    _choice("data.resize", d.resize, ("area", "bicubic"))
+    if not 1 <= d.mask_threshold <= 255:
+        raise ConfigError(f"config key 'data.mask_threshold': expected 1..255, got {d.mask_threshold}")
+    if d.num_images_per_class is not None:
+        _positive("data.num_images_per_class", d.num_images_per_class)
+    if not 0.0 <= d.good_share < 1.0:
+        raise ConfigError(f"config key 'data.good_share': expected a value in [0, 1), got {d.good_share}")
+    if d.load_size is not None and d.load_size < cfg.model.image_size:
+        raise ConfigError(f"config key 'data.load_size': must be >= model.image_size ({cfg.model.image_size}) "
+                          f"to crop from, got {d.load_size}")
+
+
+def _validate_data_classes(d: DataConfig) -> None:
+    """Class names, and the folder mapping and palette that refer to them."""
+    if len(set(d.classes)) != len(d.classes) or any(not c or c == "background" for c in d.classes):
+        raise ConfigError(f"config key 'data.classes': expected distinct non-empty names other than "
+                          f"'background', got {d.classes}")
+    known = set(d.classes)
+    for folder, name in d.folder_classes.items():
+        if name not in known:
+            raise ConfigError(f"config key 'data.folder_classes.{folder}': {name!r} is not in data.classes "
+                              f"{d.classes}")
+    if not d.palette:
+        return
+    for name, rgb in d.palette.items():
+        if name not in known | {"background"}:
+            raise ConfigError(f"config key 'data.palette.{name}': not in data.classes {d.classes} (or 'background')")
+        if len(rgb) != 3 or any(not 0 <= v <= 255 for v in rgb):
+            raise ConfigError(f"config key 'data.palette.{name}': expected [r, g, b] with values 0..255, got {rgb}")
+    missing = [c for c in d.classes if c not in d.palette]
+    if missing:
+        raise ConfigError(f"config key 'data.palette': no colour for class {missing[0]!r}; every class in "
+                          f"data.classes needs one")
+    colours = [tuple(d.palette.get("background", (0, 0, 0)))] + [tuple(d.palette[c]) for c in d.classes]
+    if len(set(colours)) != len(colours):
+        raise ConfigError(f"config key 'data.palette': two classes share a colour (black is the background "
+                          f"unless 'background' is given): {d.palette}")
 
 
 def validate(cfg: Config) -> Config:
@@ -181,8 +278,17 @@ def validate(cfg: Config) -> Config:
         )
     for key in ("batch_size", "lr", "max_steps", "save_every", "keep_last", "log_every"):
         _positive(f"train.{key}", getattr(t, key))
-    if not 0.0 <= t.ema_rate < 1.0:
-        raise ConfigError(f"config key 'train.ema_rate': expected a value in [0, 1), got {t.ema_rate}")
+    for i, rate in enumerate([t.ema_rate, *t.extra_ema_rates]):
+        key = "train.ema_rate" if i == 0 else f"train.extra_ema_rates[{i - 1}]"
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(f"config key '{key}': expected a value in [0, 1), got {rate}")
+    if t.microbatch < 0 or (t.microbatch and t.batch_size % t.microbatch):
+        raise ConfigError(f"config key 'train.microbatch': expected 0 or a divisor of train.batch_size "
+                          f"({t.batch_size}), got {t.microbatch}")
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"config key 'train.precision': expected auto, fp32, bf16 or fp16, got {t.precision!r}")
+    _validate_data_values(cfg)
+    _validate_data_classes(cfg.data)
     return cfg
 
 
@@ -267,3 +373,98 @@ def resolve_num_defect(cfg: Config, num_defect: int | None, source: str = "--num
         raise ConfigError("the number of defect classes is unknown: pass --num_defect K or list data.classes")
     cfg.data.classes = [f"defect{i}" for i in range(1, num_defect + 1)]
     return cfg
+
+
+# ---------------------------------------------------------------------------------------
+# The published implementation's YAML (github EnVision-Research/Defect_Spectrum)
+
+# Its model.target names a class to import; we only map the two names to our UNet's shapes.
+PUBLISHED_TARGETS = {"models.unet.openaiunet.UNetModel": "large", "models.unet.unet_receptive.UNetModel": "small"}
+PUBLISHED_DIFFUSIONS = ("diffusion.base_diffusion.ColdDiffusion", "diffusion.base_diffusion.GaussianDiffusion")
+# model.params read as our fields of the same name
+_PUBLISHED_SAME = ("image_size", "model_channels", "num_res_blocks", "channel_mult", "dropout",
+                   "num_heads", "num_head_channels", "use_scale_shift_norm")
+# model.params that change nothing at inference: the small net has no attention to place,
+# use_fp16 is a dtype, num_heads_upsample is unused, use_checkpoint saves training memory.
+_PUBLISHED_IGNORED = ("attention_resolutions", "use_fp16", "num_heads_upsample", "use_checkpoint")
+# model.params our UNet supports only at the published default
+_PUBLISHED_FIXED = {"conv_resample": True, "dims": 2, "num_classes": None, "resblock_updown": False,
+                    "use_new_attention_order": False}
+
+
+def _published_model(params: dict, variant: str, resolution) -> tuple[dict, int]:
+    """The published model.params as our `model` section, and the channel count."""
+    known = set(_PUBLISHED_SAME) | set(_PUBLISHED_IGNORED) | set(_PUBLISHED_FIXED) | {
+        "in_channels", "out_channels", "attention_downsample"}
+    for key, value in params.items():
+        if key not in known:
+            raise ConfigError(f"model.params.{key} is not a parameter of the published UNet; known: "
+                              f"{', '.join(sorted(known))}")
+        if key in _PUBLISHED_FIXED and value != _PUBLISHED_FIXED[key]:
+            raise ConfigError(f"model.params.{key}: {value!r} is not supported, only {_PUBLISHED_FIXED[key]!r}")
+    channels = params.get("in_channels", 3)
+    if params.get("out_channels", channels) != channels or not isinstance(channels, int) or channels < 5:
+        raise ConfigError(f"model.params.in_channels/out_channels: expected one equal count >= 5 (RGB, background, "
+                          f"defect classes), got {channels!r} and {params.get('out_channels')!r}")
+    size = params.get("image_size", resolution)
+    if size is None or (resolution is not None and resolution != size):
+        raise ConfigError(f"model.params.image_size {size!r} and data.params.resolution {resolution!r}: "
+                          f"expected the sampling size, given once or equal")
+    attention = params.get("attention_downsample", "4, 8") if variant == "large" else []
+    if isinstance(attention, str):  # the published default is the string "4, 8"
+        attention = [int(a) for a in attention.replace(",", " ").split()]
+    model = {key: params[key] for key in _PUBLISHED_SAME if key in params}
+    model.update(image_size=size, attention_downsample=attention, middle_block=variant == "large")
+    # The published defaults where the YAML is silent (openaiunet: scale-shift norm on,
+    # (1, 2, 3, 4) levels; unet_receptive: scale-shift norm off).
+    model.setdefault("use_scale_shift_norm", variant == "large")
+    model.setdefault("channel_mult", [1, 2, 3, 4])
+    model.setdefault("num_head_channels", -1)
+    return model, channels
+
+
+def _published_diffusion(section) -> dict:
+    """The published diffusion section as our `diffusion` section (x0 or eps, cosine only)."""
+    section = section or {}
+    target = section.get("target", PUBLISHED_DIFFUSIONS[0])
+    if target not in PUBLISHED_DIFFUSIONS:
+        raise ConfigError(f"diffusion.target {target!r}: expected one of {', '.join(PUBLISHED_DIFFUSIONS)}")
+    params = dict(section.get("params") or {})
+    predict = params.pop("parameterization", "x0")
+    schedule = params.pop("schedule", "cosine")
+    steps = params.pop("num_timestep", 1000)
+    if predict not in ("x0", "eps"):
+        raise ConfigError(f"diffusion.params.parameterization: expected x0 or eps, got {predict!r}")
+    if schedule != "cosine" or params.get("cosine_s", 8e-3) != 8e-3:
+        # Its "linear" is LDM's squared-sqrt schedule, not ours; refusing beats sampling with the wrong one.
+        raise ConfigError(f"diffusion.params.schedule: only the published cosine schedule (cosine_s 0.008) "
+                          f"is supported, got {schedule!r}")
+    unknown = sorted(set(params) - {"cosine_s", "linear_start", "linear_end"})
+    if unknown:
+        raise ConfigError(f"diffusion.params.{unknown[0]} is not a parameter of the published diffusion")
+    return {"num_timesteps": steps, "schedule": "cosine", "predict": predict}
+
+
+def from_published_yaml(path: str) -> Config:
+    """A Config for a checkpoint of the published implementation, read from its YAML.
+
+    Only `model.target` (openaiunet = large RF, unet_receptive = small RF), `model.params`
+    and `diffusion.params` matter; data, optimizer and train sections describe its training
+    and are skipped. The classes get generic names defect1..K, K = in_channels - 4.
+    """
+    data = read_yaml(path)
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    target = model.get("target")
+    if target not in PUBLISHED_TARGETS:
+        raise ConfigError(f"{path}: model.target {target!r} is not a published Defect-Gen network; expected "
+                          f"one of {', '.join(PUBLISHED_TARGETS)}")
+    data_section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    resolution = (data_section.get("params") or {}).get("resolution")
+    try:
+        model_section, channels = _published_model(dict(model.get("params") or {}), PUBLISHED_TARGETS[target],
+                                                   resolution)
+        classes = [f"defect{i}" for i in range(1, channels - 3)]
+        return from_dict({"model": model_section, "diffusion": _published_diffusion(data.get("diffusion")),
+                          "data": {"classes": classes}})
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -81,11 +81,17 @@ def barrier() -> None:
         dist.barrier()
 
 
-def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+def sum_across_ranks(value: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         value = value.clone()
         dist.all_reduce(value)
-        value /= dist.get_world_size()
+    return value
+
+
+def max_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return value
 
 

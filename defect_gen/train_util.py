@@ -1,16 +1,21 @@
 """The training loop: batch -> loss -> AdamW step -> EMA, with checkpoints and auto-resume.
 
 A run lives in one folder (WORK_DIR): `config.yaml` (the resolved config), `checkpoint/`,
-`metrics.jsonl`. Running the same command again resumes from the latest checkpoint with the
-model, EMA, optimizer, step and every RNG state restored, so the continuation draws the same
-batches, timesteps and noise an uninterrupted run would have.
+`metrics.jsonl`, `loss.png` and `samples/`. Running the same command again resumes from the
+latest checkpoint with model, EMAs, optimizer, scaler, step and every RNG state (per rank)
+restored, so the continuation draws the same batches, timesteps and noise that an
+uninterrupted run would have: on CPU the weights come out bit-identical.
+
+The step itself never waits for the device: statistics accumulate in a device tensor and
+are read (one host sync) only when logging or before saving. A NaN/Inf loss is noticed
+there, before anything is written, so the latest checkpoint is always a finite model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-import math
 import os
 import time
 
@@ -26,9 +31,14 @@ from defect_gen.errors import CheckpointError, DefectGenError
 from defect_gen.gaussian_diffusion import GaussianDiffusion
 from defect_gen.io import save_pair_grid
 from defect_gen.masks import image_to_uint8, mask_to_index, split_image_mask
+from defect_gen.plots import line_plot
 from defect_gen.respace import space_timesteps, window
 from defect_gen.samplers import sample_ddim
 from defect_gen.unet import build_unet
+
+# Layout of the device-side statistics accumulator.
+STATS = ("loss", "mse_rgb", "mse_mask", "grad_norm")
+N_QUARTILES = 4
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,33 +52,75 @@ def resolve_device(name: str) -> torch.device:
         raise DefectGenError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
 
 
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. CPU always trains in fp32."""
+    if device.type != "cuda" or name == "fp32":
+        return None
+    if name == "fp16":
+        return torch.float16
+    if name == "bf16" and not torch.cuda.is_bf16_supported():
+        raise DefectGenError("train.precision bf16 was asked for, but this GPU does not support bfloat16 (use fp16)")
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+
+
 class TrainLoop:
     def __init__(self, cfg: Config, work_dir: str, device: torch.device, progress: bool = True):
         self.cfg, self.work_dir, self.device = cfg, work_dir, device
         self.dist = dist_util.info()
         self.progress = progress and self.dist.is_main
-        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        tcfg = cfg.train
+        torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
         self.model = build_unet(cfg.model, cfg.num_defect).to(device)
-        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        if tcfg.channels_last and device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.emas = {rate: copy.deepcopy(self.model).requires_grad_(False).eval()
+                     for rate in dict.fromkeys([tcfg.ema_rate, *tcfg.extra_ema_rates])}
         self.ddp = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
                     if self.dist.world_size > 1 else self.model)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.forward = torch.compile(self.ddp) if tcfg.compile else self.ddp
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        self.amp_dtype = resolve_precision(tcfg.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
         self.t_window = window(cfg.diffusion.num_timesteps, cfg.diffusion.t_min, cfg.diffusion.t_max)
         self.data = DefectDataset(cfg.data, cfg.model.image_size, progress=self.progress)
-        # Separate streams, offset per rank so that ranks see different batches.
-        self.data_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.dist.rank)
-        self.noise_gen = torch.Generator(device).manual_seed(cfg.train.seed * 1000 + 500 + self.dist.rank)
+        if self.dist.is_main:  # which files were trained on, so the rest can be held out for testing
+            os.makedirs(work_dir, exist_ok=True)
+            self.data.write_selection(os.path.join(work_dir, "selected_files.json"))
+        # Every rank draws the same global batch (batch_size per rank x world size) from the
+        # same streams and trains on its own slice: N processes compute the update of one
+        # process with an N-times larger batch, and the RNG state is the same on every rank.
+        self.data_gen = torch.Generator().manual_seed(tcfg.seed)
+        self.noise_gen = torch.Generator(device).manual_seed(tcfg.seed + 1)
         self.step = 0
+        self.history: list[dict] = []
+        self._reset_stats()
         self._resume()
 
     # -- checkpoints -------------------------------------------------------------------
 
+    def _rng_state(self) -> dict:
+        state = {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state(),
+                 "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, state: dict) -> None:
+        self.data_gen.set_state(state["data"])
+        self.noise_gen.set_state(state["noise"])
+        torch.set_rng_state(state["torch"])
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
     def _state(self) -> dict:
+        """Everything needed to continue exactly (the RNG streams are the same on every rank)."""
         return {
             "config": to_dict(self.cfg), "step": self.step, "model": self.model.state_dict(),
-            "ema": {str(self.cfg.train.ema_rate): self.ema.state_dict()}, "optimizer": self.opt.state_dict(),
-            "scaler": None, "rng": {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state()},
+            "ema": {str(rate): ema.state_dict() for rate, ema in self.emas.items()},
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": self._rng_state(),
         }
 
     def _resume(self) -> None:
@@ -80,15 +132,20 @@ class TrainLoop:
             raise CheckpointError(f"{path} was trained with a different model config than "
                                   f"{os.path.join(self.work_dir, 'config.yaml')}; use a new --work_dir")
         self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(next(iter(state["ema"].values())))
+        for rate, ema in self.emas.items():
+            # An EMA rate added since the checkpoint starts from the model's current weights.
+            ema.load_state_dict(state["ema"].get(str(rate), state["model"]))
         self.opt.load_state_dict(state["optimizer"])
-        self.data_gen.set_state(state["rng"]["data"])
-        self.noise_gen.set_state(state["rng"]["noise"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self._set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self._load_history()
         if self.progress:
             tqdm.write(f"resumed from {path} at step {self.step}")
 
     def save(self) -> str | None:
+        self._check_finite()
         path = None
         if self.dist.is_main:
             path = ckpt_lib.save_training(self.work_dir, self._state(), self.cfg.train.keep_last)
@@ -101,34 +158,107 @@ class TrainLoop:
         warm = self.cfg.train.warmup_steps
         return self.cfg.train.lr * min(1.0, (self.step + 1) / warm) if warm > 0 else self.cfg.train.lr
 
-    def train_step(self) -> dict[str, float]:
+    def _reset_stats(self) -> None:
+        self.stats = torch.zeros(len(STATS) + 2 * N_QUARTILES, device=self.device, dtype=torch.float64)
+        self.stat_steps = 0
+        self.first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
+
+    def train_step(self) -> None:
+        """One optimizer step. Draws batch, timesteps and noise first, so micro-batching
+        (gradient accumulation) computes the same update as one big batch."""
         tcfg = self.cfg.train
-        x0 = self.data.batch(tcfg.batch_size, self.data_gen).to(self.device, non_blocking=True)
-        t = self.diffusion.sample_t(x0.shape[0], *self.t_window, self.device, generator=self.noise_gen)
-        noise = torch.randn(x0.shape, generator=self.noise_gen, device=self.device)
-        losses = self.diffusion.training_losses(self.ddp, x0, t, noise)
-        loss = losses["loss"].mean()
+        b, world, rank = tcfg.batch_size, self.dist.world_size, self.dist.rank
+        mine = slice(rank * b, (rank + 1) * b)
+        x0 = self.data.batch(b * world, self.data_gen)[mine].to(self.device, non_blocking=True)
+        if tcfg.channels_last and self.device.type == "cuda":
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        t = self.diffusion.sample_t(b * world, *self.t_window, self.device, generator=self.noise_gen)[mine]
+        noise = torch.randn((b * world, *x0.shape[1:]), generator=self.noise_gen, device=self.device)[mine]
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        chunk = tcfg.microbatch or tcfg.batch_size
+        per_sample = {k: [] for k in ("loss", "mse_rgb", "mse_mask")}
+        for i in range(0, tcfg.batch_size, chunk):
+            sl = slice(i, i + chunk)
+            last = i + chunk >= tcfg.batch_size
+            sync = contextlib.nullcontext() if last or self.ddp is self.model else self.ddp.no_sync()
+            with sync, torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                losses = self.diffusion.training_losses(self.forward, x0[sl], t[sl], noise[sl])
+            self.scaler.scale(losses["loss"].sum() / tcfg.batch_size).backward()
+            for k in per_sample:
+                per_sample[k].append(losses[k].detach())
+        self.scaler.unscale_(self.opt)
         clip = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        stats = torch.stack([loss.detach(), losses["mse_rgb"].mean().detach(),
-                             losses["mse_mask"].mean().detach(), grad_norm])
-        stats = dist_util.mean_across_ranks(stats).tolist()
-        if not all(math.isfinite(v) for v in stats[:1]):
-            raise DefectGenError(f"training loss is {stats[0]} at step {self.step + 1}: stopped without "
-                                 f"updating; the last good checkpoint is {ckpt_lib.latest(self.work_dir)}")
-        self.opt.step()
-        self._update_ema()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self._update_emas()
         self.step += 1
-        return dict(zip(("loss", "mse_rgb", "mse_mask", "grad_norm"), stats))
+        self._accumulate({k: torch.cat(v) for k, v in per_sample.items()}, t, grad_norm)
+
+    def _accumulate(self, per_sample: dict, t: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Add this step's statistics to the device accumulator (no host sync)."""
+        loss = per_sample["loss"].double()
+        means = torch.stack([loss.mean(), per_sample["mse_rgb"].double().mean(),
+                             per_sample["mse_mask"].double().mean(), grad_norm.double()])
+        t_min, t_max = self.t_window
+        q = ((t - t_min) * N_QUARTILES // (t_max - t_min)).clamp(max=N_QUARTILES - 1)
+        sums = torch.zeros(N_QUARTILES, device=self.device, dtype=torch.float64).scatter_add_(0, q, loss)
+        counts = torch.bincount(q, minlength=N_QUARTILES).double()
+        self.stats += torch.cat([means, sums, counts])
+        self.stat_steps += 1
+        finite = torch.isfinite(means[0])
+        self.first_bad = torch.where(finite | (self.first_bad >= 0), self.first_bad, self.step)
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
-        ema_p = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1.0 - self.cfg.train.ema_rate)
+    def _update_emas(self) -> None:
+        params = list(self.model.parameters())
+        for rate, ema in self.emas.items():
+            torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - rate)
+
+    def _check_finite(self) -> None:
+        bad = int(dist_util.max_across_ranks(self.first_bad))
+        if bad >= 0:
+            raise DefectGenError(f"training loss became NaN or Inf at step {bad}: stopped before saving; "
+                                 f"the last good checkpoint is {ckpt_lib.latest(self.work_dir)}")
+
+    # -- logging -------------------------------------------------------------------------
+
+    def _load_history(self) -> None:
+        path = os.path.join(self.work_dir, "metrics.jsonl")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            self.history = [r for r in rows if r.get("step", 0) <= self.step]
+
+    def _log(self, elapsed: float) -> dict:
+        self._check_finite()
+        stats = dist_util.sum_across_ranks(self.stats).tolist()
+        n = self.stat_steps * self.dist.world_size
+        row = {"step": self.step, **{k: stats[i] / n for i, k in enumerate(STATS)}}
+        sums, counts = stats[len(STATS):len(STATS) + N_QUARTILES], stats[len(STATS) + N_QUARTILES:]
+        for i, (s, c) in enumerate(zip(sums, counts)):
+            row[f"loss_q{i}"] = s / c if c else None
+        row["lr"] = self._lr()
+        row["images_per_s"] = self.stat_steps * self.cfg.train.batch_size * self.dist.world_size / max(elapsed, 1e-9)
+        self._reset_stats()
+        if self.dist.is_main:
+            self.history.append(row)
+            with open(os.path.join(self.work_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            self._plot()
+        return row
+
+    def _plot(self) -> None:
+        t_min, t_max = self.t_window
+        span = (t_max - t_min) / N_QUARTILES
+        series = {"loss": [r["loss"] for r in self.history]}
+        for i in range(N_QUARTILES):
+            series[f"loss t in [{t_min + i * span:.0f}, {t_min + (i + 1) * span:.0f})"] = [
+                r.get(f"loss_q{i}") if r.get(f"loss_q{i}") is not None else float("nan") for r in self.history]
+        line_plot(os.path.join(self.work_dir, "loss.png"), [r["step"] for r in self.history], series,
+                  title=f"training loss ({os.path.basename(os.path.normpath(self.work_dir))})")
 
     # -- preview grids -------------------------------------------------------------------
 
@@ -152,7 +282,9 @@ class TrainLoop:
             real = self.data.data[:n].to(self.device)
             noise = noise[: len(real)]
             x = self.diffusion.q_sample(real, torch.full((len(real),), ts[0], device=self.device), noise)
-        out = sample_ddim(self.diffusion.denoiser(self.ema), x, ts, self.diffusion, eta=0.0)
+        ema = self.emas[self.cfg.train.ema_rate]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = sample_ddim(self.diffusion.denoiser(ema), x, ts, self.diffusion, eta=0.0)
         image, mask = split_image_mask(out.float().cpu())
         path = os.path.join(self.work_dir, "samples", f"step_{self.step:08d}.png")
         save_pair_grid(path, list(image_to_uint8(image)), list(mask_to_index(mask).to(torch.uint8).numpy()))
@@ -160,33 +292,29 @@ class TrainLoop:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def _log(self, row: dict) -> None:
-        if self.dist.is_main:
-            with open(os.path.join(self.work_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def run(self) -> str | None:
-        tcfg = self.cfg.train
+    def _write_config(self) -> None:
         if self.dist.is_main:
             os.makedirs(self.work_dir, exist_ok=True)
             with open(os.path.join(self.work_dir, "config.yaml"), "w", encoding="utf-8") as f:
                 f.write(to_yaml(self.cfg))
+
+    def run(self) -> str | None:
+        tcfg = self.cfg.train
+        self._write_config()
         bar = tqdm(total=tcfg.max_steps, initial=self.step, desc="train", disable=not self.progress, unit="step")
-        last = None
-        tick, tick_step = time.perf_counter(), self.step
-        while self.step < tcfg.max_steps:
-            stats = self.train_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}")
-            if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
-                now = time.perf_counter()
-                ips = (self.step - tick_step) * tcfg.batch_size * self.dist.world_size / max(now - tick, 1e-9)
-                self._log({"step": self.step, **stats, "lr": self._lr(), "images_per_s": ips})
-                tick, tick_step = now, self.step
-            if self.step % tcfg.save_every == 0 or self.step == tcfg.max_steps:
-                last = self.save() or last
-            if tcfg.sample_every and self.dist.is_main and (
-                    self.step % tcfg.sample_every == 0 or self.step == tcfg.max_steps):
-                bar.set_postfix_str(f"preview {self.preview()}")
-        bar.close()
-        return last or ckpt_lib.latest(self.work_dir)
+        tick = time.perf_counter()
+        with bar:
+            while self.step < tcfg.max_steps:
+                self.train_step()
+                bar.update(1)
+                at_end = self.step == tcfg.max_steps
+                if self.step % tcfg.log_every == 0 or at_end:
+                    now = time.perf_counter()
+                    row = self._log(now - tick)
+                    tick = now
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
+                if self.step % tcfg.save_every == 0 or at_end:
+                    self.save()
+                if tcfg.sample_every and self.dist.is_main and (self.step % tcfg.sample_every == 0 or at_end):
+                    self.preview()
+        return ckpt_lib.latest(self.work_dir)
