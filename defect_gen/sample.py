@@ -4,12 +4,23 @@ The large-RF model denoises from T-1 down to and including `step_inference`; the
 model continues the same x_t from `step_inference - 1` to 0. With `--steps N` the sequence is
 respaced, but the switch stays in original timestep units (it is inserted into the grid).
 
-Per sample NAME, in SAMPLE_DIR:
-    images/NAME.png        RGB
-    masks/NAME.png         uint8 class index (0 = background, 1..K in data.classes order)
-    masks_color/NAME.png   the mask in the fixed palette of defect_gen.masks.PALETTE
-    manifest.jsonl         one row: name, seed, classes present, defect pixels per class
-and preview.png, a grid of image | colour mask | overlay for the first pairs.
+Modes (they share the sampler, the seeds and the outputs):
+
+    plain           image and mask generated together
+    --classes a,b   rejection sampling: candidates are drawn until the mask holds every
+                    listed class, at most --max-tries per pair
+    --mask DIR      an image for each given mask: the mask channels are held to it
+    --good DIR      defects painted into defect-free images: the RGB inside the defect
+                    region is inpainted (RePaint resampling: --resample, --jump). The region
+                    comes from --mask DIR, or from a mask the model generates first, moved to
+                    a random spot (--place random, the default without --mask)
+
+Seeds: candidate a of pair i uses seed --seed + i + a * num_samples, so the first candidate
+of pair i has seed --seed + i and no two candidates of one run share a seed. The manifest
+records the seed that made each pair; with the same mode and files it reproduces the pair
+alone. Pair i is always named sample_<--seed + i>, whatever rank or retry made it.
+
+Outputs: see `defect_gen.writers` (layouts, manifest.jsonl, preview.png).
 """
 
 from __future__ import annotations
@@ -17,20 +28,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from defect_gen import checkpoint as ckpt_lib
-from defect_gen import dist_util
-from defect_gen.config import Config, from_dict
-from defect_gen.errors import ConfigError, DefectGenError
-from defect_gen.gaussian_diffusion import GaussianDiffusion
-from defect_gen.io import save_pair_grid, write_png
-from defect_gen.masks import class_pixel_counts, colorize, image_to_uint8, mask_to_index, split_image_mask
+from defect_gen import conditioning, dist_util, writers
+from defect_gen.config import Config, from_dict, from_published_yaml, load_config, read_yaml
+from defect_gen.errors import CheckpointError, ConfigError
+from defect_gen.gaussian_diffusion import Denoiser, GaussianDiffusion
+from defect_gen.masks import image_to_uint8, mask_to_index, split_image_mask
+from defect_gen.postprocess import accept, drop_small_regions
 from defect_gen.respace import space_timesteps, split_at, with_switch
-from defect_gen.samplers import SAMPLERS, randn_rows, two_stage_denoiser
+from defect_gen.samplers import SAMPLERS, KnownRegion, known_region_sampler, randn_rows, two_stage_denoiser
 from defect_gen.unet import build_unet
 
 
@@ -38,8 +52,8 @@ from defect_gen.unet import build_unet
 class SampleSettings:
     sample_dir: str
     step_inference: int
-    num_samples: int = 16
-    batch_size: int = 8
+    num_samples: int | None = 16  # None: one pair per --mask file (or --good image), else 16
+    batch_size: int | None = 8  # None: sized to memory (CUDA), 8 elsewhere
     seed: int = 0
     steps: int | None = None  # None = every timestep
     sampler: str = "ddpm"
@@ -47,6 +61,17 @@ class SampleSettings:
     overwrite: bool = False
     raw_weights: bool = False
     preview: int = 16  # pairs in preview.png
+    classes: list[str] = field(default_factory=list)  # every pair must hold these (names or 1-based indices)
+    max_tries: int = 20  # candidates per pair before giving up on it
+    mask_dir: str | None = None
+    good_dir: str | None = None
+    place: str | None = None  # as-is | random; None: random for --good without --mask, else as-is
+    resample: int = 1  # RePaint: each stretch of `jump_length` steps is denoised this many times
+    jump_length: int = 10
+    min_defect_pixels: int = 0
+    keep_empty: bool = False
+    layout: str = "paired"
+    precision: str = "auto"  # auto (bf16 on CUDA) | fp32 | bf16
 
 
 @dataclass
@@ -56,19 +81,76 @@ class LoadedModel:
     path: str
 
 
-def load_model(path: str, device: torch.device, raw_weights: bool = False) -> LoadedModel:
-    """A model from one of our checkpoints (a .pt file or a run folder), EMA weights by default."""
+@dataclass
+class Summary:
+    """What a run did, summed over ranks except `rows` (this rank's manifest rows)."""
+
+    rows: list[dict]
+    pairs: int
+    tries: int
+    failed: int
+    seconds: float
+    steps: str
+
+    @property
+    def acceptance(self) -> float:
+        return self.pairs / self.tries if self.tries else 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Models
+
+
+# The fields that decide whether weights fit a network (dropout and checkpointing do not).
+ARCHITECTURE = ("image_size", "model_channels", "channel_mult", "num_res_blocks", "attention_downsample",
+                "middle_block", "use_scale_shift_norm")
+
+
+def read_any_config(path: str) -> Config:
+    """Our YAML config, or the published implementation's (recognised by its model.target)."""
+    model = read_yaml(path).get("model")
+    if isinstance(model, dict) and "target" in model:
+        return from_published_yaml(path)
+    return load_config(path)
+
+
+def _same_architecture(inside: Config, given: Config, path: str, config_path: str) -> None:
+    pairs = [(f"model.{k}", getattr(inside.model, k), getattr(given.model, k)) for k in ARCHITECTURE]
+    pairs.append(("number of defect classes", inside.num_defect, given.num_defect))
+    for what, a, b in pairs:
+        if a != b:
+            raise ConfigError(f"{config_path}: {what} is {b}, but {path} was trained with {a}; our checkpoints "
+                              f"carry their config, so the config flag can be left out")
+
+
+def _checkpoint_config(ckpt: dict, path: str, config_path: str | None, flag: str) -> Config:
+    if ckpt.get("format") == ckpt_lib.FORMAT and "config" in ckpt:
+        cfg = from_dict(ckpt["config"])
+        if config_path:
+            _same_architecture(cfg, read_any_config(config_path), path, config_path)
+        return cfg
+    if ckpt_lib.is_published(ckpt):
+        if not config_path:
+            raise ConfigError(f"{path} is a published-implementation checkpoint, which holds no config: pass its "
+                              f"YAML with {flag}")
+        return read_any_config(config_path)
+    keys = ", ".join(map(str, list(ckpt)[:6]))
+    raise CheckpointError(f"{path} is neither a defect-gen checkpoint nor a published Defect-Gen one "
+                          f"(top-level keys: {keys})")
+
+
+def load_model(path: str, device: torch.device, raw_weights: bool = False, config_path: str | None = None,
+               flag: str = "--large_recep_config") -> LoadedModel:
+    """A model from our checkpoint (a .pt file or run folder; config inside) or the published
+    implementation's ({"model", "ema", "optimizer"} with its YAML as `config_path`).
+
+    EMA weights unless `raw_weights`; keys and shapes must match exactly.
+    """
     path = ckpt_lib.resolve(path)
     ckpt = ckpt_lib.load(path)
-    if ckpt.get("format") != ckpt_lib.FORMAT or "config" not in ckpt:
-        raise ConfigError(f"{path} is not a defect-gen checkpoint (no 'format'/'config' entries)")
-    cfg = from_dict(ckpt["config"])
+    cfg = _checkpoint_config(ckpt, path, config_path, flag)
     model = build_unet(cfg.model, cfg.num_defect)
-    weights = ckpt_lib.ema_weights(ckpt, path, raw=raw_weights)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"{path}: weights do not fit its config; missing keys: {missing[:5]}, "
-                          f"unexpected keys: {unexpected[:5]}")
+    ckpt_lib.load_weights(model, ckpt_lib.sampling_weights(ckpt, path, raw=raw_weights), path)
     return LoadedModel(model.to(device).eval(), cfg, path)
 
 
@@ -87,95 +169,271 @@ def check_pair(large: LoadedModel | None, small: LoadedModel | None) -> Config:
     return ref.cfg
 
 
+def _network(model: torch.nn.Module, device: torch.device, precision: str) -> Callable:
+    """The network as the sampler calls it: bf16 autocast and channels_last on CUDA.
+
+    Outputs come back as float32, so the sampler's arithmetic stays in full precision.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    cuda = device.type == "cuda"
+    bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+
+    def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(x, t).float()
+
+    return forward
+
+
 def timesteps_for(num_timesteps: int, steps: int | None, switch: int) -> list[int]:
     return with_switch(space_timesteps(num_timesteps, steps), switch, num_timesteps)
 
 
-def _prepare_dir(sample_dir: str, overwrite: bool) -> None:
-    manifest = os.path.join(sample_dir, "manifest.jsonl")
-    images = os.path.join(sample_dir, "images")
-    if not overwrite and (os.path.exists(manifest) or (os.path.isdir(images) and os.listdir(images))):
-        raise DefectGenError(f"{sample_dir} already holds generated pairs; pass --overwrite to replace them "
-                             f"or choose another --sample_dir")
-    if overwrite:  # asked for explicitly: clear the previous run's pairs so none linger
-        for sub in ("images", "masks", "masks_color"):
-            folder = os.path.join(sample_dir, sub)
-            for name in os.listdir(folder) if os.path.isdir(folder) else []:
-                if name.endswith(".png"):
-                    os.remove(os.path.join(folder, name))
-        for name in ("manifest.jsonl", "preview.png"):
-            if os.path.exists(os.path.join(sample_dir, name)):
-                os.remove(os.path.join(sample_dir, name))
-    for sub in ("images", "masks", "masks_color"):
-        try:
-            os.makedirs(os.path.join(sample_dir, sub), exist_ok=True)
-        except OSError as exc:
-            raise DefectGenError(f"cannot create output folder {os.path.join(sample_dir, sub)}: "
-                                 f"{exc.strerror}") from None
+@dataclass
+class Plan:
+    """The chain every pair follows: timesteps, the two-stage denoiser, the sample shape."""
+
+    diffusion: GaussianDiffusion
+    timesteps: list[int]
+    denoise: Denoiser
+    networks: list[Callable]
+    shape: tuple[int, int, int]
+    description: str
 
 
-def _write_pair(sample_dir: str, name: str, seed: int, x: torch.Tensor, classes: list[str]) -> tuple:
-    image, mask_channels = split_image_mask(x)
-    rgb = image_to_uint8(image)
-    index = mask_to_index(mask_channels).to(torch.uint8).cpu().numpy()
-    write_png(os.path.join(sample_dir, "images", f"{name}.png"), rgb)
-    write_png(os.path.join(sample_dir, "masks", f"{name}.png"), index)
-    write_png(os.path.join(sample_dir, "masks_color", f"{name}.png"), colorize(index))
-    counts = class_pixel_counts(index, len(classes))
-    row = {"name": name, "seed": seed, "classes": [classes[c - 1] for c in sorted(counts)],
-           "defect_pixels": {classes[c - 1]: n for c, n in sorted(counts.items())}}
-    return row, rgb, index
-
-
-def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSettings,
-             device: torch.device, progress: bool = True) -> list[dict]:
-    """Sample s.num_samples pairs into s.sample_dir; returns the manifest rows."""
+def make_plan(large: LoadedModel | None, small: LoadedModel | None, s: SampleSettings,
+              device: torch.device) -> Plan:
     cfg = check_pair(large, small)
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     T = cfg.diffusion.num_timesteps
     if not 0 <= s.step_inference <= T:
         raise ConfigError(f"--step_inference must be in [0, {T}], got {s.step_inference}")
     if s.sampler not in SAMPLERS:
         raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}")
+    if s.steps is not None and s.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {s.steps}")
     timesteps = timesteps_for(T, s.steps, s.step_inference)
     large_steps, small_steps = split_at(timesteps, s.step_inference)
     if (large_steps and large is None) or (small_steps and small is None):
         raise ConfigError(f"--step_inference {s.step_inference} needs the "
                           f"{'large' if large is None else 'small'}-RF model, which was not given")
-    denoise = two_stage_denoiser(large and diffusion.denoiser(large.model),
-                                 small and diffusion.denoiser(small.model), s.step_inference)
+    # Each model gets its own parameterisation (x0 / eps / v); check_pair made the schedules equal.
+    networks, denoisers = [], []
+    for m in (large, small):
+        net = m and _network(m.model, device, s.precision)
+        networks += [net] if net else []
+        denoisers.append(m and GaussianDiffusion.from_config(m.cfg.diffusion).denoiser(net))
+    denoise = two_stage_denoiser(denoisers[0], denoisers[1], s.step_inference)
+    shape = (3 + cfg.num_defect + 1, cfg.model.image_size, cfg.model.image_size)
+    return Plan(GaussianDiffusion.from_config(cfg.diffusion), timesteps, denoise, networks, shape,
+                f"{len(timesteps)} steps ({len(large_steps)} large, {len(small_steps)} small)")
+
+
+def auto_batch_size(plan: Plan, device: torch.device, limit: int) -> int:
+    """The largest batch that fits: on CUDA, a trial forward of each network measures the
+    memory one sample takes, and batches fill 80 % of the free memory; 8 elsewhere."""
+    if device.type != "cuda":
+        return max(1, min(8, limit))
+    per_sample = 12 * int(np.prod(plan.shape)) * 4  # the sampler's own tensors (x, x0, noise, known...)
+    for net in plan.networks:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        net(torch.zeros((2, *plan.shape), device=device), torch.zeros(2, dtype=torch.long, device=device))
+        per_sample = max(per_sample, (torch.cuda.max_memory_allocated(device) - base) // 2)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(limit, int(0.8 * free) // per_sample))
+
+
+# ---------------------------------------------------------------------------------------
+# Settings
+
+
+def required_classes(names: list[str], classes: list[str]) -> list[int]:
+    """--classes entries (names, or indices 1..K) as class indices."""
+    out = []
+    for name in names:
+        if name in classes:
+            out.append(classes.index(name) + 1)
+        elif name.isdigit() and 1 <= int(name) <= len(classes):
+            out.append(int(name))
+        else:
+            raise ConfigError(f"--classes {name!r}: not a class of the model; its classes are "
+                              f"{', '.join(classes)} (or 1..{len(classes)})")
+    return out
+
+
+def check_settings(s: SampleSettings) -> None:
+    """Combinations of the mode flags that cannot work, each as one line."""
+    if s.classes and s.mask_dir:
+        raise ConfigError("--classes picks among generated masks, but with --mask the masks are given; "
+                          "choose the mask files instead")
+    if s.place not in (None, "as-is", "random"):
+        raise ConfigError(f"--place must be as-is or random, got {s.place!r}")
+    if s.place is not None and not (s.mask_dir or s.good_dir):
+        raise ConfigError("--place moves given or painted-in masks: use it with --mask or --good")
+    if (s.resample != 1 or s.jump_length != 10) and not (s.mask_dir or s.good_dir):
+        raise ConfigError("--resample and --jump apply to --mask and --good (RePaint resampling)")
+    for flag, value, low in (("--max-tries", s.max_tries, 1), ("--resample", s.resample, 1),
+                             ("--jump", s.jump_length, 1), ("--min-defect-pixels", s.min_defect_pixels, 0)):
+        if value < low:
+            raise ConfigError(f"{flag} must be >= {low}, got {value}")
+    if s.layout not in writers.LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(writers.LAYOUTS)}, got {s.layout!r}")
+    for flag, value in (("--num_samples", s.num_samples), ("--batch_size", s.batch_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+
+
+def make_conditioner(s: SampleSettings, cfg: Config) -> conditioning.Conditioner:
+    size, k = cfg.model.image_size, cfg.num_defect
+    masks = s.mask_dir and conditioning.read_masks(s.mask_dir, size, k, s.min_defect_pixels, s.keep_empty)
+    goods = s.good_dir and conditioning.list_good_images(s.good_dir)
+    place = s.place or ("random" if s.good_dir and not s.mask_dir else "as-is")
+    return conditioning.Conditioner(masks or None, goods or None, size, k, place)
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling with retries
+
+
+@dataclass
+class _Run:
+    """Everything one rank's sampling loop needs."""
+
+    plan: Plan
+    cond: conditioning.Conditioner
+    s: SampleSettings
+    num_samples: int
+    required: list[int]
+    batch_size: int
+    device: torch.device
+    progress: bool
+
+
+@dataclass
+class _Task:
+    index: int  # pair i, named sample_<seed + i>
+    attempt: int = 0
+    paint: torch.Tensor | None = None  # --good without --mask, second pass: the mask to paint in
+
+
+@dataclass
+class _Pair:
+    index: int
+    seed: int
+    tries: int
+    rgb: np.ndarray
+    mask: np.ndarray
+    sources: dict
+    given: np.ndarray | None
+
+
+def _sample_batch(run: _Run, tasks: list[_Task], seeds: list[int]) -> tuple[torch.Tensor, list]:
+    """Sample one batch, each row from its own seed; conditioned rows hold their known part."""
+    s, cond, device = run.s, run.cond, run.device
+    gens = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+    x = randn_rows(torch.empty((len(tasks), *run.plan.shape), device=device), gens)
+    extras = [({}, None)] * len(tasks)
+    if cond.masks is None and tasks[0].paint is None:
+        sampler = SAMPLERS[s.sampler]
+    else:
+        masks = [t.paint if t.paint is not None else cond.given_mask(t.index, seed) for t, seed in zip(tasks, seeds)]
+        conds = [cond.condition(t.index, mask) for t, mask in zip(tasks, masks)]
+        values, keep = (torch.stack([c[j] for c in conds]).to(device) for j in (0, 1))
+        sampler = known_region_sampler(s.sampler, KnownRegion(values, keep), jump_length=s.jump_length,
+                                       resample=s.resample)
+        extras = [(c[2], c[3]) for c in conds]
+    x = sampler(run.plan.denoise, x, run.plan.timesteps, run.plan.diffusion, generator=gens, eta=s.eta,
+                progress=run.progress)
+    return x.float().cpu(), extras
+
+
+def _pairs(run: _Run, indices: range, stats: dict) -> Iterator[_Pair]:
+    """Finished pairs for these indices, as they finish.
+
+    Rejected candidates go back to the queue with the next attempt (next seed) until
+    --max-tries; with --good alone, accepted first-pass masks queue for the painting pass.
+    Batches never mix the two passes, so every row sees the same sampler whatever its batch.
+    """
+    s, cond = run.s, run.cond
+    todo, paint = deque(_Task(i) for i in indices), deque()
+    while todo or paint:
+        queue = paint if paint and (len(paint) >= run.batch_size or not todo) else todo
+        batch = [queue.popleft() for _ in range(min(run.batch_size, len(queue)))]
+        seeds = [s.seed + t.index + t.attempt * run.num_samples for t in batch]
+        x, extras = _sample_batch(run, batch, seeds)
+        for task, seed, xi, (sources, given) in zip(batch, seeds, x, extras):
+            image, mask_channels = split_image_mask(xi)
+            index = drop_small_regions(mask_to_index(mask_channels).numpy(), s.min_defect_pixels)
+            painted = task.paint is not None
+            stats["tries"] += 0 if painted else 1
+            # Given masks (and painted-in ones) come out exactly as given: nothing to reject.
+            if painted or cond.masks is not None or accept(index, run.required, s.keep_empty):
+                if cond.two_pass and not painted:
+                    paint.append(_Task(task.index, task.attempt, cond.placed(torch.from_numpy(index).long(), seed)))
+                    continue
+                yield _Pair(task.index, seed, task.attempt + 1, image_to_uint8(image), index, sources, given)
+            elif task.attempt + 1 < s.max_tries:
+                todo.append(_Task(task.index, task.attempt + 1))
+            else:
+                stats["failed"] += 1
+
+
+# ---------------------------------------------------------------------------------------
+# The job
+
+
+def _write(s: SampleSettings, pair: _Pair, classes: list[str], manifest) -> dict:
+    row = writers.write_pair(s.sample_dir, s.layout, f"sample_{s.seed + pair.index:06d}", pair.rgb, pair.mask,
+                             classes)
+    row = {"name": row.pop("name"), "seed": pair.seed, "tries": pair.tries, **row, **pair.sources}
+    manifest.write(json.dumps(row) + "\n")
+    manifest.flush()
+    return row
+
+
+def _total(device: torch.device, *values: int) -> list[int]:
+    summed = dist_util.sum_across_ranks(torch.tensor(values, dtype=torch.float64, device=device))
+    return [int(v) for v in summed.tolist()]
+
+
+def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSettings,
+             device: torch.device, progress: bool = True) -> Summary:
+    """Sample the pairs into s.sample_dir; returns what was done (see Summary)."""
+    check_settings(s)
+    plan = make_plan(large, small, s, device)
+    cfg = check_pair(large, small)
+    required = required_classes(s.classes, cfg.data.classes)
+    cond = make_conditioner(s, cfg)
+    num = s.num_samples or len(cond.masks or cond.goods or [None] * 16)
     dinfo = dist_util.info()
     if dinfo.is_main:
-        _prepare_dir(s.sample_dir, s.overwrite)
+        writers.prepare_dir(s.sample_dir, s.layout, s.overwrite)
     dist_util.barrier()
     progress = progress and dinfo.is_main
-    # Under torchrun each rank takes a contiguous slice of the sample indices: no duplicate, no gap.
-    lo, hi = (s.num_samples * dinfo.rank) // dinfo.world_size, (s.num_samples * (dinfo.rank + 1)) // dinfo.world_size
-    shape = (3 + cfg.num_defect + 1, cfg.model.image_size, cfg.model.image_size)
-    rows, preview = [], []
+    # Under torchrun each rank takes a contiguous slice of the pair indices: no duplicate, no gap.
+    lo, hi = (num * dinfo.rank) // dinfo.world_size, (num * (dinfo.rank + 1)) // dinfo.world_size
+    batch_size = s.batch_size or auto_batch_size(plan, device, max(1, hi - lo))
+    run = _Run(plan, cond, s, num, required, batch_size, device, progress)
+    rows, preview, stats = [], [], {"tries": 0, "failed": 0}
     start = time.perf_counter()
-    manifest = open(os.path.join(s.sample_dir, "manifest.jsonl"), "a", encoding="utf-8")
+    manifest = open(os.path.join(s.sample_dir, writers.MANIFEST), "a", encoding="utf-8")
     bar = tqdm(total=hi - lo, desc="sampling", unit="pair", disable=not progress)
     with manifest, bar, torch.inference_mode():
-        for first in range(lo, hi, s.batch_size):
-            seeds = [s.seed + i for i in range(first, min(first + s.batch_size, hi))]
-            gens = [torch.Generator(device).manual_seed(seed) for seed in seeds]
-            x = randn_rows(torch.empty((len(seeds), *shape), device=device), gens)
-            x = SAMPLERS[s.sampler](denoise, x, timesteps, diffusion, generator=gens, eta=s.eta,
-                                    progress=progress)
-            for seed, xi in zip(seeds, x.float().cpu()):
-                row, rgb, index = _write_pair(s.sample_dir, f"sample_{seed:06d}", seed, xi, cfg.data.classes)
-                manifest.write(json.dumps(row) + "\n")
-                manifest.flush()
-                rows.append(row)
-                if len(preview) < s.preview:
-                    preview.append((rgb, index))
-            bar.update(len(seeds))
+        for pair in _pairs(run, range(lo, hi), stats):
+            rows.append(_write(s, pair, cfg.data.classes, manifest))
+            if len(preview) < s.preview:
+                preview.append((pair.rgb, pair.mask, pair.given))
+            bar.update(1)
+            bar.set_postfix(accepted=f"{len(rows) / max(stats['tries'], 1):.0%}")
+    pairs, tries, failed = _total(device, len(rows), stats["tries"], stats["failed"])
     dist_util.barrier()
-    if preview and dinfo.is_main:
-        save_pair_grid(os.path.join(s.sample_dir, "preview.png"), [p[0] for p in preview], [p[1] for p in preview])
-    elapsed = time.perf_counter() - start
-    if progress:
-        tqdm.write(f"{len(rows)} pairs in {elapsed:.1f} s ({len(rows) / elapsed:.2f} pairs/s), "
-                   f"{len(timesteps)} steps ({len(large_steps)} large, {len(small_steps)} small)")
-    return rows
+    if dinfo.is_main:
+        writers.sort_manifest(s.sample_dir)
+        writers.save_preview(s.sample_dir, preview)
+    return Summary(rows, pairs, tries, failed, time.perf_counter() - start, plan.description)

@@ -1,6 +1,6 @@
 """Samplers: ancestral DDPM and DDIM over any descending sequence of timesteps.
 
-Every sampler has the same signature
+Every sampler has the same signature (k-diffusion style)
 
     sampler(denoise, x, timesteps, diffusion, *, generator=None, eta=..., callback=None, progress=False)
 
@@ -9,11 +9,19 @@ stand-in), `x` is x_t at `timesteps[0]` (pure noise when that is T-1, or a partl
 sample to continue from), and the result is x at "t = -1", the clean sample. Because the
 sequence is in original timestep units, respacing is just a shorter sequence, and
 two-stage sampling is a denoiser that picks a network by t.
+
+Conditioning builds on the same pieces: `known_region_sampler` returns a sampler with that
+signature which holds part of x to given clean values (replacement, as in RePaint): after
+every step the known part is replaced by a fresh draw of q(x_t' | known). It serves both
+"generate an image for this mask" (the mask channels are known) and inpainting (the mask
+channels and the RGB outside the defect are known), with RePaint's resampling (jump back up
+`jump_length` steps, `resample` times) to harmonise the generated part with the known one.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -38,13 +46,56 @@ def randn_rows(like: torch.Tensor, generator: Generator) -> torch.Tensor:
                         for g in generator])
 
 
-def _steps(timesteps: Sequence[int], progress: bool, desc: str):
-    """Pairs (t, t_prev) along the sequence, the last one going to -1 (clean data)."""
+def _check_descending(timesteps: Sequence[int]) -> list[int]:
     ts = [int(t) for t in timesteps]
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError(f"timesteps must be strictly descending, got {ts[:5]}...")
+    return ts
+
+
+def _steps(timesteps: Sequence[int], progress: bool, desc: str):
+    """Pairs (t, t_prev) along the sequence, the last one going to -1 (clean data)."""
+    ts = _check_descending(timesteps)
     pairs = list(zip(ts, ts[1:] + [-1]))
     return tqdm(pairs, desc=desc, disable=not progress, leave=False)
+
+
+def ddpm_step(denoise: Denoiser, x: torch.Tensor, t: int, t_prev: int, diffusion: GaussianDiffusion,
+              generator: Generator = None, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ancestral step t -> t_prev: x_{t'} ~ q(x_{t'} | x_t, x0_hat). Returns (x_{t'}, x0_hat).
+
+    Over a respaced sequence the step uses beta = 1 - alpha_bar_t / alpha_bar_t', as in
+    Nichol & Dhariwal's respacing; t_prev = -1 (clean data) adds no noise. `eta` is ignored.
+    """
+    x0 = denoise(x, t)
+    ab, ab_prev = diffusion.alpha_bar_at(t), diffusion.alpha_bar_at(t_prev)
+    beta = 1.0 - ab / ab_prev
+    coef_x0 = math.sqrt(ab_prev) * beta / (1.0 - ab)
+    coef_xt = math.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab)
+    x = coef_x0 * x0 + coef_xt * x
+    if t_prev >= 0:
+        var = beta * (1.0 - ab_prev) / (1.0 - ab)
+        x = x + math.sqrt(var) * randn_rows(x, generator)
+    return x, x0
+
+
+def ddim_step(denoise: Denoiser, x: torch.Tensor, t: int, t_prev: int, diffusion: GaussianDiffusion,
+              generator: Generator = None, eta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step t -> t_prev: x_{t'} = sqrt(ab') x0 + sqrt(1 - ab' - s^2) eps + s z.
+
+    s = eta * sqrt((1 - ab') / (1 - ab) * (1 - ab / ab')). Returns (x_{t'}, x0_hat).
+    """
+    x0 = denoise(x, t)
+    ab, ab_prev = diffusion.alpha_bar_at(t), diffusion.alpha_bar_at(t_prev)
+    eps = (x - math.sqrt(ab) * x0) / math.sqrt(1.0 - ab)
+    sigma = eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
+    x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) * eps
+    if sigma > 0 and t_prev >= 0:
+        x = x + sigma * randn_rows(x, generator)
+    return x, x0
+
+
+STEPS = {"ddpm": ddpm_step, "ddim": ddim_step}
 
 
 @torch.no_grad()
@@ -57,15 +108,7 @@ def sample_ddpm(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int], di
     Nichol & Dhariwal's respacing. `eta` is accepted for a uniform signature and ignored.
     """
     for t, t_prev in _steps(timesteps, progress, "ddpm"):
-        x0 = denoise(x, t)
-        ab, ab_prev = diffusion.alpha_bar_at(t), diffusion.alpha_bar_at(t_prev)
-        beta = 1.0 - ab / ab_prev
-        coef_x0 = math.sqrt(ab_prev) * beta / (1.0 - ab)
-        coef_xt = math.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab)
-        x = coef_x0 * x0 + coef_xt * x
-        if t_prev >= 0:
-            var = beta * (1.0 - ab_prev) / (1.0 - ab)
-            x = x + math.sqrt(var) * randn_rows(x, generator)
+        x, x0 = ddpm_step(denoise, x, t, t_prev, diffusion, generator)
         if callback is not None:
             callback(t=t, x=x, x0=x0)
     return x
@@ -81,13 +124,7 @@ def sample_ddim(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int], di
     has the same marginals as ancestral DDPM.
     """
     for t, t_prev in _steps(timesteps, progress, "ddim"):
-        x0 = denoise(x, t)
-        ab, ab_prev = diffusion.alpha_bar_at(t), diffusion.alpha_bar_at(t_prev)
-        eps = (x - math.sqrt(ab) * x0) / math.sqrt(1.0 - ab)
-        sigma = eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
-        x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) * eps
-        if sigma > 0 and t_prev >= 0:
-            x = x + sigma * randn_rows(x, generator)
+        x, x0 = ddim_step(denoise, x, t, t_prev, diffusion, generator, eta)
         if callback is not None:
             callback(t=t, x=x, x0=x0)
     return x
@@ -108,3 +145,92 @@ def two_stage_denoiser(large: Denoiser, small: Denoiser, switch: int) -> Denoise
         return large(x, t) if t >= switch else small(x, t)
 
     return denoise
+
+
+# ---------------------------------------------------------------------------------------
+# Known regions: mask-conditioned generation and inpainting (replacement + RePaint)
+
+
+@dataclass
+class KnownRegion:
+    """Part of the clean sample that is given: `values` (B, C, H, W) in model space, and
+    `keep` (same shape, or broadcastable) = 1 where the value is known, 0 where it is generated."""
+
+    values: torch.Tensor
+    keep: torch.Tensor
+
+    def impose(self, x: torch.Tensor, t: int, diffusion: GaussianDiffusion, generator: Generator) -> torch.Tensor:
+        """x with its known part replaced by a fresh draw of q(x_t | values); t = -1: the values."""
+        if t < 0:
+            noisy = self.values
+        else:
+            ab = diffusion.alpha_bar_at(t)
+            noisy = math.sqrt(ab) * self.values + math.sqrt(1.0 - ab) * randn_rows(x, generator)
+        return self.keep * noisy + (1.0 - self.keep) * x
+
+
+def q_jump(x: torch.Tensor, t: int, t_next: int, diffusion: GaussianDiffusion, generator: Generator) -> torch.Tensor:
+    """Forward diffusion from t up to t_next > t: x_{t_next} ~ q(x_{t_next} | x_t) (RePaint's jump back)."""
+    ratio = diffusion.alpha_bar_at(t_next) / diffusion.alpha_bar_at(t)
+    return math.sqrt(ratio) * x + math.sqrt(1.0 - ratio) * randn_rows(x, generator)
+
+
+def repaint_path(n: int, jump_length: int = 10, resample: int = 1) -> list[int]:
+    """RePaint's time schedule (Lugmayr et al. 2022) over positions in a sequence of n timesteps.
+
+    Position n-1 is the first (noisiest) timestep, 0 the last, -1 the clean sample. Going down
+    is a denoising step; going up is a forward jump. At every `jump_length`-th position the
+    chain jumps back up `jump_length` positions, `resample - 1` times, before moving on, so
+    each stretch is denoised `resample` times. resample = 1 is plain replacement: n-1 ... -1.
+    """
+    if jump_length < 1 or resample < 1:
+        raise ValueError(f"jump_length and resample must be >= 1, got {jump_length}, {resample}")
+    jumps = {k: resample - 1 for k in range(0, n - jump_length, jump_length)}
+    k, path = n - 1, [n - 1]
+    while k >= 0:
+        k -= 1
+        path.append(k)
+        if jumps.get(k, 0) > 0:
+            jumps[k] -= 1
+            for _ in range(jump_length):
+                k += 1
+                path.append(k)
+    return path
+
+
+def known_region_sampler(step: str, known: KnownRegion, *, jump_length: int = 10, resample: int = 1):
+    """A sampler with the uniform signature that keeps `known` (replacement, RePaint resampling).
+
+    `step` names the update (ddpm or ddim, see STEPS). The known part starts as q(x_T | known)
+    and is replaced after every denoising step, so at t = -1 it equals the given values
+    exactly; the rest is generated in harmony with it. Forward jumps (resample > 1) noise the
+    whole sample, as in RePaint. Every row draws the same amount of noise from its own
+    generator whatever the batch, so a row still depends only on its own seed.
+    """
+    step_fn = STEPS[step]
+
+    @torch.no_grad()
+    def sample(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int], diffusion: GaussianDiffusion,
+               *, generator: Generator = None, eta: float = 0.0, callback: Callable | None = None,
+               progress: bool = False) -> torch.Tensor:
+        ts = _check_descending(timesteps)
+        n = len(ts)
+
+        def time(k: int) -> int:  # position -> timestep (-1 = clean)
+            return ts[n - 1 - k] if k >= 0 else -1
+
+        path = repaint_path(n, jump_length, resample)
+        x = known.impose(x, ts[0], diffusion, generator)
+        moves = tqdm(list(zip(path, path[1:])), desc=f"{step}+known", disable=not progress, leave=False)
+        for k, k_next in moves:
+            t, t_next = time(k), time(k_next)
+            if k_next > k:  # jump back up: re-noise, then denoise that stretch again
+                x = q_jump(x, t, t_next, diffusion, generator)
+                continue
+            x, x0 = step_fn(denoise, x, t, t_next, diffusion, generator, eta)
+            x = known.impose(x, t_next, diffusion, generator)
+            if callback is not None:
+                callback(t=t, x=x, x0=x0)
+        return x
+
+    return sample

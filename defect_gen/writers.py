@@ -1,0 +1,168 @@
+"""Output layouts, the manifest and the preview: where each generated pair goes on disk.
+
+`--layout` (SAMPLE_DIR reads straight back as `data.root` with the same `data.layout`):
+
+paired           images/NAME.png, masks/NAME.png (class index), masks_color/NAME.png
+mvtec            test/TYPE/NAME.png, ground_truth/TYPE/NAME_mask.png (binary 0/255)
+defect_spectrum  image/TYPE/NAME.png, mask/TYPE/NAME_mask.png (class index),
+                 rgb_mask/TYPE/NAME_rgb_mask.png (the mask in the palette colours)
+
+TYPE is the pair's class name when its mask holds one class, "combined" (MVTec's name for
+images with several defects) when it holds more, and "good" for an empty mask (only with
+--keep-empty; the image alone is written there, as in MVTec). MVTec masks are binary, so a
+"combined" pair keeps its classes only in the manifest; prefer paired or defect_spectrum
+for several classes.
+
+manifest.jsonl has one row per pair: name, seed (the one that made it), tries, classes,
+defect_pixels, files (paths relative to SAMPLE_DIR), and the given mask / good image if any.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from defect_gen.errors import ConfigError, DefectGenError
+from defect_gen.io import MIN_PREVIEW_HEIGHT, save_pair_grid, write_png
+from defect_gen.masks import class_pixel_counts, colorize, overlay
+
+FOLDERS = {"paired": ("images", "masks", "masks_color"), "mvtec": ("test", "ground_truth"),
+           "defect_spectrum": ("image", "mask", "rgb_mask")}
+LAYOUTS = tuple(FOLDERS)
+MANIFEST, PREVIEW = "manifest.jsonl", "preview.png"
+
+
+def defect_type(index: np.ndarray, classes: list[str]) -> str:
+    present = [int(c) for c in np.unique(index) if c > 0]
+    if not present:
+        return "good"
+    return classes[present[0] - 1] if len(present) == 1 else "combined"
+
+
+def pair_files(layout: str, name: str, kind: str) -> dict[str, str]:
+    """Paths (relative to SAMPLE_DIR) of one pair's files; `kind` is its defect_type."""
+    if layout == "paired":
+        return {"image": f"images/{name}.png", "mask": f"masks/{name}.png", "mask_color": f"masks_color/{name}.png"}
+    if layout == "mvtec":
+        files = {"image": f"test/{kind}/{name}.png", "mask": f"ground_truth/{kind}/{name}_mask.png"}
+    elif layout == "defect_spectrum":
+        files = {"image": f"image/{kind}/{name}.png", "mask": f"mask/{kind}/{name}_mask.png",
+                 "mask_color": f"rgb_mask/{kind}/{name}_rgb_mask.png"}
+    else:
+        raise ConfigError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    return {"image": files["image"]} if kind == "good" else files
+
+
+def write_pair(sample_dir: str, layout: str, name: str, rgb: np.ndarray, index: np.ndarray,
+               classes: list[str]) -> dict:
+    """Write one pair in `layout`; returns its manifest row (without seed and sources)."""
+    files = pair_files(layout, name, defect_type(index, classes))
+    mask = (index > 0).astype(np.uint8) * 255 if layout == "mvtec" else index.astype(np.uint8)
+    pictures = {"image": rgb, "mask": mask, "mask_color": colorize(index)}
+    for what, rel in files.items():
+        write_png(os.path.join(sample_dir, rel), pictures[what])
+    counts = class_pixel_counts(index, len(classes))
+    return {"name": name, "classes": [classes[c - 1] for c in sorted(counts)],
+            "defect_pixels": {classes[c - 1]: n for c, n in sorted(counts.items())}, "files": files}
+
+
+# ---------------------------------------------------------------------------------------
+# The output folder
+
+
+def _read_manifest(path: str) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def _remove_previous(sample_dir: str) -> None:
+    """Delete what the previous run's manifest lists (never other files), then the manifest."""
+    manifest = os.path.join(sample_dir, MANIFEST)
+    for row in _read_manifest(manifest) if os.path.exists(manifest) else []:
+        # Rows written before layouts existed name no files: they were paired.
+        files = row.get("files") or pair_files("paired", row["name"], "")
+        for rel in files.values():
+            path = os.path.join(sample_dir, rel)
+            if os.path.isfile(path):
+                os.remove(path)
+    for name in (MANIFEST, PREVIEW):
+        if os.path.exists(os.path.join(sample_dir, name)):
+            os.remove(os.path.join(sample_dir, name))
+    for top in sorted({f for folders in FOLDERS.values() for f in folders}):
+        for dirpath, _, _ in sorted(os.walk(os.path.join(sample_dir, top)), reverse=True):
+            if not os.listdir(dirpath):  # only folders the removal left empty
+                os.rmdir(dirpath)
+
+
+def _holds_files(folder: str) -> bool:
+    return any(files for _, _, files in os.walk(folder))
+
+
+def prepare_dir(sample_dir: str, layout: str, overwrite: bool) -> None:
+    """Refuse to mix with earlier output unless `overwrite`, which removes the earlier pairs."""
+    if overwrite:
+        _remove_previous(sample_dir)
+    busy = [f for f in FOLDERS[layout] if _holds_files(os.path.join(sample_dir, f))]
+    if os.path.exists(os.path.join(sample_dir, MANIFEST)) or (busy and not overwrite):
+        where = MANIFEST if os.path.exists(os.path.join(sample_dir, MANIFEST)) else f"{busy[0]}/"
+        raise DefectGenError(f"{sample_dir} already holds generated pairs ({where}); pass --overwrite to replace "
+                             f"a previous run's pairs or choose another --sample_dir")
+    try:
+        os.makedirs(sample_dir, exist_ok=True)
+    except OSError as exc:
+        raise DefectGenError(f"cannot create output folder {sample_dir}: {exc.strerror}") from None
+
+
+def sort_manifest(sample_dir: str) -> None:
+    """Rows in name order, whichever rank or retry finished first."""
+    path = os.path.join(sample_dir, MANIFEST)
+    if os.path.exists(path):
+        rows = sorted(_read_manifest(path), key=lambda r: r["name"])
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Preview
+
+
+def _upscale(array: np.ndarray, factor: int) -> np.ndarray:
+    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
+
+
+def _given_grid(items: list[tuple], ncols: int, gap: int = 2) -> np.ndarray:
+    """Cells [given image | result | colour mask | overlay], laid out like io.pair_grid."""
+    size = items[0][0].shape[0]
+    factor = max(1, math.ceil(MIN_PREVIEW_HEIGHT / size))
+    cells = []
+    for rgb, index, given in items:
+        panels = [_upscale(p, factor) for p in (given, rgb, colorize(index), overlay(rgb, index))]
+        spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
+        cells.append(np.concatenate([x for p in panels for x in (p, spacer)][:-1], axis=1))
+    cols, cell_gap = min(ncols, len(cells)), 3 * gap
+    rows = math.ceil(len(cells) / cols)
+    cell_h, cell_w = cells[0].shape[:2]
+    grid = np.full((rows * cell_h + (rows - 1) * cell_gap, cols * cell_w + (cols - 1) * cell_gap, 3), 255, np.uint8)
+    for k, cell in enumerate(cells):
+        top, left = (k // cols) * (cell_h + cell_gap), (k % cols) * (cell_w + cell_gap)
+        grid[top:top + cell_h, left:left + cell_w] = cell
+    return grid
+
+
+def save_preview(sample_dir: str, items: list[tuple]) -> None:
+    """preview.png: image | colour mask | overlay per pair, with the given image first when
+    defects were painted into one (items are (rgb, index, given rgb or None))."""
+    if not items:
+        return
+    path = os.path.join(sample_dir, PREVIEW)
+    if items[0][2] is None:
+        save_pair_grid(path, [i[0] for i in items], [i[1] for i in items])
+    else:
+        write_png(path, _given_grid(items, ncols=3))
