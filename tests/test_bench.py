@@ -10,7 +10,7 @@ from defect_gen.config import from_dict
 def _cfg(**model):
     return from_dict({"model": {"image_size": 16, "model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
                                 "attention_downsample": [2], "num_head_channels": 32, **model},
-                      "diffusion": {"num_timesteps": 100}, "data": {"classes": ["a", "b"]}})
+                      "diffusion": {"num_timesteps": 1000}, "data": {"classes": ["a", "b"]}})
 
 
 def test_bench_fields_are_consistent():
