@@ -101,7 +101,19 @@ def save_training(work_dir: str, state: dict, keep_last: int) -> str:
     _fsync_dir(directory)
     for old in list_checkpoints(work_dir)[:-keep_last]:
         os.remove(old)
+    _remove_stale_temps(directory)
     return path
+
+
+def _remove_stale_temps(directory: str) -> None:
+    """Delete temp files a killed save left behind (never a real checkpoint: those have no dot prefix)."""
+    mine = f".tmp{os.getpid()}"
+    for name in os.listdir(directory):
+        if (name.startswith(".ckpt_") or name.startswith("latest.tmp")) and not name.endswith(mine):
+            try:
+                os.remove(os.path.join(directory, name))
+            except OSError:
+                pass
 
 
 def list_checkpoints(work_dir: str) -> list[str]:

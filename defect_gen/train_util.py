@@ -141,7 +141,7 @@ class TrainLoop:
         self._set_rng_state(state["rng"])
         self.step = int(state["step"])
         self._load_history()
-        if self.progress:
+        if self.dist.is_main:  # not just a progress detail: say what was continued
             tqdm.write(f"resumed from {path} at step {self.step}")
 
     def save(self) -> str | None:
