@@ -97,11 +97,25 @@ def _add_data(sub) -> None:
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="training-step and sampling speed against the measured matmul peak")
+    p.add_argument("--config", required=True, help="the model to benchmark (training and sampling)")
+    p.add_argument("--small_config", default=None, help="small-RF config for the two-stage sampling figures")
+    p.add_argument("--num_defect", type=int, default=None)
+    p.add_argument("--image_size", type=int, default=None, help="override model.image_size")
+    p.add_argument("--batch_size", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5, help="timed repetitions (the best counts)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models")
+    p.add_argument("--channels_last", choices=["auto", "on", "off"], default="auto", help="auto: on for CUDA")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="defect-gen", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_sample, _add_info, _add_demo, _add_export, _add_data):
+    for add in (_add_train, _add_sample, _add_info, _add_demo, _add_export, _add_data, _add_bench):
         add(sub)
     return parser
 
@@ -180,7 +194,7 @@ def cmd_sample(args) -> int:
         if summary.tries != summary.pairs or summary.failed:
             print(f"acceptance: {summary.pairs} of {summary.tries} candidates kept ({summary.acceptance:.1%})")
         if summary.failed:
-            print(f"warning: {summary.failed} pairs had no accepted candidate in --max-tries {settings.max_tries}; "
+            print(f"warning: {summary.failed} pair(s) had no accepted candidate in --max-tries {settings.max_tries}; "
                   f"their names are missing (raise --max-tries or relax --classes)", file=sys.stderr)
     return 0
 
@@ -242,8 +256,26 @@ def cmd_data(args) -> int:
     return 1 if report.problems else 0
 
 
+def cmd_bench(args) -> int:
+    from defect_gen.bench import format_table, run_bench, to_json
+    from defect_gen.config import load_config, resolve_num_defect
+    from defect_gen.errors import ConfigError
+    from defect_gen.train_util import resolve_device
+
+    extra = [f"model.image_size={args.image_size}"] if args.image_size else []
+    cfg = resolve_num_defect(load_config(args.config, extra), args.num_defect)
+    small = resolve_num_defect(load_config(args.small_config, extra), cfg.num_defect) if args.small_config else None
+    if args.batch_size < 1 or args.iters < 1:
+        raise ConfigError(f"--batch_size and --iters must be >= 1, got {args.batch_size} and {args.iters}")
+    channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
+    result = run_bench(cfg, small, resolve_device(args.device), args.batch_size, args.iters, args.compile,
+                       channels_last)
+    print(to_json(result) if args.json else format_table(result))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "make-demo-data": cmd_demo,
-            "export": cmd_export, "data": cmd_data}
+            "export": cmd_export, "bench": cmd_bench, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

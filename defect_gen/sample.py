@@ -243,7 +243,8 @@ def auto_batch_size(plan: Plan, device: torch.device, limit: int) -> int:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        net(torch.zeros((2, *plan.shape), device=device), torch.zeros(2, dtype=torch.long, device=device))
+        with torch.inference_mode():  # as in sampling: no activations kept for a backward pass
+            net(torch.zeros((2, *plan.shape), device=device), torch.zeros(2, dtype=torch.long, device=device))
         per_sample = max(per_sample, (torch.cuda.max_memory_allocated(device) - base) // 2)
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(limit, int(0.8 * free) // per_sample))
@@ -427,13 +428,13 @@ def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSett
     with manifest, bar, torch.inference_mode():
         for pair in _pairs(run, range(lo, hi), stats):
             rows.append(_write(s, pair, cfg.data.classes, manifest))
-            if len(preview) < s.preview:
-                preview.append((pair.rgb, pair.mask, pair.given))
+            if pair.index < lo + s.preview:  # the first pairs by name, whichever finished first
+                preview.append((pair.index, pair.rgb, pair.mask, pair.given))
             bar.update(1)
             bar.set_postfix(accepted=f"{len(rows) / max(stats['tries'], 1):.0%}")
     pairs, tries, failed = _total(device, len(rows), stats["tries"], stats["failed"])
     dist_util.barrier()
     if dinfo.is_main:
         writers.sort_manifest(s.sample_dir)
-        writers.save_preview(s.sample_dir, preview)
+        writers.save_preview(s.sample_dir, [p[1:] for p in sorted(preview, key=lambda p: p[0])])
     return Summary(rows, pairs, tries, failed, time.perf_counter() - start, plan.description)

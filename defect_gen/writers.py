@@ -145,7 +145,7 @@ def _given_grid(items: list[tuple], ncols: int, gap: int = 2) -> np.ndarray:
     for rgb, index, given in items:
         panels = [_upscale(p, factor) for p in (given, rgb, colorize(index), overlay(rgb, index))]
         spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
-        cells.append(np.concatenate([x for p in panels for x in (p, spacer)][:-1], axis=1))
+        cells.append(np.concatenate([x for p in panels for x in (p, spacer)][:-1], axis=1))  # no trailing spacer
     cols, cell_gap = min(ncols, len(cells)), 3 * gap
     rows = math.ceil(len(cells) / cols)
     cell_h, cell_w = cells[0].shape[:2]

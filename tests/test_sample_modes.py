@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from defect_gen import dist_util, sample, writers
+from defect_gen.cli import main
 from defect_gen.conditioning import place_randomly
 from defect_gen.config import Config, DataConfig, ModelConfig, to_dict
 from defect_gen.errors import ConfigError, DataError, DefectGenError
@@ -277,7 +278,18 @@ def test_mode_flags_that_cannot_work_are_one_line_errors(tmp_path):
         _run(tmp_path, mask_dir=str(tmp_path / "bad"))
 
 
-def test_a_real_tiny_unet_with_our_checkpoint_in_mask_mode(tmp_path):
+def test_place_random_moves_given_masks_reproducibly(tmp_path):
+    _write_masks(tmp_path / "given", [_square(2, top=0, left=0, size=4)])
+    _run(tmp_path, follow=True, mask_dir=str(tmp_path / "given"), num_samples=3, place="random")
+    masks = [_png(tmp_path, r["files"]["mask"]) for r in _rows(tmp_path)]
+    assert all((m == 2).sum() == 16 and m.max() == 2 for m in masks)
+    assert any(m[0, 0] == 0 for m in masks)  # moved away from the corner
+    _run(tmp_path, name="again", follow=True, mask_dir=str(tmp_path / "given"), num_samples=3, place="random")
+    assert all(np.array_equal(m, _png(tmp_path, r["files"]["mask"], "again"))
+               for m, r in zip(masks, _rows(tmp_path, "again")))
+
+
+def test_cli_with_a_real_tiny_unet_of_ours_in_mask_mode(tmp_path, capsys):
     model_cfg = ModelConfig(image_size=SIZE, model_channels=32, channel_mult=[1], num_res_blocks=1,
                             attention_downsample=[], middle_block=False)
     cfg = Config(model=model_cfg, data=DataConfig(classes=list(CLASSES)))
@@ -286,18 +298,24 @@ def test_a_real_tiny_unet_with_our_checkpoint_in_mask_mode(tmp_path):
     for p in net.parameters():
         nn.init.normal_(p, std=0.05)
     path = str(tmp_path / "tiny.pt")
-    torch.save({"format": "defect-gen/1", "config": to_dict(cfg), "model": {k: v * 0 for k, v in
-                net.state_dict().items()}, "ema": {"0.99": net.state_dict()}}, path)
+    raw = {k: v * 0 for k, v in net.state_dict().items()}
+    torch.save({"format": "defect-gen/1", "config": to_dict(cfg), "model": raw, "ema": {"0.99": net.state_dict()}},
+               path)
     model = sample.load_model(path, torch.device("cpu"))
     torch.testing.assert_close(model.model.state_dict()["out.2.weight"], net.state_dict()["out.2.weight"])  # EMA
     _write_masks(tmp_path / "given", [_square(2)])
-    s = sample.SampleSettings(sample_dir=str(tmp_path / "out"), step_inference=0, steps=3, num_samples=2,
-                              mask_dir=str(tmp_path / "given"), sampler="ddim")
-    sample.generate(model, None, s, torch.device("cpu"), progress=False)
+    args = ["sample", "--small_recep", path, "--step_inference", "1000", "--steps", "3", "--num_samples", "2",
+            "--mask", str(tmp_path / "given"), "--sampler", "ddim", "--layout", "defect_spectrum",
+            "--precision", "bf16", "--sample_dir", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 pairs in" in out and "pairs/s" in out
     for r in _rows(tmp_path):
         assert np.array_equal(_png(tmp_path, r["files"]["mask"]), _square(2))
+        assert r["files"]["image"] == f"image/stain/{r['name']}.png"
+    config_file = tmp_path / "other.yaml"
+    config_file.write_text("model: {image_size: 16, model_channels: 32, channel_mult: [1, 2], num_res_blocks: 1, "
+                           "attention_downsample: [], middle_block: false}\ndata: {classes: [a, b, c]}\n")
     with pytest.raises(ConfigError, match="model.channel_mult is"):
-        config_file = tmp_path / "other.yaml"
-        config_file.write_text("model: {image_size: 16, model_channels: 32, channel_mult: [1, 2], num_res_blocks: 1, "
-                               "attention_downsample: [], middle_block: false}\ndata: {classes: [a, b, c]}\n")
         sample.load_model(path, torch.device("cpu"), config_path=str(config_file))
+    assert main([*args[:-3], "--batch_size", "many", "--sample_dir", str(tmp_path / "x"), "--no-progress"]) == 2
