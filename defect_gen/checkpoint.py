@@ -76,15 +76,25 @@ def load(path: str, map_location="cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise CheckpointError(f"refused to load {path}: it holds objects other than tensors and plain data, "
-                              f"which could run code ({first[:160]})") from None
+        detail = _unpickler_detail(str(exc))
+        if "Unsupported global" in detail:  # the pickle names a function or class to call
+            raise CheckpointError(f"refused to load {path}: it names code to run rather than holding only "
+                                  f"tensors and plain data ({detail[:160]})") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a file torch.save wrote: "
+                              f"{detail[:120]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, found {type(obj).__name__}")
     return obj
+
+
+def _unpickler_detail(message: str) -> str:
+    """The one informative line of torch's long weights_only error message."""
+    marker = "WeightsUnpickler error:"
+    tail = message[message.find(marker) + len(marker):] if marker in message else message
+    return " ".join(tail.split())[:200].split(" Check the documentation")[0].split(" Please use")[0]
 
 
 def ckpt_dir(work_dir: str) -> str:

@@ -56,6 +56,8 @@ def _add_sample(sub) -> None:
     g.add_argument("--keep-empty", action="store_true", help="also write pairs whose mask has no defect")
     g.add_argument("--layout", choices=["paired", "mvtec", "defect_spectrum"], default="paired",
                    help="folder structure of the pairs (reads back with the same data.layout)")
+    g.add_argument("--resume", action="store_true",
+                   help="finish a run that was stopped: write only the pairs its manifest lacks (same settings)")
     g.add_argument("--overwrite", action="store_true", help="replace the pairs a previous run wrote to --sample_dir")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on CUDA")
@@ -111,11 +113,36 @@ def _add_bench(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="do generated pairs help a segmenter? real only vs real + synthetic, "
+                                        "plus generation quality; writes REPORT_DIR/report.md")
+    p.add_argument("--real", required=True, metavar="CFG", help="YAML config of the real data; its few-shot "
+                   "selection (data.num_images_per_class, selection_seed / selection_file) is the training split, "
+                   "the other defect images the held-out split")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a value of the real config, e.g. --set data.root=DIR (repeatable)")
+    p.add_argument("--synthetic", required=True, nargs="+", metavar="DIR",
+                   help="one or more `defect-gen sample` folders (paired layout); each is evaluated")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for report.md, results.json, plots")
+    p.add_argument("--ratios", default="0.5,1,2", help="synthetic pairs per real training pair, comma-separated")
+    p.add_argument("--seeds", type=int, default=3, help="segmenters per training set (seeds 0..N-1)")
+    p.add_argument("--steps", type=int, default=300, help="segmenter training steps")
+    p.add_argument("--batch_size", type=int, default=8, help="segmenter batch size")
+    p.add_argument("--lr", type=float, default=3e-3, help="segmenter peak learning rate (one-cycle)")
+    p.add_argument("--width", type=int, default=16, help="UNet base channels")
+    p.add_argument("--image_size", type=int, default=None, help="evaluation size (default: the config's model.image_size)")
+    p.add_argument("--max_heldout", type=int, default=200, help="at most this many held-out real pairs (seeded pick)")
+    p.add_argument("--segmenter", choices=["unet", "deeplabv3"], default="unet",
+                   help="unet: built-in small UNet; deeplabv3: torchvision's, from scratch (needs torchvision)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="defect-gen", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_sample, _add_info, _add_demo, _add_export, _add_data, _add_bench):
+    for add in (_add_train, _add_sample, _add_info, _add_demo, _add_export, _add_data, _add_bench,
+                _add_evaluate):
         add(sub)
     return parser
 
@@ -164,7 +191,7 @@ def cmd_sample(args) -> int:
         classes=[c.strip() for c in args.classes.split(",") if c.strip()], max_tries=args.max_tries,
         mask_dir=args.mask_dir, good_dir=args.good_dir, place=args.place, resample=args.resample,
         jump_length=args.jump, min_defect_pixels=args.min_defect_pixels, keep_empty=args.keep_empty,
-        layout=args.layout, precision=args.precision)
+        layout=args.layout, precision=args.precision, resume=args.resume)
     check_settings(settings)
     device = resolve_device(args.device)
     dinfo = dist_util.init(device.type)
@@ -274,8 +301,38 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import shlex
+
+    from defect_gen.config import load_config
+    from defect_gen.errors import ConfigError
+    from defect_gen.evaluate.report import write_report
+    from defect_gen.evaluate.run import EvalSettings, evaluate, parse_ratios
+    from defect_gen.evaluate.segmenter import SegSettings
+
+    cfg = load_config(args.real, args.overrides)
+    size = args.image_size or cfg.model.image_size
+    for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--batch_size", args.batch_size),
+                        ("--width", args.width), ("--max_heldout", args.max_heldout), ("--image_size", size)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    seg = SegSettings(arch=args.segmenter, steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width)
+    settings = EvalSettings(ratios=parse_ratios(args.ratios), seeds=args.seeds, image_size=size,
+                            max_heldout=args.max_heldout, seg=seg, progress=not args.no_progress)
+    results = evaluate(cfg, args.real, args.synthetic, args.out, settings)
+    # The command as it would be typed (with every default spelt out), for the report.
+    command = ["defect-gen", "evaluate", "--real", args.real, *[a for o in args.overrides for a in ("--set", o)],
+               "--synthetic", *args.synthetic, "--out", args.out, "--ratios", args.ratios, "--seeds", str(args.seeds),
+               "--steps", str(args.steps), "--image_size", str(size), "--max_heldout", str(args.max_heldout),
+               "--segmenter", args.segmenter]
+    command = " ".join(shlex.quote(a) for a in command)
+    print(f"report: {write_report(results, args.out, command)}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "make-demo-data": cmd_demo,
-            "export": cmd_export, "bench": cmd_bench, "data": cmd_data}
+            "export": cmd_export, "bench": cmd_bench, "data": cmd_data,
+            "evaluate": cmd_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

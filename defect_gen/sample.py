@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from defect_gen import checkpoint as ckpt_lib
 from defect_gen import conditioning, dist_util, writers
 from defect_gen.config import Config, from_dict, from_published_yaml, load_config, read_yaml
-from defect_gen.errors import CheckpointError, ConfigError
+from defect_gen.errors import CheckpointError, ConfigError, DefectGenError
 from defect_gen.gaussian_diffusion import Denoiser, GaussianDiffusion
 from defect_gen.masks import image_to_uint8, mask_to_index, split_image_mask
 from defect_gen.postprocess import accept, drop_small_regions
@@ -72,6 +72,7 @@ class SampleSettings:
     keep_empty: bool = False
     layout: str = "paired"
     precision: str = "auto"  # auto (bf16 on CUDA) | fp32 | bf16
+    resume: bool = False  # finish a killed run in sample_dir: only the pairs its manifest lacks
 
 
 @dataclass
@@ -349,8 +350,18 @@ def _sample_batch(run: _Run, tasks: list[_Task], seeds: list[int]) -> tuple[torc
         sampler = known_region_sampler(s.sampler, KnownRegion(values, keep), jump_length=s.jump_length,
                                        resample=s.resample)
         extras = [(c[2], c[3]) for c in conds]
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+
+    def track(t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        # The first timestep whose x_t holds NaN/Inf, kept on the device: no sync per step.
+        first_bad.copy_(torch.where((first_bad < 0) & ~torch.isfinite(x).all(), t, first_bad))
+
     x = sampler(run.plan.denoise, x, run.plan.timesteps, run.plan.diffusion, generator=gens, eta=s.eta,
-                progress=run.progress)
+                progress=run.progress, callback=track)
+    if int(first_bad) >= 0:
+        names = ", ".join(_name(s, t.index) for t in tasks)
+        raise DefectGenError(f"sampling produced NaN or Inf at timestep {int(first_bad)} for {names}: the "
+                             f"checkpoint may hold non-finite weights, or try --precision fp32")
     return x.float().cpu(), extras
 
 
@@ -389,9 +400,34 @@ def _pairs(run: _Run, indices: range, stats: dict) -> Iterator[_Pair]:
 # The job
 
 
+def _name(s: SampleSettings, index: int) -> str:
+    return f"sample_{s.seed + index:06d}"
+
+
+# Settings that decide which pair a name stands for: a resumed run must keep them.
+RESUME_KEYS = ("step_inference", "seed", "steps", "sampler", "eta", "raw_weights", "classes", "max_tries",
+               "mask_dir", "good_dir", "place", "resample", "jump_length", "min_defect_pixels", "keep_empty",
+               "layout")
+
+
+def _check_resumable(s: SampleSettings, num: int, models: str) -> None:
+    """Record this run's settings; with --resume, refuse settings that differ from the recorded ones."""
+    path = os.path.join(s.sample_dir, "sample_settings.json")
+    current = {"num_samples": num, "models": models, **{k: getattr(s, k) for k in RESUME_KEYS}}
+    if s.resume and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+        changed = [f"{k} ({recorded.get(k)!r} -> {v!r})" for k, v in current.items() if recorded.get(k) != v]
+        if changed:
+            raise ConfigError(f"--resume: these settings differ from the run in {s.sample_dir}: "
+                              f"{'; '.join(changed)}")
+        return
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(current, f, indent=1)
+
+
 def _write(s: SampleSettings, pair: _Pair, classes: list[str], manifest) -> dict:
-    row = writers.write_pair(s.sample_dir, s.layout, f"sample_{s.seed + pair.index:06d}", pair.rgb, pair.mask,
-                             classes)
+    row = writers.write_pair(s.sample_dir, s.layout, _name(s, pair.index), pair.rgb, pair.mask, classes)
     row = {"name": row.pop("name"), "seed": pair.seed, "tries": pair.tries, **row, **pair.sources}
     manifest.write(json.dumps(row) + "\n")
     manifest.flush()
@@ -414,19 +450,22 @@ def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSett
     num = s.num_samples or len(cond.masks or cond.goods or [None] * 16)
     dinfo = dist_util.info()
     if dinfo.is_main:
-        writers.prepare_dir(s.sample_dir, s.layout, s.overwrite)
+        writers.prepare_dir(s.sample_dir, s.layout, s.overwrite, s.resume)
+        _check_resumable(s, num, plan.description)
     dist_util.barrier()
+    done = writers.done_names(s.sample_dir) if s.resume else set()
     progress = progress and dinfo.is_main
     # Under torchrun each rank takes a contiguous slice of the pair indices: no duplicate, no gap.
     lo, hi = (num * dinfo.rank) // dinfo.world_size, (num * (dinfo.rank + 1)) // dinfo.world_size
-    batch_size = s.batch_size or auto_batch_size(plan, device, max(1, hi - lo))
+    todo = [i for i in range(lo, hi) if _name(s, i) not in done]
+    batch_size = s.batch_size or auto_batch_size(plan, device, max(1, len(todo)))
     run = _Run(plan, cond, s, num, required, batch_size, device, progress)
     rows, preview, stats = [], [], {"tries": 0, "failed": 0}
     start = time.perf_counter()
     manifest = open(os.path.join(s.sample_dir, writers.MANIFEST), "a", encoding="utf-8")
-    bar = tqdm(total=hi - lo, desc="sampling", unit="pair", disable=not progress)
+    bar = tqdm(total=hi - lo, initial=hi - lo - len(todo), desc="sampling", unit="pair", disable=not progress)
     with manifest, bar, torch.inference_mode():
-        for pair in _pairs(run, range(lo, hi), stats):
+        for pair in _pairs(run, todo, stats):
             rows.append(_write(s, pair, cfg.data.classes, manifest))
             if pair.index < lo + s.preview:  # the first pairs by name, whichever finished first
                 preview.append((pair.index, pair.rgb, pair.mask, pair.given))

@@ -74,11 +74,17 @@ def write_pair(sample_dir: str, layout: str, name: str, rgb: np.ndarray, index: 
 
 
 def _read_manifest(path: str) -> list[dict]:
-    rows = []
+    """Rows of a manifest. A last line cut short (the process was killed mid-write) is
+    ignored: its pair is simply generated again on --resume."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines):
+                raise DefectGenError(f"{path} line {n} is not valid JSON: the manifest is damaged") from None
     return rows
 
 
@@ -105,19 +111,39 @@ def _holds_files(folder: str) -> bool:
     return any(files for _, _, files in os.walk(folder))
 
 
-def prepare_dir(sample_dir: str, layout: str, overwrite: bool) -> None:
-    """Refuse to mix with earlier output unless `overwrite`, which removes the earlier pairs."""
+def prepare_dir(sample_dir: str, layout: str, overwrite: bool, resume: bool = False) -> set[str]:
+    """Make the output folder ready; returns the names already done (only with `resume`).
+
+    Refuses to mix with earlier output unless `overwrite` (which removes the earlier pairs)
+    or `resume` (which keeps them and lets the caller generate only the missing ones).
+    """
+    if overwrite and resume:
+        raise ConfigError("--overwrite and --resume contradict each other: choose one")
+    manifest = os.path.join(sample_dir, MANIFEST)
+    if resume:
+        if not os.path.exists(manifest):
+            raise DefectGenError(f"--resume: {manifest} not found; nothing to resume in {sample_dir}")
+        return done_names(sample_dir)
     if overwrite:
         _remove_previous(sample_dir)
     busy = [f for f in FOLDERS[layout] if _holds_files(os.path.join(sample_dir, f))]
-    if os.path.exists(os.path.join(sample_dir, MANIFEST)) or (busy and not overwrite):
-        where = MANIFEST if os.path.exists(os.path.join(sample_dir, MANIFEST)) else f"{busy[0]}/"
-        raise DefectGenError(f"{sample_dir} already holds generated pairs ({where}); pass --overwrite to replace "
-                             f"a previous run's pairs or choose another --sample_dir")
+    if os.path.exists(manifest) or (busy and not overwrite):
+        where = MANIFEST if os.path.exists(manifest) else f"{busy[0]}/"
+        raise DefectGenError(f"{sample_dir} already holds generated pairs ({where}); pass --resume to finish "
+                             f"that run, --overwrite to replace its pairs, or choose another --sample_dir")
     try:
         os.makedirs(sample_dir, exist_ok=True)
+        with open(os.path.join(sample_dir, MANIFEST), "a", encoding="utf-8"):
+            pass  # created now, so that a run killed before its first pair can be resumed
     except OSError as exc:
-        raise DefectGenError(f"cannot create output folder {sample_dir}: {exc.strerror}") from None
+        raise DefectGenError(f"cannot write to output folder {sample_dir}: {exc.strerror}") from None
+    return set()
+
+
+def done_names(sample_dir: str) -> set[str]:
+    """Names of the pairs a manifest records as finished (their files are written first)."""
+    path = os.path.join(sample_dir, MANIFEST)
+    return {row["name"] for row in _read_manifest(path)} if os.path.exists(path) else set()
 
 
 def sort_manifest(sample_dir: str) -> None:
@@ -125,8 +151,10 @@ def sort_manifest(sample_dir: str) -> None:
     path = os.path.join(sample_dir, MANIFEST)
     if os.path.exists(path):
         rows = sorted(_read_manifest(path), key=lambda r: r["name"])
-        with open(path, "w", encoding="utf-8") as f:
+        tmp = f"{path}.tmp{os.getpid()}"  # a kill mid-rewrite must not lose the manifest
+        with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------

@@ -46,3 +46,86 @@ def test_kill_during_training_keeps_a_loadable_latest(tmp_path, trial):
     assert ckpt_lib.load(ckpt_lib.latest(work))["step"] == step + 2
     # no temp files of the killed save linger
     assert not [n for n in os.listdir(ckpt_lib.ckpt_dir(work)) if n.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A 1-step-trained large and small model at 16 px (quality is irrelevant here)."""
+    import torch
+
+    from defect_gen.config import from_dict
+    from defect_gen.train_util import TrainLoop
+
+    root = tmp_path_factory.mktemp("fault_models")
+    make_demo_data(str(root / "data"), num_images=4, image_size=16, seed=0)
+    for name, shape in (("large", {"channel_mult": [1, 2], "attention_downsample": [2]}),
+                        ("small", {"channel_mult": [1], "attention_downsample": [], "middle_block": False})):
+        cfg = from_dict({"model": {"image_size": 16, "model_channels": 32, "num_res_blocks": 1,
+                                   "num_head_channels": 32, **shape},
+                         "diffusion": {"num_timesteps": 100},
+                         "data": {"root": str(root / "data"), "classes": ["scratch", "stain", "hole"]},
+                         "train": {"batch_size": 2, "max_steps": 1}})
+        TrainLoop(cfg, str(root / name), torch.device("cpu"), progress=False).run()
+    return root
+
+
+def _sample_args(models, out, *extra):
+    return [sys.executable, "-m", "defect_gen", "sample", "--large_recep", str(models / "large"),
+            "--small_recep", str(models / "small"), "--step_inference", "30", "--sample_dir", out,
+            "--num_samples", "24", "--batch_size", "1", "--steps", "10", "--keep-empty", "--no-progress", *extra]
+
+
+def _manifest(out):
+    with open(os.path.join(out, "manifest.jsonl")) as f:
+        return [__import__("json").loads(line) for line in f if line.strip()]
+
+
+def test_kill_during_sampling_then_resume_completes_without_duplicates(tiny_models, tmp_path):
+    out, ref = str(tmp_path / "killed"), str(tmp_path / "straight")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_sample_args(tiny_models, out), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(os.path.join(out, "manifest.jsonl")) and len(open(os.path.join(out, "manifest.jsonl")).readlines()) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {r["name"]: open(os.path.join(out, r["files"]["image"]), "rb").read() for r in _manifest(out)}
+    assert 3 <= len(before) < 24, "the kill should land mid-run"
+    # without --resume the folder is refused; with it only the missing pairs are made
+    assert subprocess.run(_sample_args(tiny_models, out), env=env, capture_output=True).returncode == 2
+    done = subprocess.run(_sample_args(tiny_models, out, "--resume"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1500:]
+    rows = _manifest(out)
+    names = [r["name"] for r in rows]
+    assert names == [f"sample_{i:06d}" for i in range(24)]  # all there, once each, in order
+    for name, data in before.items():  # finished pairs untouched
+        row = next(r for r in rows if r["name"] == name)
+        assert open(os.path.join(out, row["files"]["image"]), "rb").read() == data
+    # and the resumed run made exactly what an uninterrupted run makes
+    subprocess.run(_sample_args(tiny_models, ref), env=env, check=True, capture_output=True)
+    for r in _manifest(ref):
+        assert open(os.path.join(ref, r["files"]["image"]), "rb").read() == \
+            open(os.path.join(out, r["files"]["image"]), "rb").read(), r["name"]
+    # settings that change what a name means are refused on resume
+    changed = subprocess.run(_sample_args(tiny_models, out, "--resume", "--seed", "5"), env=env,
+                             capture_output=True, text=True)
+    assert changed.returncode == 2 and "settings differ" in changed.stderr and "seed (0 -> 5)" in changed.stderr
+
+
+def test_nan_weights_are_caught_in_sampling_naming_the_step(tiny_models, tmp_path):
+    import torch
+
+    state = ckpt_lib.load(ckpt_lib.latest(str(tiny_models / "large")))
+    for sd in [state["model"], *state["ema"].values()]:
+        sd["out.2.bias"] = torch.full_like(sd["out.2.bias"], float("nan"))
+    bad = str(tmp_path / "nan.pt")
+    ckpt_lib.atomic_save(state, bad)
+    proc = subprocess.run([sys.executable, "-m", "defect_gen", "sample", "--large_recep", bad, "--step_inference",
+                           "0", "--sample_dir", str(tmp_path / "s"), "--num_samples", "2", "--steps", "5",
+                           "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "defect-gen sample: error: sampling produced NaN or Inf at timestep 99 for sample_000000, sample_000001")

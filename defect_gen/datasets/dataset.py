@@ -149,6 +149,11 @@ def _stderr(line: str) -> None:
         print(line, file=sys.stderr)
 
 
+def _stdout(line: str) -> None:
+    if dist_util.info().is_main:
+        print(line)
+
+
 def refuse_or_skip(report: Report, log=_stderr) -> list[Problem]:
     """Raise on bad data (after logging every problem), or return the problems skipped."""
     problems, cfg = report.problems, report.cfg
@@ -159,8 +164,9 @@ def refuse_or_skip(report: Report, log=_stderr) -> list[Problem]:
         for p in problems:
             log(f"  {p.message}")
         return list(problems)
-    for p in problems:
-        log(p.message)
+    if len(problems) > 1:  # a single problem is named by the error line itself
+        for p in problems:
+            log(p.message)
     if report.refusable:  # name the problem that skipping cannot fix
         first, fix = next(p for p in problems if not p.skippable), "data.skip_bad cannot skip this"
     else:
@@ -187,7 +193,7 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int, resample: str) -
 class DefectDataset:
     """The selected pairs in memory: `images` (N, 3, L, L) and `masks` (N, L, L) uint8."""
 
-    def __init__(self, cfg: DataConfig, image_size: int, progress: bool = True, log=_stderr):
+    def __init__(self, cfg: DataConfig, image_size: int, progress: bool = True, log=_stderr, info=_stdout):
         self.cfg, self.image_size = cfg, image_size
         self.num_defect = len(cfg.classes)
         self.load_size = cfg.load_size or image_size
@@ -206,7 +212,7 @@ class DefectDataset:
         self.records = [p.record for p in self.selection.train]
         if not self.records:
             raise DataError(f"no pairs to train on in {cfg.root}: {self.selection.how}")
-        log(f"data: {len(self.records)} pairs from {cfg.root}: {self.selection.how}"
+        info(f"data: {len(self.records)} pairs from {cfg.root}: {self.selection.how}"
             + (f"; {len(report.notes)} notes, see `defect-gen data check`" if report.notes else ""))
         pairs = []
         for rec in tqdm(self.records, desc="loading data", disable=not progress, leave=False):
