@@ -1,8 +1,9 @@
 """`defect-gen bench`: training-step and sampling speed against the machine's matmul peak.
 
 Figures (one table, or JSON):
-- matmul peak: the best GFLOP/s of a large square matmul in the run's precision (fp32 on
-  CPU, bf16 on CUDA), measured in the same process so the share below is like for like;
+- matmul peak: the best GFLOP/s of large matmuls in the run's precision (fp32 on CPU, bf16
+  on CUDA) through torch.mm and through a 1x1 convolution (oneDNN / cuDNN), measured in
+  the same process so the share below is like for like;
 - forward GFLOPs per image (torch.utils.flop_counter; one multiply-add = 2 FLOPs);
 - training step (forward + backward + AdamW): ms, images/s, achieved GFLOP/s counting the
   step as 3x the forward FLOPs, and that as a share of the matmul peak;
@@ -23,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from defect_gen.config import Config
 from defect_gen.respace import space_timesteps, split_at, with_switch
+from defect_gen.train_util import make_optimizer
 from defect_gen.unet import build_unet, num_channels
 
 
@@ -35,6 +37,8 @@ class BenchResult:
     params_m: float
     fwd_gflops_per_image: float
     matmul_peak_gflops: float
+    matmul_mm_gflops: float
+    matmul_conv1x1_gflops: float
     train_ms: float
     train_images_per_s: float
     train_gflops: float
@@ -66,13 +70,27 @@ def _best_time(fn, device: torch.device, iters: int, warmup: int = 2) -> float:
     return best
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, iters: int = 5) -> float:
-    """GFLOP/s of an n x n matmul: the practical peak the UNet's convolutions can reach."""
-    n = n or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = _best_time(lambda: torch.mm(a, b), device, iters)
-    return 2 * n**3 / seconds / 1e9
+def _gemm_rate(fn, flops: float, device: torch.device, iters: int) -> float:
+    return flops / _best_time(fn, device, iters) / 1e9
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, iters: int = 5) -> dict[str, float]:
+    """GFLOP/s of large matmuls through each GEMM library torch uses, and the best of them.
+
+    On CPU torch.mm goes to MKL's sgemm, which takes a slow code path on AMD processors,
+    while convolutions go to oneDNN; a 1x1 convolution is exactly a matmul through oneDNN.
+    Taking the best of both keeps "share of peak" from flattering the convolutions.
+    """
+    rates = {}
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    rates["mm"] = _gemm_rate(lambda: torch.mm(a, b), 2 * n**3, device, iters)
+    c, side = (4096, 64) if device.type == "cuda" else (2048, 16)
+    x = torch.randn(1, c, side, side, device=device, dtype=dtype)
+    w = torch.randn(c, c, 1, 1, device=device, dtype=dtype)
+    rates["conv1x1"] = _gemm_rate(lambda: torch.nn.functional.conv2d(x, w), 2 * c * c * side * side, device, iters)
+    rates["peak"] = max(rates.values())
+    return rates
 
 
 def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -124,7 +142,7 @@ def run_bench(cfg: Config, small_cfg: Config | None, device: torch.device, batch
     params = sum(p.numel() for p in model.parameters())
     flops = forward_flops(model.to(device), x[:1])
     model = _prepare(model, device, channels_last, compile_).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model, 1e-4, 0.0, device)  # exactly what training uses
     train_s = _best_time(_train_step_fn(model, x, t, opt, amp_dtype), device, iters)
     model.eval()
     step_s = _best_time(_sample_step_fn(model, x, t, amp_dtype), device, iters)
@@ -138,7 +156,9 @@ def run_bench(cfg: Config, small_cfg: Config | None, device: torch.device, batch
         large_ts, small_ts = split_at(with_switch(space_timesteps(T, steps), switch, T), switch)
         return (len(large_ts) * step_s + len(small_ts) * step_small_s) / batch_size
 
-    peak = matmul_peak(device, peak_dtype)
+    with torch.no_grad():
+        rates = matmul_peak(device, peak_dtype)
+    peak = rates["peak"]
     achieved = 3 * flops * batch_size / train_s / 1e9
     if device.type == "cuda":
         memory = torch.cuda.max_memory_allocated(device) / 2**20
@@ -148,6 +168,7 @@ def run_bench(cfg: Config, small_cfg: Config | None, device: torch.device, batch
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
         precision="bf16" if amp_dtype is not None else "fp32", image_size=size, batch_size=batch_size,
         params_m=params / 1e6, fwd_gflops_per_image=flops / 1e9, matmul_peak_gflops=peak,
+        matmul_mm_gflops=rates["mm"], matmul_conv1x1_gflops=rates["conv1x1"],
         train_ms=train_s * 1e3, train_images_per_s=batch_size / train_s, train_gflops=achieved,
         train_share_of_peak=achieved / peak, sample_step_ms=step_s * 1e3, sample_step_ms_small=step_small_s * 1e3,
         ddpm1000_s_per_pair=per_pair(None), ddim50_s_per_pair=per_pair(50), peak_memory_mb=memory,
@@ -160,7 +181,8 @@ def format_table(r: BenchResult) -> str:
         ("image size, batch", f"{r.image_size} px, {r.batch_size}"),
         ("parameters", f"{r.params_m:.2f} M"),
         ("forward GFLOPs / image", f"{r.fwd_gflops_per_image:.2f}"),
-        ("matmul peak", f"{r.matmul_peak_gflops:.1f} GFLOP/s"),
+        ("matmul peak", f"{r.matmul_peak_gflops:.1f} GFLOP/s (best of torch.mm {r.matmul_mm_gflops:.1f}, "
+                        f"1x1-conv GEMM {r.matmul_conv1x1_gflops:.1f})"),
         ("train step", f"{r.train_ms:.1f} ms, {r.train_images_per_s:.2f} images/s"),
         ("train achieved", f"{r.train_gflops:.1f} GFLOP/s = {100 * r.train_share_of_peak:.1f} % of matmul peak"),
         ("sampling step (batch)", f"{r.sample_step_ms:.1f} ms large, {r.sample_step_ms_small:.1f} ms small"),
