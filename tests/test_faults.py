@@ -1,5 +1,6 @@
 """kill -9 at random points of training never corrupts the latest checkpoint, and resuming continues."""
 
+import json
 import os
 import random
 import signal
@@ -77,7 +78,7 @@ def _sample_args(models, out, *extra):
 
 def _manifest(out):
     with open(os.path.join(out, "manifest.jsonl")) as f:
-        return [__import__("json").loads(line) for line in f if line.strip()]
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def test_kill_during_sampling_then_resume_completes_without_duplicates(tiny_models, tmp_path):

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from defect_gen import checkpoint as ckpt_lib
 from defect_gen.config import from_dict
@@ -110,7 +111,7 @@ def test_metrics_quartiles_loss_plot_and_config(data_dir, tmp_path):
     quartiles = [r[f"loss_q{i}"] for r in rows for i in range(4) if r[f"loss_q{i}"] is not None]
     assert quartiles and all(q > 0 for q in quartiles)
     assert os.path.getsize(os.path.join(work, "loss.png")) > 1000
-    assert from_dict(__import__("yaml").safe_load(open(os.path.join(work, "config.yaml")))).train.max_steps == 6
+    assert from_dict(yaml.safe_load(open(os.path.join(work, "config.yaml")))).train.max_steps == 6
 
 
 def _final_weights(work):
