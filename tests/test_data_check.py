@@ -94,10 +94,21 @@ def test_each_broken_file_is_named_by_check_and_refused_by_training(tmp_path, da
     with pytest.raises(DataError, match="refusing to train") as exc:
         DefectDataset(cfg_for(tmp_path), S, progress=False, log=logged.append)
     assert culprit in str(exc.value) and "data.skip_bad" in str(exc.value)
-    assert logged == [report.problems[0].message]  # training says what the check says
+    # training says what the check says: one problem is named by the error line itself (not
+    # printed twice); several are listed first (see the multi-problem test)
+    assert report.problems[0].message in str(exc.value) and logged == []
 
     skipping = DefectDataset(cfg_for(tmp_path, skip_bad=True), S, progress=False, log=logged.append)
     assert len(skipping) == 3 and culprit in skipping.selection.skipped[0].message
+
+
+def test_several_problems_are_all_listed_before_the_refusal(tmp_path):
+    good_pairs(tmp_path)
+    culprits = [str(tmp_path / b(tmp_path)) for b in (break_missing_mask, break_extra_mask)]
+    logged = []
+    with pytest.raises(DataError, match=r"2 problems \(listed above\)"):
+        DefectDataset(cfg_for(tmp_path), S, progress=False, log=logged.append)
+    assert len(logged) == 2 and all(any(c in line for line in logged) for c in culprits)
 
 
 def test_value_outside_classes_explains_binary_masks(tmp_path):
