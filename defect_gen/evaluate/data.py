@@ -1,0 +1,119 @@
+"""The pairs an evaluation uses: the real few-shot split, its held-out rest, and synthetic folders.
+
+The real split is exactly the one training used: the real config's few-shot selection
+(`data.num_images_per_class` + `data.selection_seed`, or `data.selection_file`) through the
+same `select_pairs` as `DefectDataset`. The held-out split is the rest of the *defect*
+images (defect-free ones are left out: in magnetic tile they would outnumber the defects
+and turn mIoU into a false-positive count), a seeded subset when capped. Synthetic folders
+are `defect-gen sample` outputs, read as the `paired` layout with the real classes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from defect_gen.config import Config, DataConfig
+from defect_gen.datasets.check import PairStats, check_dataset, read_pair
+from defect_gen.datasets.dataset import refuse_or_skip, resize_pair, select_pairs
+from defect_gen.errors import ConfigError, DataError
+
+
+@dataclass
+class PairSet:
+    """Pairs in memory at one size: uint8 images (N, 3, S, S) and class-index masks (N, S, S)."""
+
+    names: list[str]
+    images: torch.Tensor
+    masks: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, idx: list[int]) -> "PairSet":
+        return PairSet([self.names[i] for i in idx], self.images[idx], self.masks[idx])
+
+
+def concat(a: PairSet, b: PairSet) -> PairSet:
+    return PairSet(a.names + b.names, torch.cat([a.images, b.images]), torch.cat([a.masks, b.masks]))
+
+
+def _load(pairs: list[PairStats], cfg: DataConfig, kind: str, size: int, desc: str, progress: bool) -> PairSet:
+    """Decode and resize the pairs (area for images, nearest for masks, as training does)."""
+    images, masks = [], []
+    for p in tqdm(pairs, desc=desc, disable=not progress, leave=False):
+        image, mask = resize_pair(*read_pair(p.record, cfg, kind), size, cfg.resize)
+        images.append(image)
+        masks.append(mask)
+    names = [os.path.relpath(p.record.image, cfg.root) if "://" not in cfg.root else p.record.image for p in pairs]
+    return PairSet(names, torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+                   torch.from_numpy(np.stack(masks)))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def load_real(cfg: Config, config_path: str, size: int, max_heldout: int, seed: int = 0,
+              progress: bool = False) -> tuple[PairSet, PairSet, str]:
+    """(train, held-out, one line saying how they were chosen) from the real config."""
+    d = cfg.data
+    if d.num_images_per_class is None and not d.selection_file:
+        raise ConfigError(f"--real {config_path}: data.num_images_per_class is not set, so every image is a "
+                          f"training image and none is left to test on; set it, e.g. "
+                          f"--set data.num_images_per_class=10")
+    report = check_dataset(d, progress=progress)
+    refuse_or_skip(report, _stderr)
+    selection = select_pairs(report)
+    train = [p for p in selection.train if p.class_pixels]
+    rest = [p for p in selection.rest if p.class_pixels]
+    if not train:
+        raise DataError(f"--real {config_path}: the few-shot selection ({selection.how}) holds no defect image")
+    if not rest:
+        raise DataError(f"--real {config_path}: no defect image is left out of the few-shot selection "
+                        f"({selection.how}) to test on; lower data.num_images_per_class")
+    if len(rest) > max_heldout:
+        rest = sorted(random.Random(seed).sample(rest, max_heldout), key=lambda p: p.record.image)
+    how = (f"train: {selection.how}; held out: {len(rest)} of the "
+           f"{sum(1 for p in selection.rest if p.class_pixels)} defect images not selected")
+    return (_load(train, d, report.kind, size, "loading train", progress),
+            _load(rest, d, report.kind, size, "loading held-out", progress), how)
+
+
+def load_synthetic(path: str, classes: list[str], size: int, progress: bool = False) -> PairSet:
+    """A `defect-gen sample` folder (paired layout: images/ + masks/ class indices) at `size`."""
+    if not os.path.isdir(os.path.join(path, "images")) or not os.path.isdir(os.path.join(path, "masks")):
+        raise DataError(f"--synthetic {path}: expected a `defect-gen sample` folder with images/ and masks/ "
+                        f"(paired layout)")
+    cfg = DataConfig(root=path, layout="paired", classes=list(classes), good_folders=[])
+    report = check_dataset(cfg, progress=progress)
+    # A class the generator never drew is a finding for the report, not a reason to refuse.
+    bad = [p for p in report.problems if p.skippable]
+    if bad:
+        raise DataError(f"--synthetic {path}: {len(bad)} bad pair(s), e.g. {bad[0].message}")
+    if not report.pairs:
+        raise DataError(f"--synthetic {path}: no pairs found; expected images/<stem>.png with masks/<stem>.png")
+    return _load(sorted(report.pairs, key=lambda p: p.record.image), cfg, report.kind, size,
+                 f"loading {os.path.basename(path)}", progress)
+
+
+def export_train_masks(config_path: str, overrides: list[str], out_dir: str, size: int) -> int:
+    """Write the real training split's masks (class-index PNGs at `size`) for `sample --mask`.
+
+    Generating images for the few-shot masks (placed at random) guarantees a defect in every
+    pair, which briefly trained models rarely draw on their own. Returns how many were written.
+    """
+    from defect_gen.config import load_config
+    from defect_gen.io import write_png
+
+    train, _, _ = load_real(load_config(config_path, overrides), config_path, size, max_heldout=1)
+    os.makedirs(out_dir, exist_ok=True)
+    for i, mask in enumerate(train.masks):
+        write_png(os.path.join(out_dir, f"train_{i:03d}.png"), mask.numpy())
+    return len(train)

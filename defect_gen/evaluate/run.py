@@ -1,0 +1,171 @@
+"""`defect-gen evaluate`: do the generated pairs help a segmentation model?
+
+For each seed a fresh segmenter is trained on the real few-shot split alone, and on the
+real split plus `ratio x (real count)` synthetic pairs from each `--synthetic` folder
+(a seeded subset per seed), with the same number of steps; all are scored on the same
+held-out real pairs. A ratio that needs more pairs than a folder holds is skipped and
+noted, never silently shrunk. Then the generation-quality measures of `quality`, and
+`report.write_report` writes REPORT_DIR/report.md, results.json and the plots.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from defect_gen.config import Config
+from defect_gen.errors import ConfigError
+from defect_gen.evaluate import quality
+from defect_gen.evaluate.data import PairSet, concat, load_real, load_synthetic
+from defect_gen.evaluate.metrics import confusion, mean_std, scores
+from defect_gen.evaluate.segmenter import SegSettings, predict, train_segmenter
+from defect_gen.io import write_png
+
+
+@dataclass
+class EvalSettings:
+    ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    seeds: int = 3
+    image_size: int = 64
+    max_heldout: int = 200
+    seg: SegSettings = field(default_factory=SegSettings)
+    progress: bool = True
+
+
+@dataclass
+class Run:
+    """One training set (real alone, or real + synthetic) and its held-out scores per seed."""
+
+    label: str  # "real only" or the synthetic folder's name
+    ratio: float
+    num_synthetic: int
+    per_seed: list[dict[str, float]]
+
+    @property
+    def summary(self) -> dict[str, tuple[float, float]]:
+        return mean_std(self.per_seed)
+
+
+@dataclass
+class Results:
+    real_config: str
+    how: str
+    class_names: list[str]
+    settings: EvalSettings
+    train: PairSet
+    heldout: PairSet
+    synthetic: dict[str, PairSet]  # label -> pairs
+    runs: list[Run] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    quality: dict[str, dict] = field(default_factory=dict)  # label -> measures
+    seconds: float = 0.0
+
+
+def parse_ratios(text: str) -> list[float]:
+    """'0.5,1,2' -> [0.5, 1.0, 2.0]; ConfigError names the bad value."""
+    try:
+        ratios = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--ratios: expected comma-separated numbers such as 0.5,1,2, got {text!r}") from None
+    if not ratios or any(not math.isfinite(r) or r <= 0 for r in ratios):
+        raise ConfigError(f"--ratios: expected positive numbers (synthetic pairs per real pair), got {text!r}")
+    return sorted(set(ratios))
+
+
+def _labels(dirs: list[str]) -> list[str]:
+    """Folder names as labels, made unique (runs/a/samples and runs/b/samples -> a/samples, b/samples)."""
+    names = [os.path.basename(os.path.normpath(d)) for d in dirs]
+    if len(set(names)) < len(names):
+        names = [os.path.normpath(d) for d in dirs]
+    return names
+
+
+def _score(train: PairSet, results: Results, seed: int):
+    """Train one segmenter on `train` with `seed`; (its held-out scores, the model)."""
+    num_classes = len(results.class_names) + 1
+    model = train_segmenter(train.images, train.masks, num_classes, results.settings.seg, seed)
+    pred = predict(model, results.heldout.images)
+    return scores(confusion(pred, results.heldout.masks, num_classes), results.class_names), model
+
+
+def _train_runs(results: Results, log) -> list:
+    """All segmentation runs; returns the real-only models (one per seed) for mask consistency."""
+    s, n_real = results.settings, len(results.train)
+    seeds = range(s.seeds)
+    bar = tqdm(total=s.seeds * (1 + len(results.synthetic) * len(s.ratios)), desc="segmenters",
+               disable=not s.progress, leave=False)
+    baseline = []
+    for seed in seeds:
+        baseline.append(_score(results.train, results, seed))
+        bar.update()
+    results.runs.append(Run("real only", 0.0, 0, [sc for sc, _ in baseline]))
+    log(f"real only ({n_real} pairs): mIoU {results.runs[-1].summary['mIoU'][0]:.3f}")
+    for label, syn in results.synthetic.items():
+        for ratio in s.ratios:
+            n = round(ratio * n_real)
+            if n < 1 or n > len(syn):
+                results.skipped.append(f"{label} x{ratio:g}: needs {n} synthetic pairs, the folder has {len(syn)}")
+                bar.update(s.seeds)
+                continue
+            per_seed = []
+            for seed in seeds:  # a different synthetic subset for each seed, the same init as real only
+                pick = sorted(random.Random(seed).sample(range(len(syn)), n))
+                per_seed.append(_score(concat(results.train, syn.subset(pick)), results, seed)[0])
+                bar.update()
+            results.runs.append(Run(label, ratio, n, per_seed))
+            log(f"{label} x{ratio:g} ({n} pairs): mIoU {results.runs[-1].summary['mIoU'][0]:.3f}")
+    bar.close()
+    return [model for _, model in baseline]
+
+
+def _fidelity(results: Results, synthetic_dirs: list[str], out_dir: str) -> None:
+    """KID / FID per folder against the held-out images, only when torch-fidelity's weights are on disk."""
+    if quality.fidelity_weights() is None:
+        line = quality.kid_fid("", "")  # the reason it is skipped, without touching any file
+        for label in results.synthetic:
+            results.quality[label]["kid_fid"] = line
+        return
+    real_dir = os.path.join(out_dir, "heldout_images")
+    os.makedirs(real_dir, exist_ok=True)
+    for i, image in enumerate(results.heldout.images):
+        write_png(os.path.join(real_dir, f"{i:05d}.png"), image.permute(1, 2, 0).numpy())
+    for label, d in zip(results.synthetic, synthetic_dirs):
+        results.quality[label]["kid_fid"] = quality.kid_fid(os.path.join(d, "images"), real_dir)
+
+
+def _quality(results: Results, models: list) -> None:
+    """Memorisation, diversity, mask consistency and areas of each synthetic folder."""
+    f_train, f_held = quality.features(results.train.images), quality.features(results.heldout.images)
+    k = len(results.class_names)
+    results.quality["real train"] = {"diversity": quality.diversity(f_train),
+                                     "areas": quality.areas(results.train.masks, k)}
+    results.quality["real held-out"] = {"diversity": quality.diversity(f_held),
+                                        "areas": quality.areas(results.heldout.masks, k)}
+    for label, syn in results.synthetic.items():
+        f_gen = quality.features(syn.images)
+        consistency = mean_std([quality.mask_consistency(m, syn, results.class_names) for m in models])
+        results.quality[label] = {"memorisation": quality.memorisation(f_gen, f_train, f_held),
+                                  "diversity": quality.diversity(f_gen), "consistency": consistency,
+                                  "areas": quality.areas(syn.masks, k)}
+
+
+def evaluate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_dir: str, settings: EvalSettings,
+             log=print) -> Results:
+    """Load the data, train and score every segmenter, measure the generated pairs."""
+    start = time.time()
+    size = settings.image_size
+    train, held, how = load_real(cfg, config_path, size, settings.max_heldout, progress=settings.progress)
+    log(f"{how}; at {size} px")
+    synthetic = {label: load_synthetic(d, cfg.data.classes, size, settings.progress)
+                 for label, d in zip(_labels(synthetic_dirs), synthetic_dirs)}
+    results = Results(config_path, how, list(cfg.data.classes), settings, train, held, synthetic)
+    models = _train_runs(results, log)
+    _quality(results, models)
+    _fidelity(results, synthetic_dirs, out_dir)
+    results.seconds = time.time() - start
+    return results

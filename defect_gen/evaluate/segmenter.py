@@ -1,0 +1,142 @@
+"""The segmentation model that judges the generated pairs: a small UNet trained from scratch.
+
+No pretrained weights can be downloaded here, so the built-in segmenter is a plain
+encoder-decoder (three resolutions, BatchNorm, skip connections) that trains in seconds on
+a CPU at 32-64 px. torchvision's DeepLabV3 (randomly initialised, ResNet-50) is an option
+where torchvision imports; it is imported only when asked for.
+
+Training draws batches uniformly from the given pairs (real, or real + synthetic), with
+random flips, and minimises cross-entropy plus a soft Dice loss over the defect classes:
+defects cover a few percent of the pixels, and cross-entropy alone settles for "all
+background" on so few images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from defect_gen.errors import ConfigError
+
+SEGMENTERS = ("unet", "deeplabv3")
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class TinyUNet(nn.Module):
+    """UNet with len(widths) resolutions; logits (B, num_classes, H, W). H, W divisible by 2**(depth-1)."""
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        self.down = nn.ModuleList()
+        cin = 3
+        for w in widths:
+            self.down.append(_block(cin, w))
+            cin = w
+        self.up = nn.ModuleList(_block(widths[i] + widths[i + 1], widths[i]) for i in range(len(widths) - 1))
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for i in reversed(range(len(self.up))):
+            x = F.interpolate(x, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
+            x = self.up[i](torch.cat([skips[i], x], dim=1))
+        return self.head(x)
+
+
+class _DeepLab(nn.Module):
+    """torchvision's DeepLabV3 returning a plain logits tensor."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        try:
+            from torchvision.models.segmentation import deeplabv3_resnet50
+        except Exception as exc:  # ImportError, or a torchvision built for another torch
+            raise ConfigError(f"--segmenter deeplabv3 needs torchvision, which does not import here "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); use --segmenter unet"
+                              ) from None
+        # weights=None: nothing is downloaded; the backbone trains from scratch like the UNet.
+        self.net = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["out"]
+
+
+def build_segmenter(name: str, num_classes: int, width: int = 16) -> nn.Module:
+    """`unet` (TinyUNet, widths width, 2 width, 4 width) or `deeplabv3` (needs torchvision)."""
+    if name == "unet":
+        return TinyUNet(num_classes, (width, 2 * width, 4 * width))
+    if name == "deeplabv3":
+        return _DeepLab(num_classes)
+    raise ConfigError(f"--segmenter: expected one of {', '.join(SEGMENTERS)}, got {name!r}")
+
+
+@dataclass
+class SegSettings:
+    arch: str = "unet"
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 3e-3
+    width: int = 16
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, S, S) -> float in [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy + soft Dice over the defect classes (1..K) present in the batch or predicted."""
+    ce = F.cross_entropy(logits, target)
+    prob = logits.softmax(1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+    inter = (prob * onehot).sum((0, 2, 3))
+    denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    dice = 1.0 - (2 * inter + 1.0) / (denom + 1.0)
+    return ce + dice.mean()
+
+
+def _flip(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random horizontal / vertical flips, the same for image and mask."""
+    for dim in (-1, -2):
+        f = torch.rand(len(x), generator=g) < 0.5
+        x = torch.where(f[:, None, None, None], x.flip(dim), x)
+        y = torch.where(f[:, None, None], y.flip(dim), y)
+    return x, y
+
+
+def train_segmenter(images: torch.Tensor, masks: torch.Tensor, num_classes: int, settings: SegSettings,
+                    seed: int) -> nn.Module:
+    """Train a fresh segmenter on uint8 images (N, 3, S, S) and class-index masks (N, S, S)."""
+    torch.manual_seed(seed)  # initial weights
+    g = torch.Generator().manual_seed(seed)  # batches and flips
+    model = build_segmenter(settings.arch, num_classes, settings.width)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.1)
+    model.train()
+    for _ in range(settings.steps):
+        idx = torch.randint(len(images), (settings.batch_size,), generator=g)
+        x, y = _flip(to_input(images[idx]), masks[idx].long(), g)
+        loss = _loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Class-index predictions (N, S, S) for uint8 images (N, 3, S, S)."""
+    model.eval()
+    out = [model(to_input(images[i:i + batch_size])).argmax(1) for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, *images.shape[-2:], dtype=torch.long)

@@ -1,0 +1,219 @@
+"""`defect-gen evaluate`: metrics, quality measures, the real split, and the command end to end."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from defect_gen.cli import main
+from defect_gen.config import load_config
+from defect_gen.errors import ConfigError
+from defect_gen.evaluate import quality
+from defect_gen.evaluate.data import load_real
+from defect_gen.evaluate.metrics import confusion, fmt, mean_std, scores
+from defect_gen.evaluate.run import parse_ratios
+from defect_gen.evaluate.segmenter import SegSettings, build_segmenter, predict, train_segmenter
+
+from conftest import ROOT
+
+TINY_MODEL = ["--set", "model.image_size=32", "--set", "model.model_channels=32", "--set", "train.batch_size=4",
+              "--set", "train.max_steps=2", "--set", "train.save_every=2", "--set", "train.sample_every=0"]
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_scores_match_hand_counts():
+    target = torch.tensor([[0, 0, 1, 1], [0, 0, 2, 2]])
+    pred = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 2]])
+    conf = confusion(pred, target, 3)
+    assert conf.sum() == 8 and conf[1, 1] == 2 and conf[0, 1] == 1 and conf[2, 1] == 1 and conf[2, 2] == 1
+    s = scores(conf, ["a", "b"])
+    assert s["IoU a"] == pytest.approx(2 / 4)  # tp 2, fp 2 (one background, one b), fn 0
+    assert s["IoU b"] == pytest.approx(1 / 2)  # tp 1, fn 1
+    assert s["mIoU"] == pytest.approx(0.5)
+    assert s["IoU background"] == pytest.approx(3 / 4)
+    # defect vs background: 5 predicted defect pixels, 4 of them on defects (class aside); all 4 found
+    assert s["precision"] == pytest.approx(4 / 5) and s["recall"] == pytest.approx(1.0)
+    assert s["F1"] == pytest.approx(8 / 9)
+
+
+def test_absent_class_is_left_out_of_miou_and_empty_prediction_scores_zero():
+    target = torch.tensor([[0, 1], [0, 1]])
+    s = scores(confusion(torch.zeros_like(target), target, 3), ["a", "b"])
+    assert math.isnan(s["IoU b"]) and s["IoU a"] == 0.0 and s["mIoU"] == 0.0
+    assert math.isnan(s["precision"]) and s["recall"] == 0.0 and s["F1"] == 0.0  # nothing predicted
+    s = scores(confusion(torch.tensor([[2, 0], [0, 0]]), target, 3), ["a", "b"])
+    assert s["precision"] == 0.0 and s["recall"] == 0.0 and s["F1"] == 0.0
+    s = scores(confusion(torch.tensor([[0, 2], [0, 0]]), target, 3), ["a", "b"])  # found, wrong class
+    assert s["precision"] == 1.0 and s["recall"] == 0.5 and s["mIoU"] == 0.0
+
+
+def test_mean_std_over_seeds_ignores_nan():
+    ms = mean_std([{"m": 0.2, "x": math.nan}, {"m": 0.4, "x": 1.0}, {"m": 0.6, "x": math.nan}])
+    assert ms["m"][0] == pytest.approx(0.4) and ms["m"][1] == pytest.approx(0.2)
+    assert ms["x"] == (1.0, 0.0)
+    assert fmt(ms["m"]) == "40.0 ± 20.0" and fmt((math.nan, math.nan)) == "n/a"
+
+
+def test_parse_ratios():
+    assert parse_ratios("2, 0.5,1,1") == [0.5, 1.0, 2.0]
+    for bad in ("", "a,1", "0", "-1", "nan"):
+        with pytest.raises(ConfigError, match="--ratios"):
+            parse_ratios(bad)
+
+
+# ---------------------------------------------------------------------------------------
+# Segmenter and quality measures
+
+
+def test_tiny_unet_learns_a_square():
+    images = torch.full((4, 3, 16, 16), 40, dtype=torch.uint8)
+    masks = torch.zeros(4, 16, 16, dtype=torch.uint8)
+    images[:, :, 4:10, 5:11] = 220
+    masks[:, 4:10, 5:11] = 1
+    model = train_segmenter(images, masks, 2, SegSettings(steps=40, batch_size=4, lr=1e-2, width=8), seed=0)
+    s = scores(confusion(predict(model, images), masks, 2), ["square"])
+    assert s["mIoU"] > 0.8
+    assert build_segmenter("unet", 5, 8)(torch.zeros(1, 3, 20, 20)).shape == (1, 5, 20, 20)  # any size
+
+
+def test_deeplabv3_is_optional():
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        with pytest.raises(ConfigError, match="needs torchvision.*use --segmenter unet"):
+            build_segmenter("deeplabv3", 3)
+    else:
+        assert build_segmenter("deeplabv3", 3).eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_memorisation_flags_copies_and_not_new_images():
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (6, 3, 32, 32), generator=g, dtype=torch.uint8)
+    held = torch.randint(0, 256, (6, 3, 32, 32), generator=g, dtype=torch.uint8)
+    f_train, f_held = quality.features(train), quality.features(held)
+    copies = quality.memorisation(quality.features(train[[2, 0, 5]]), f_train, f_held)
+    assert copies["ratio"] == pytest.approx(0.0, abs=1e-6) and copies["copies"] == 1.0
+    assert copies["index"].tolist() == [2, 0, 5]
+    fresh = torch.randint(0, 256, (6, 3, 32, 32), generator=g, dtype=torch.uint8)
+    new = quality.memorisation(quality.features(fresh), f_train, f_held)
+    assert 0.8 < new["ratio"] < 1.2
+    assert quality.diversity(quality.features(train[[1, 1, 1]])) == pytest.approx(0.0, abs=1e-6)
+    assert quality.diversity(f_train) > 0.3  # uniform noise: RMS distance about 0.41
+
+
+def test_areas_per_class():
+    masks = torch.zeros(3, 10, 10, dtype=torch.uint8)
+    masks[0, :2] = 1  # 20 % class 1
+    masks[1, :5, :2] = 2  # 10 % class 2
+    masks[1, 9, 9] = 1  # 1 % class 1
+    a = quality.areas(masks, 3)
+    assert sorted(a[1].tolist()) == pytest.approx([0.01, 0.2]) and a[2].tolist() == pytest.approx([0.1])
+    assert len(a[3]) == 0
+
+
+# ---------------------------------------------------------------------------------------
+# The command end to end on the demo data
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """Demo data (32 px) and pairs sampled from two barely trained models."""
+    root = tmp_path_factory.mktemp("eval")
+    data = str(root / "data")
+    assert main(["make-demo-data", data, "--num_images", "24", "--image_size", "32"]) == 0
+    for name in ("large", "small"):
+        args = ["train", "--config", f"configs/demo_{name}.yaml", "--work_dir", str(root / name), "--num_defect", "3",
+                "--set", f"data.root={data}", "--set", "data.num_images_per_class=2", "--no-progress", *TINY_MODEL]
+        if name == "large":
+            args += ["--set", "model.channel_mult=[1,2]", "--set", "model.attention_downsample=[2]"]
+        assert main(args) == 0
+    assert main(["sample", "--large_recep", str(root / "large"), "--small_recep", str(root / "small"),
+                 "--step_inference", "200", "--num_defect", "3", "--sample_dir", str(root / "syn"),
+                 "--num_samples", "6", "--batch_size", "6", "--steps", "4", "--keep-empty", "--no-progress"]) == 0
+    return root
+
+
+def _evaluate(demo, out, *extra):
+    return main(["evaluate", "--real", "configs/demo_small.yaml", "--set", f"data.root={demo / 'data'}",
+                 "--set", "data.num_images_per_class=2", "--synthetic", str(demo / "syn"), "--out", str(out),
+                 "--seeds", "2", "--steps", "4", "--image_size", "16", "--max_heldout", "8", "--no-progress", *extra])
+
+
+def test_evaluate_end_to_end(demo, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert _evaluate(demo, out, "--ratios", "0.5,1,5") == 0
+    assert "report:" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    n_train, n_syn = res["num_train"], len(os.listdir(demo / "syn" / "images"))
+    assert 2 <= n_train <= 6 and res["num_heldout"] == 8
+    # real only + each ratio that fits in the 6 synthetic pairs; the one that does not is noted
+    assert [(r["label"], r["ratio"]) for r in res["runs"]] == [("real only", 0.0), ("syn", 0.5), ("syn", 1.0)]
+    assert [r["num_synthetic"] for r in res["runs"]] == [0, round(0.5 * n_train), n_train]
+    assert res["skipped"] == [f"syn x5: needs {5 * n_train} synthetic pairs, the folder has {n_syn}"]
+    for r in res["runs"]:
+        assert len(r["per_seed"]) == 2
+        assert set(r["per_seed"][0]) >= {"mIoU", "IoU scratch", "IoU stain", "IoU hole", "precision", "recall", "F1"}
+        m = r["per_seed"][0]["mIoU"]
+        assert 0.0 <= m <= 1.0
+    q = res["quality"]["syn"]
+    assert q["memorisation"]["ratio"] > 0 and 0 <= q["memorisation"]["copies"] <= 1
+    assert "mIoU" in q["consistency"] and q["kid_fid"]
+    assert sum(len(v) for v in q["areas"].values()) > 0
+    report = (out / "report.md").read_text()
+    for text in ("| real only | 0 |", "| real + syn x0.5 |", "mIoU", "skipped: syn x5", "eval_miou_ratio.png",
+                 "eval_nn_syn.png", "--ratios 0.5,1,5"):
+        assert text in report
+    for png in ("eval_miou_ratio.png", "eval_nn_syn.png", "eval_areas_scratch.png"):
+        with Image.open(out / png) as im:
+            assert im.size[0] > 100 and im.size[1] > 50
+
+
+def test_real_split_is_the_training_selection_and_disjoint(demo):
+    cfg = load_config("configs/demo_small.yaml", [f"data.root={demo / 'data'}", "data.num_images_per_class=2"])
+    train, held, how = load_real(cfg, "cfg", 16, max_heldout=100)
+    assert not set(train.names) & set(held.names)
+    assert len(train) + len(held) == 24  # every demo image has a defect
+    assert train.images.shape[1:] == (3, 16, 16) and train.masks.shape[1:] == (16, 16)
+    # the same pairs the diffusion training (same few-shot settings) wrote to selected_files.json
+    selected = json.loads((demo / "small" / "selected_files.json").read_text())
+    assert sorted(train.names) == sorted(row["image"] for row in selected["selected"])
+    cfg2 = load_config("configs/demo_small.yaml", [f"data.root={demo / 'data'}",
+                                                   f"data.selection_file={demo / 'small' / 'selected_files.json'}"])
+    train2, _, _ = load_real(cfg2, "cfg", 16, max_heldout=100)
+    assert sorted(train2.names) == sorted(row["image"] for row in selected["selected"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--synthetic", "/nonexistent/x"], "--synthetic /nonexistent/x: expected a `defect-gen sample` folder"),
+    (["--ratios", "1,x"], "--ratios: expected comma-separated numbers"),
+    (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    (["--set", "data.num_images_per_class=null"], "data.num_images_per_class is not set"),
+])
+def test_user_errors_are_one_line_exit_2(demo, tmp_path, extra, message):
+    args = [sys.executable, "-m", "defect_gen", "evaluate", "--real", "configs/demo_small.yaml",
+            "--set", f"data.root={demo / 'data'}", "--set", "data.num_images_per_class=2",
+            "--synthetic", str(demo / "syn"), "--out", str(tmp_path / "r"), "--steps", "1", "--seeds", "1",
+            "--image_size", "16", "--no-progress", *extra]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+
+
+def test_magnetic_tile_split():
+    root = os.path.join(os.path.dirname(ROOT), "shared", "data", "magnetic-tile")
+    if not os.path.isdir(root):
+        pytest.skip(f"{root} is absent: the magnetic-tile data lives in ../shared, which only the project's "
+                    f"own machines have")
+    cfg = load_config(os.path.join(ROOT, "configs", "magnetic_tile_small.yaml"), [f"data.root={root}"])
+    train, held, _ = load_real(cfg, "cfg", 64, max_heldout=30)
+    assert 10 <= len(train) <= 40 and len(held) == 30  # 10 per class, 4 classes
+    assert not set(train.names) & set(held.names)
+    # held-out pairs are defect images (a tiny blowhole may vanish in the 64 px resize)
+    assert sum(bool((m > 0).any()) for m in held.masks) >= 27
