@@ -5,8 +5,9 @@
 #   bash scripts/experiment_magnetic_tile.sh            # everything, skipping finished stages
 #   STAGE=evaluate bash scripts/experiment_magnetic_tile.sh   # only one stage (train|sample|evaluate)
 #
-# Sizes are variables so the same script runs at CPU size (the defaults, about an hour on a
-# 2-core CPU) or closer to the paper's size on a GPU, e.g.
+# Sizes are variables so the same script runs at CPU size or closer to the paper's size on a
+# GPU. docs/results.md ran IMAGE_SIZE=48 STEPS_TRAIN=300 SAMPLE_STEPS=25/50 SEG_STEPS=600
+# (about 25 min on a shared 2-core CPU); the defaults below are somewhat larger. On a GPU, e.g.
 #   STEPS_TRAIN=20000 IMAGE_SIZE=128 N_MAIN=400 N_ABLATION=200 SEG_STEPS=3000 bash scripts/...
 # Few-shot split: data.num_images_per_class (10 per class, seed 0 in the configs) picks the
 # training pairs; `evaluate` holds out the rest of the defect images (capped at MAX_HELDOUT).
@@ -23,7 +24,7 @@ SAMPLE_STEPS="${SAMPLE_STEPS:-100}"      # respaced sampling steps
 MAIN_SWITCH="${MAIN_SWITCH:-200}"        # --step_inference of the main two-stage variant
 N_MAIN="${N_MAIN:-80}"                   # pairs of the main variant (ratios up to N_MAIN / 40)
 N_ABLATION="${N_ABLATION:-40}"           # pairs of each ablation variant
-ABLATIONS="${ABLATIONS:-small_only large_only switch400 switch600}"
+ABLATIONS="${ABLATIONS-small_only large_only switch400 switch600}"  # ABLATIONS="" for none
 RATIOS="${RATIOS:-0.5,1,2}"
 SEEDS="${SEEDS:-3}"
 SEG_STEPS="${SEG_STEPS:-400}"

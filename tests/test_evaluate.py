@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,7 +15,7 @@ from defect_gen.cli import main
 from defect_gen.config import load_config
 from defect_gen.errors import ConfigError
 from defect_gen.evaluate import quality
-from defect_gen.evaluate.data import load_real
+from defect_gen.evaluate.data import export_train_masks, load_real
 from defect_gen.evaluate.metrics import confusion, fmt, mean_std, scores
 from defect_gen.evaluate.run import parse_ratios
 from defect_gen.evaluate.segmenter import SegSettings, build_segmenter, predict, train_segmenter
@@ -188,6 +189,15 @@ def test_real_split_is_the_training_selection_and_disjoint(demo):
                                                    f"data.selection_file={demo / 'small' / 'selected_files.json'}"])
     train2, _, _ = load_real(cfg2, "cfg", 16, max_heldout=100)
     assert sorted(train2.names) == sorted(row["image"] for row in selected["selected"])
+
+
+def test_export_train_masks_for_sample_mask(demo, tmp_path):
+    n = export_train_masks("configs/demo_small.yaml", [f"data.root={demo / 'data'}", "data.num_images_per_class=2"],
+                           str(tmp_path / "m"), 16)
+    files = sorted(os.listdir(tmp_path / "m"))
+    assert n == len(files) >= 2
+    masks = [np.asarray(Image.open(tmp_path / "m" / f)) for f in files]
+    assert all(m.shape == (16, 16) and m.max() <= 3 for m in masks) and any(m.max() > 0 for m in masks)
 
 
 @pytest.mark.parametrize("extra, message", [
