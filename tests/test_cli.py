@@ -1,7 +1,6 @@
 """The main job end to end at toy size: demo data -> train large -> train small -> sample."""
 
 import json
-import os
 import subprocess
 import sys
 
