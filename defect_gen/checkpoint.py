@@ -156,14 +156,21 @@ def resolve(path: str) -> str:
     return path
 
 
+def sampling_rate(ckpt: dict, path: str) -> str:
+    """Key of the EMA that sampling uses: train.ema_rate of the checkpoint's own config."""
+    rate = str(ckpt["config"]["train"]["ema_rate"])
+    if rate not in (ckpt.get("ema") or {}):
+        raise CheckpointError(f"{path} has no EMA at train.ema_rate {rate}; it has: {', '.join(ckpt.get('ema') or [])}")
+    return rate
+
+
 def ema_weights(ckpt: dict, path: str, raw: bool = False) -> dict:
-    """The weights to sample with: the (first) EMA unless `raw`."""
+    """The weights to sample with from one of our checkpoints: the train.ema_rate EMA unless `raw`."""
     if raw or not ckpt.get("ema"):
         if "model" not in ckpt:
             raise CheckpointError(f"checkpoint {path} has no 'model' weights")
         return ckpt["model"]
-    ema = ckpt["ema"]
-    return next(iter(ema.values())) if isinstance(ema, dict) and all(isinstance(v, dict) for v in ema.values()) else ema
+    return ckpt["ema"][sampling_rate(ckpt, path)]
 
 
 def export_ema(src: str, out: str, rate: str | None = None) -> str:
@@ -177,7 +184,7 @@ def export_ema(src: str, out: str, rate: str | None = None) -> str:
     if "config" not in ckpt or not emas:
         raise CheckpointError(f"{path} is not a defect-gen training checkpoint with EMA weights")
     if rate is None:
-        rate = str(ckpt["config"]["train"]["ema_rate"])
+        rate = sampling_rate(ckpt, path)
     if rate not in emas:
         raise CheckpointError(f"{path} has no EMA at rate {rate}; it has: {', '.join(emas)}")
     if os.path.exists(out):

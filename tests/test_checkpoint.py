@@ -62,3 +62,14 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused to load .*evil.pt"):
         ckpt.load(str(path))
     assert not target.exists()
+
+
+
+def test_sampling_uses_the_configured_ema_rate_whatever_the_order():
+    state = {"format": ckpt.FORMAT, "config": {"train": {"ema_rate": 0.999}}, "model": {"w": torch.zeros(1)},
+             "ema": {"0.9": {"w": torch.ones(1)}, "0.999": {"w": torch.full((1,), 2.0)}}}
+    assert ckpt.ema_weights(state, "x.pt")["w"].item() == 2.0
+    assert ckpt.ema_weights(state, "x.pt", raw=True)["w"].item() == 0.0
+    state["config"]["train"]["ema_rate"] = 0.5
+    with pytest.raises(CheckpointError, match="x.pt has no EMA at train.ema_rate 0.5; it has: 0.9, 0.999"):
+        ckpt.ema_weights(state, "x.pt")

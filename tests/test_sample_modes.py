@@ -299,7 +299,7 @@ def test_cli_with_a_real_tiny_unet_of_ours_in_mask_mode(tmp_path, capsys):
         nn.init.normal_(p, std=0.05)
     path = str(tmp_path / "tiny.pt")
     raw = {k: v * 0 for k, v in net.state_dict().items()}
-    torch.save({"format": "defect-gen/1", "config": to_dict(cfg), "model": raw, "ema": {"0.99": net.state_dict()}},
+    torch.save({"format": "defect-gen/1", "config": to_dict(cfg), "model": raw, "ema": {str(cfg.train.ema_rate): net.state_dict()}},
                path)
     model = sample.load_model(path, torch.device("cpu"))
     torch.testing.assert_close(model.model.state_dict()["out.2.weight"], net.state_dict()["out.2.weight"])  # EMA
