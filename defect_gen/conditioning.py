@@ -23,7 +23,7 @@ from PIL import Image
 
 from defect_gen.errors import DataError
 from defect_gen.io import read_image, read_mask
-from defect_gen.masks import image_to_uint8, one_hot, uint8_to_image
+from defect_gen.masks import image_to_uint8, one_hot, resize_mask, uint8_to_image
 from defect_gen.postprocess import drop_small_regions
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -53,12 +53,12 @@ def _mask_at_size(path: str, size: int, num_defect: int) -> np.ndarray:
         raise DataError(f"--mask {path}: holds value {max(values)}; expected class indices 0..{num_defect} "
                         f"(0 background, 1..{num_defect} the model's classes)")
     if mask.shape != (size, size):
-        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+        mask = resize_mask(mask, (size, size))  # thin defects survive (nearest would drop them)
     return mask
 
 
 def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_empty: bool) -> list[GivenMask]:
-    """The class-index masks of --mask DIR (or DIR/masks), resized (nearest) to the model's size.
+    """The class-index masks of --mask DIR (or DIR/masks), resized (`resize_mask`) to the model's size.
 
     Regions under `min_pixels` are dropped first, so the model is never asked to paint a speck
     the written mask would not show. Masks left empty are skipped unless `keep_empty`.

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from defect_gen.errors import DataError
+from defect_gen.postprocess import connected_components
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 0, 0),  # 0 background
@@ -214,3 +215,89 @@ def class_pixel_counts(index, num_defect: int) -> dict[int, int]:
         raise DataError(f"mask contains class value {bad}; expected values in 0..{num_defect}")
     counts = np.bincount(index.ravel(), minlength=num_defect + 1)
     return {c: int(counts[c]) for c in range(1, num_defect + 1) if counts[c] > 0}
+
+
+# ---------------------------------------------------------------------------------------
+# Resizing class-index masks
+# ---------------------------------------------------------------------------------------
+
+# A defect class takes an output pixel when it covers at least this share of the pixel's area.
+MASK_RESIZE_THRESHOLD = 0.25
+
+
+def _area_average(values: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Exact area average of `values` along `axis` onto `size` cells (size <= the axis length).
+
+    Each output cell covers an interval of n / size input pixels; its mean is the difference
+    of the piecewise-linear running integral at the interval's ends, so any ratio (not only
+    integer ones) is averaged exactly, in O(n).
+    """
+    values = np.moveaxis(values, axis, 0)
+    n = values.shape[0]
+    integral = np.concatenate([np.zeros((1,) + values.shape[1:]), np.cumsum(values, axis=0)])
+    edges = np.arange(size + 1) * (n / size)
+    whole = np.minimum(np.floor(edges).astype(np.int64), n - 1)
+    part = (edges - whole).reshape((-1,) + (1,) * (values.ndim - 1))
+    at_edges = integral[whole] + part * values[whole]
+    return np.moveaxis((at_edges[1:] - at_edges[:-1]) / (n / size), 0, axis)
+
+
+def _keep_vanished_regions(out: np.ndarray, fractions: dict[int, np.ndarray]) -> None:
+    """Give each region that the threshold wiped out its most-covered output pixels.
+
+    A region is an 8-connected blob of output pixels that class c touches at all; when none
+    of them got class c (a crack thinner than a quarter of an output pixel), those still
+    background where c covers at least half the blob's peak share become c, so the defect
+    survives as a thin line or a dot instead of vanishing.
+    """
+    for cls, share in fractions.items():
+        labels, count = connected_components(share > 0)
+        for region in range(1, count + 1):
+            inside = labels == region
+            if (out[inside] == cls).any():
+                continue
+            peak = share[inside].max()
+            out[inside & (share >= 0.5 * peak) & (out == 0)] = cls
+
+
+def resize_mask(index, size_hw: tuple[int, int], threshold: float = MASK_RESIZE_THRESHOLD) -> np.ndarray:
+    """Class-index map (H, W) -> (h, w), keeping thin and small defects (uint8 out).
+
+    Along each axis that shrinks, every class's share of each output pixel's area is
+    computed exactly (a box filter of the one-hot channels); a defect class takes the pixel
+    when its share is >= `threshold` (the largest share wins; background otherwise), and a
+    region that would still vanish keeps its most-covered pixels. Nearest neighbour would
+    drop a 2 px crack at a 10x reduction. Axes that grow use nearest neighbour, which keeps
+    every class exactly; enlarging alone is therefore plain nearest.
+    """
+    index = _as_index_array(index)
+    if index.ndim != 2:
+        raise ValueError(f"resize_mask expects a (H, W) class-index map, got shape {index.shape}")
+    height, width = (int(s) for s in size_hw)
+    if height < 1 or width < 1:
+        raise ValueError(f"resize_mask needs a positive size, got {height}x{width}")
+    if index.shape == (height, width):
+        return index.astype(np.uint8)
+    small_h, small_w = min(height, index.shape[0]), min(width, index.shape[1])
+    out = index
+    if (small_h, small_w) != index.shape:
+        fractions = {}
+        for cls in np.unique(index).tolist():
+            if cls > 0:
+                share = _area_average((index == cls).astype(np.float64), small_h, 0)
+                fractions[cls] = _area_average(share, small_w, 1)
+        out = np.zeros((small_h, small_w), dtype=np.int64)
+        if fractions:
+            classes = list(fractions)
+            stacked = np.stack([fractions[c] for c in classes])
+            best = stacked.argmax(axis=0)
+            # a tiny tolerance so a share of exactly 1/4 is not lost to rounding
+            won = np.take_along_axis(stacked, best[None], 0)[0] >= threshold - 1e-9
+            out[won] = np.asarray(classes)[best[won]]
+            _keep_vanished_regions(out, fractions)
+    if out.shape != (height, width):  # nearest neighbour along the growing axes
+        # the source pixel under each output pixel's centre, as PIL's NEAREST picks it
+        rows = ((2 * np.arange(height) + 1) * out.shape[0]) // (2 * height)
+        cols = ((2 * np.arange(width) + 1) * out.shape[1]) // (2 * width)
+        out = out[rows][:, cols]
+    return out.astype(np.uint8)

@@ -15,6 +15,7 @@ from defect_gen.masks import (
     mask_to_index,
     one_hot,
     overlay,
+    resize_mask,
     split_image_mask,
     stack_image_mask,
     uint8_to_image,
@@ -154,3 +155,44 @@ def test_pair_grid_shape():
     assert grid.dtype == np.uint8
     assert np.all(grid[cell_h : cell_h + 6] == 255)  # white gap between rows
     assert np.all(grid[cell_h + 6 :, cell_w + 6 :] == 255)  # empty cells stay white
+
+
+# --- resize_mask (issue 12 item 7: masks vanished at resize) -------------------------------
+
+
+def test_resize_mask_keeps_a_thin_crack_that_nearest_drops():
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[:, 9] = 1  # a 1 px crack: nearest at 32 -> 4 px samples columns 4, 12, ... and loses it
+    assert not np.asarray(Image.fromarray(mask).resize((4, 4), Image.NEAREST)).any()
+    small = resize_mask(mask, (4, 4))
+    assert small.dtype == np.uint8 and small.shape == (4, 4)
+    assert small[:, 1].tolist() == [1, 1, 1, 1] and (small[:, [0, 2, 3]] == 0).all()
+
+
+def test_resize_mask_keeps_a_speck_and_the_larger_share_wins():
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[5, 27] = 2  # one pixel of 64 per output pixel: under the threshold, kept as a dot
+    mask[16:24, 0:5] = 1  # 5/8 of output pixels (2, 0): class 1 ...
+    mask[16:24, 5:8] = 3  # ... against 3/8 of class 3
+    small = resize_mask(mask, (4, 4))
+    assert small[0, 3] == 2 and (small == 2).sum() == 1
+    assert small[2, 0] == 1 and (small == 3).sum() == 0
+
+
+def test_resize_mask_non_square_and_threshold():
+    mask = np.zeros((16, 24), dtype=np.uint8)
+    mask[0:1, 0:12] = 1  # 12 of the 48 pixels under output pixel (0, 0): exactly the threshold
+    mask[4, 0:11] = 1  # 11 of 48 under (1, 0): below it, and its region already kept (0, 0)
+    mask[8:16, 12:24] = 2
+    small = resize_mask(mask, (4, 2))
+    assert small.tolist() == [[1, 0], [0, 0], [0, 2], [0, 2]]
+
+
+def test_resize_mask_enlarging_is_nearest():
+    rng = np.random.default_rng(0)
+    for (h, w), (oh, ow) in [((5, 7), (16, 23)), ((8, 8), (24, 24)), ((3, 9), (10, 31))]:
+        mask = rng.integers(0, 4, (h, w)).astype(np.uint8)
+        nearest = np.asarray(Image.fromarray(mask).resize((ow, oh), Image.NEAREST))
+        assert np.array_equal(resize_mask(mask, (oh, ow)), nearest)
+    same = rng.integers(0, 4, (6, 6)).astype(np.uint8)
+    assert np.array_equal(resize_mask(same, (6, 6)), same)

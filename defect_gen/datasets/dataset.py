@@ -34,7 +34,7 @@ from defect_gen.config import DataConfig
 from defect_gen.datasets.check import PairStats, Report, check_dataset, read_pair
 from defect_gen.datasets.layouts import Problem
 from defect_gen.errors import DataError
-from defect_gen.masks import stack_image_mask
+from defect_gen.masks import resize_mask, stack_image_mask
 
 # ---------------------------------------------------------------------------------------
 # Few-shot selection
@@ -180,13 +180,14 @@ def refuse_or_skip(report: Report, log=_stderr) -> list[Problem]:
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int, resample: str) -> tuple[np.ndarray, np.ndarray]:
-    """Resize to size x size: area (box) or bicubic for the photo, nearest for the mask."""
+    """Resize to size x size: area (box) or bicubic for the photo; the mask through
+    `resize_mask`, which keeps thin defects that nearest neighbour would drop."""
     if image.shape[:2] == (size, size):
         return image, mask
     shrinking = min(image.shape[:2]) >= size
     method = Image.BOX if resample == "area" and shrinking else Image.BICUBIC
     image = np.asarray(Image.fromarray(image).resize((size, size), method))
-    mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))  # classes stay exact
+    mask = resize_mask(mask, (size, size))
     return image, mask
 
 
