@@ -3,7 +3,9 @@
 All file access goes through `blobfile`, so cloud paths (gs://, az://, https://) work like
 local ones; PIL does the decoding. Decoding is forced eagerly (`Image.load()`) so a truncated
 or corrupt file fails here, with a `DataError` naming it, and not later inside training.
-Images are returned exactly as stored (no EXIF rotation), so they stay aligned with masks.
+Images and masks are turned upright by their EXIF Orientation tag, as every viewer and
+annotation tool shows them, so a phone JPEG tagged "rotate 90" stays aligned with the mask
+drawn over it (a file without the tag is returned as stored).
 """
 
 import math
@@ -13,7 +15,7 @@ from io import BytesIO
 
 import blobfile as bf
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from defect_gen.errors import DataError
 from defect_gen.masks import colorize, overlay
@@ -46,6 +48,8 @@ def _open_image(path) -> Image.Image:
     try:
         image = Image.open(BytesIO(data))
         image.load()  # decode now so truncated files fail here, not on first use
+        # as displayed: pixels stored sideways with an Orientation tag are turned upright
+        image = ImageOps.exif_transpose(image)
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a recognised image file; expected PNG/JPEG/...") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -66,18 +70,21 @@ def read_image(path) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def read_mask(path) -> np.ndarray:
+def read_mask(path, one_bit_value: int = 1) -> np.ndarray:
     """Read a class-index mask as uint8 HxW.
 
     'L' and 'P' images keep their stored values (for 'P' the palette *indices*, not colours);
-    '1' gives 0/1. An RGB(A) image is accepted only if its three channels are equal; colour
+    a 1-bit ('1') image gives 0 / `one_bit_value`: 1 where it holds class indices, 255 where
+    masks are thresholded (0/1 would fall under any threshold). An RGB(A) image is accepted only if its three channels are equal; colour
     masks must be read with `read_mask_rgb` and mapped to classes through a palette.
     """
     path = os.fspath(path)
     image = _open_image(path)
     if image.mode in ("LA", "PA"):
         image = image.getchannel(0)  # drop alpha; the first band holds the class values
-    if image.mode in ("L", "P", "1"):
+    if image.mode == "1":
+        return np.asarray(image).astype(np.uint8) * np.uint8(one_bit_value)
+    if image.mode in ("L", "P"):
         return np.asarray(image).astype(np.uint8)
     if image.mode in ("I", "I;16", "I;16B", "I;16L"):
         values = np.asarray(image)

@@ -252,3 +252,33 @@ def test_selection_is_per_class_seeded_and_reproducible(tmp_path):
 def test_data_config_errors_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
         from_dict({"data": {"classes": ["a", "b"], **data}})
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 12 (C): 1-bit masks, EXIF orientation, masks at the model size, defect_spectrum folders
+
+
+def test_one_bit_masks_are_foreground_not_empty(tmp_path):
+    """A PIL mode "1" mask reads 0/1; thresholded at 128 it used to come out empty."""
+    write_png(tmp_path / "test" / "crack" / "000.png", photo(0))
+    (tmp_path / "ground_truth" / "crack").mkdir(parents=True)
+    Image.fromarray(blob() * 255).convert("1").save(tmp_path / "ground_truth" / "crack" / "000_mask.png")
+    ds = load(tmp_path, layout="mvtec", classes=["crack"])
+    assert torch.equal(masks_of(ds)[0], torch.from_numpy(blob()).long())
+
+
+def test_exif_orientation_is_applied_to_images(tmp_path):
+    """A JPEG stored sideways with Orientation 6 (rotate 90 clockwise to view) meets its mask upright."""
+    upright = np.zeros((8, 16, 3), np.uint8)
+    upright[:, :8] = 255  # left half white, as seen in a viewer
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.rot90(upright, 1).copy()).save(tmp_path / "images" / "0.jpg", exif=exif, quality=95)
+    mask = np.zeros((8, 16), np.uint8)
+    mask[:, :8] = 1
+    write_png(tmp_path / "masks" / "0.png", mask)
+    ds = load(tmp_path, image_size=16, classes=["a"], resize="bicubic")
+    assert ds.records and ds.images.shape[-2:] == (16, 16)
+    image = ds.images[0].float().mean(0)
+    assert image[:, :8].mean() > 200 and image[:, 8:].mean() < 50  # white where the mask is

@@ -69,7 +69,7 @@ def _palette_mask(path: str, cfg: DataConfig) -> np.ndarray:
 
 
 def _binary_mask(path: str, label: int, threshold: int, notes: list[str]) -> np.ndarray:
-    raw = read_mask(path)
+    raw = read_mask(path, one_bit_value=255)  # a 1-bit mask's set pixels are foreground
     fg = raw >= threshold
     if label == 0 and fg.any():
         notes.append(f"mask {path} is in a defect-free folder but has {int(fg.sum())} pixels >= {threshold}; "
