@@ -39,8 +39,12 @@ def _add_sample(sub) -> None:
     p.add_argument("--batch_size", default="auto", help="pairs per batch, or auto: sized to GPU memory (8 on CPU)")
     p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i (retries: + num_samples each)")
     p.add_argument("--steps", type=int, default=None, help="respace to N steps (default: all T)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None,
+                   help="default: ddim (eta 0) for published checkpoints, as their ColdDiffusion step; else ddpm")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0 = deterministic); ddim only")
+    p.add_argument("--allow-model-mismatch", action="store_true",
+                   help="let a model serve timesteps outside its training window (diffusion.t_min/t_max), "
+                        "or the two models swapped roles")
     g = p.add_argument_group("control")
     g.add_argument("--classes", default="", help="comma-separated classes (names or 1..K) every pair must contain; "
                    "rejection sampling")
@@ -191,7 +195,8 @@ def cmd_sample(args) -> int:
         classes=[c.strip() for c in args.classes.split(",") if c.strip()], max_tries=args.max_tries,
         mask_dir=args.mask_dir, good_dir=args.good_dir, place=args.place, resample=args.resample,
         jump_length=args.jump, min_defect_pixels=args.min_defect_pixels, keep_empty=args.keep_empty,
-        layout=args.layout, precision=args.precision, resume=args.resume)
+        layout=args.layout, precision=args.precision, resume=args.resume,
+        allow_mismatch=args.allow_model_mismatch)
     check_settings(settings)
     device = resolve_device(args.device)
     dinfo = dist_util.init(device.type)

@@ -25,14 +25,17 @@ def space_timesteps(num_timesteps: int, steps: int | None = None) -> list[int]:
 
 
 def with_switch(timesteps: list[int], switch: int, num_timesteps: int) -> list[int]:
-    """Insert the switch step so that the hand-over happens exactly there.
+    """Add S and S-1 to the grid so that the hand-over is the full chain's.
 
-    The large model serves t >= switch and the small one t < switch. If the respaced grid
-    skips `switch`, the large model's last step would end somewhere below it; inserting
-    it makes the small model start from x_{switch} exactly as in the 1000-step chain.
+    The large model serves t >= S and the small one t < S. In the full chain the large
+    model's last step goes from x_S to x_{S-1} and the small model continues from x_{S-1}.
+    A respaced grid rarely holds both; without them the large model would stop above S or
+    hand over a state further down (x_183 for 50 steps and S = 200). So both are inserted
+    where missing: a grid of N steps becomes N, N+1 or N+2 (`sample` reports the count).
+    S = 0 (large only) and S = T (small only) change nothing.
     """
-    if 0 < switch < num_timesteps and switch not in timesteps:
-        timesteps = sorted(set(timesteps) | {switch}, reverse=True)
+    if 0 < switch < num_timesteps:
+        timesteps = sorted(set(timesteps) | {switch, switch - 1}, reverse=True)
     return timesteps
 
 

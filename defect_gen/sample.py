@@ -2,7 +2,8 @@
 
 The large-RF model denoises from T-1 down to and including `step_inference`; the small-RF
 model continues the same x_t from `step_inference - 1` to 0. With `--steps N` the sequence is
-respaced, but the switch stays in original timestep units (it is inserted into the grid).
+respaced, but the switch stays in original timestep units: S and S-1 are inserted into the
+grid, so the small model starts from x_{S-1} as in the full chain (`respace.with_switch`).
 
 Modes (they share the sampler, the seeds and the outputs):
 
@@ -25,6 +26,7 @@ Outputs: see `defect_gen.writers` (layouts, manifest.jsonl, preview.png).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -43,9 +45,9 @@ from defect_gen.errors import CheckpointError, ConfigError, DefectGenError
 from defect_gen.gaussian_diffusion import Denoiser, GaussianDiffusion
 from defect_gen.masks import image_to_uint8, mask_to_index, split_image_mask
 from defect_gen.postprocess import accept, drop_small_regions
-from defect_gen.respace import space_timesteps, split_at, with_switch
+from defect_gen.respace import space_timesteps, split_at, window, with_switch
 from defect_gen.samplers import SAMPLERS, KnownRegion, known_region_sampler, randn_rows, two_stage_denoiser
-from defect_gen.unet import build_unet
+from defect_gen.unet import build_unet, receptive_field
 
 
 @dataclass
@@ -56,8 +58,9 @@ class SampleSettings:
     batch_size: int | None = 8  # None: sized to memory (CUDA), 8 elsewhere
     seed: int = 0
     steps: int | None = None  # None = every timestep
-    sampler: str = "ddpm"
-    eta: float = 0.0  # DDIM only
+    sampler: str | None = None  # None: ddim for published checkpoints (their ColdDiffusion step), else ddpm
+    eta: float | None = None  # DDIM only; None = 0 (deterministic)
+    allow_mismatch: bool = False  # let a model serve steps outside its training window, or swapped roles
     overwrite: bool = False
     raw_weights: bool = False
     preview: int = 16  # pairs in preview.png
@@ -80,6 +83,7 @@ class LoadedModel:
     model: torch.nn.Module
     cfg: Config
     path: str
+    published: bool = False  # a checkpoint of the published implementation (sampled with its step)
 
 
 @dataclass
@@ -152,7 +156,7 @@ def load_model(path: str, device: torch.device, raw_weights: bool = False, confi
     cfg = _checkpoint_config(ckpt, path, config_path, flag)
     model = build_unet(cfg.model, cfg.num_defect)
     ckpt_lib.load_weights(model, ckpt_lib.sampling_weights(ckpt, path, raw=raw_weights), path)
-    return LoadedModel(model.to(device).eval(), cfg, path)
+    return LoadedModel(model.to(device).eval(), cfg, path, ckpt_lib.is_published(ckpt))
 
 
 def check_pair(large: LoadedModel | None, small: LoadedModel | None) -> Config:
@@ -207,6 +211,47 @@ class Plan:
     description: str
 
 
+def _window(m: LoadedModel) -> tuple[int, int]:
+    d = m.cfg.diffusion
+    return window(d.num_timesteps, d.t_min, d.t_max)
+
+
+def _outside(m: LoadedModel | None, steps: list[int]) -> bool:
+    if m is None or not steps:
+        return False
+    lo, hi = _window(m)
+    return min(steps) < lo or max(steps) >= hi
+
+
+def check_roles(large: LoadedModel | None, small: LoadedModel | None, large_steps: list[int],
+                small_steps: list[int], switch: int) -> None:
+    """Each model must serve only timesteps it was trained on, and the two must not be swapped.
+
+    A model trained on a window (diffusion.t_min / t_max) has never seen the other steps: its
+    output there is noise, and sampling would run to the end without a word.
+    """
+    flags = "(--allow-model-mismatch to run anyway)"
+    bad_large, bad_small = _outside(large, large_steps), _outside(small, small_steps)
+    if bad_large and bad_small and not _outside(large, small_steps) and not _outside(small, large_steps):
+        raise ConfigError(f"--large_recep and --small_recep look swapped: {large.path} was trained on t in "
+                          f"{list(_window(large))} and {small.path} on {list(_window(small))}; exchange them {flags}")
+    for role, m, steps, bad in (("large", large, large_steps, bad_large), ("small", small, small_steps, bad_small)):
+        if bad:
+            lo, hi = _window(m)
+            fix = (f"use --step_inference >= {lo}" if role == "large" and lo > min(steps) else
+                   f"use --step_inference <= {hi}" if role == "small" and max(steps) >= hi else
+                   "it cannot serve this part of the chain")
+            raise ConfigError(f"--step_inference {switch}: the {role}-RF model {m.path} was trained on t in "
+                              f"[{lo}, {hi}) (diffusion.t_min/t_max) but would serve t = {min(steps)}..{max(steps)}; "
+                              f"{fix} {flags}")
+    if large is not None and small is not None and large_steps and small_steps:
+        rf_large, rf_small = receptive_field(large.cfg.model), receptive_field(small.cfg.model)
+        if rf_small.is_global and not rf_large.is_global:
+            raise ConfigError(f"--large_recep and --small_recep look swapped: {large.path} has a local receptive "
+                              f"field ({rf_large.pixels} px, no attention) and {small.path} a global one; "
+                              f"exchange them {flags}")
+
+
 def make_plan(large: LoadedModel | None, small: LoadedModel | None, s: SampleSettings,
               device: torch.device) -> Plan:
     cfg = check_pair(large, small)
@@ -222,6 +267,8 @@ def make_plan(large: LoadedModel | None, small: LoadedModel | None, s: SampleSet
     if (large_steps and large is None) or (small_steps and small is None):
         raise ConfigError(f"--step_inference {s.step_inference} needs the "
                           f"{'large' if large is None else 'small'}-RF model, which was not given")
+    if not s.allow_mismatch:
+        check_roles(large, small, large_steps, small_steps, s.step_inference)
     # Each model gets its own parameterisation (x0 / eps / v); check_pair made the schedules equal.
     networks, denoisers = [], []
     for m in (large, small):
@@ -230,8 +277,10 @@ def make_plan(large: LoadedModel | None, small: LoadedModel | None, s: SampleSet
         denoisers.append(m and GaussianDiffusion.from_config(m.cfg.diffusion).denoiser(net))
     denoise = two_stage_denoiser(denoisers[0], denoisers[1], s.step_inference)
     shape = (3 + cfg.num_defect + 1, cfg.model.image_size, cfg.model.image_size)
+    added = sorted(set(timesteps) - set(space_timesteps(T, s.steps)), reverse=True)
+    extra = f"; {', '.join(map(str, added))} added to the {len(timesteps) - len(added)}-step grid" if added else ""
     return Plan(GaussianDiffusion.from_config(cfg.diffusion), timesteps, denoise, networks, shape,
-                f"{len(timesteps)} steps ({len(large_steps)} large, {len(small_steps)} small)")
+                f"{len(timesteps)} steps ({len(large_steps)} large, {len(small_steps)} small{extra})")
 
 
 def auto_batch_size(plan: Plan, device: torch.device, limit: int) -> int:
@@ -269,6 +318,10 @@ def required_classes(names: list[str], classes: list[str]) -> list[int]:
     return out
 
 
+# The pair indices are held in memory; more than this is a typo (1e10) rather than a job.
+MAX_SAMPLES = 10_000_000
+
+
 def check_settings(s: SampleSettings) -> None:
     """Combinations of the mode flags that cannot work, each as one line."""
     if s.classes and s.mask_dir:
@@ -284,11 +337,38 @@ def check_settings(s: SampleSettings) -> None:
                              ("--jump", s.jump_length, 1), ("--min-defect-pixels", s.min_defect_pixels, 0)):
         if value < low:
             raise ConfigError(f"{flag} must be >= {low}, got {value}")
+    if s.sampler == "ddpm" and s.eta is not None:
+        raise ConfigError(f"--eta {s.eta} applies to --sampler ddim only (ddpm always draws the posterior's noise); "
+                          f"drop --eta or use --sampler ddim")
+    if s.eta is not None and not 0.0 <= s.eta < float("inf"):
+        raise ConfigError(f"--eta must be a finite number >= 0, got {s.eta}")
     if s.layout not in writers.LAYOUTS:
         raise ConfigError(f"--layout must be one of {', '.join(writers.LAYOUTS)}, got {s.layout!r}")
     for flag, value in (("--num_samples", s.num_samples), ("--batch_size", s.batch_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if s.num_samples is not None and s.num_samples > MAX_SAMPLES:
+        raise ConfigError(f"--num_samples must be at most {MAX_SAMPLES} per run, got {s.num_samples} "
+                          f"(split bigger jobs into runs with --seed offsets)")
+    # Candidate seeds reach seed + num_samples * max_tries; torch generators take 64 bits, keep 63.
+    top = 2**63 - 1 - (s.num_samples or MAX_SAMPLES) * s.max_tries
+    if not 0 <= s.seed <= top:
+        raise ConfigError(f"--seed must be in [0, {top}] (candidate seeds go up to seed + num_samples x "
+                          f"max-tries), got {s.seed}")
+
+
+def resolve_sampler(s: SampleSettings, large: LoadedModel | None, small: LoadedModel | None) -> SampleSettings:
+    """The sampler the models get unless --sampler says otherwise.
+
+    The published implementation samples with its ColdDiffusion step x_{t-1} = x_t - D(x0, t)
+    + D(x0, t-1) (x0 clamped), which is DDIM with eta = 0: its checkpoints get that, ours DDPM.
+    """
+    published = any(m is not None and m.published for m in (large, small))
+    sampler = s.sampler or ("ddim" if published else "ddpm")
+    if sampler == "ddpm" and s.eta is not None:
+        raise ConfigError(f"--eta {s.eta} applies to --sampler ddim only, and these checkpoints sample with ddpm; "
+                          f"add --sampler ddim or drop --eta")
+    return dataclasses.replace(s, sampler=sampler, eta=0.0 if s.eta is None else s.eta)
 
 
 def make_conditioner(s: SampleSettings, cfg: Config) -> conditioning.Conditioner:
@@ -443,6 +523,7 @@ def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSett
              device: torch.device, progress: bool = True) -> Summary:
     """Sample the pairs into s.sample_dir; returns what was done (see Summary)."""
     check_settings(s)
+    s = resolve_sampler(s, large, small)
     plan = make_plan(large, small, s, device)
     cfg = check_pair(large, small)
     required = required_classes(s.classes, cfg.data.classes)

@@ -28,6 +28,10 @@ def env(tmp_path_factory):
         f"data: {{root: {data}, classes: [scratch, stain, hole]}}\n"
         "train: {batch_size: 2, max_steps: 1, sample_every: 0}\n")
     assert main(["train", "--config", str(cfg), "--work_dir", str(root / "run"), "--no-progress"]) == 0
+    # Issue 12 (A): models trained on a timestep window, large ([10, 50)) and small ([0, 20)).
+    for name, window in (("large_w", "diffusion.t_min=10"), ("small_w", "diffusion.t_max=20")):
+        assert main(["train", "--config", str(cfg), "--work_dir", str(root / name), "--no-progress",
+                     "--set", window]) == 0
     return root
 
 
@@ -116,6 +120,28 @@ CASES = {
 }
 
 
+def _two(env, large, small, switch, *extra):
+    return ["sample", "--large_recep", str(env / large), "--small_recep", str(env / small), "--step_inference",
+            str(switch), "--sample_dir", str(env / "s2"), "--num_samples", "1", "--steps", "2", "--no-progress",
+            *extra]
+
+
+# Issue 12 (A): sampling, config and resume
+CASES_12A = {
+    "large model below its window": (lambda e: _two(e, "large_w", "small_w", 5),
+                                     "the large-RF model"),
+    "small model above its window": (lambda e: _two(e, "large_w", "small_w", 30),
+                                     "use --step_inference <= 20"),
+    "large and small swapped": (lambda e: _two(e, "small_w", "large_w", 15), "look swapped"),
+    "eta with ddpm": (lambda e: _sample(e, "--sampler", "ddpm", "--eta", "0.5"),
+                      "--eta 0.5 applies to --sampler ddim only"),
+    "eta with the default ddpm": (lambda e: _sample(e, "--eta", "0.5"), "add --sampler ddim or drop --eta"),
+    "seed beyond 64 bits": (lambda e: _sample(e, "--seed", "18446744073709551615"), "--seed must be in [0, "),
+    "num_samples 1e10": (lambda e: _sample(e, "--num_samples", "10000000000"),
+                         "--num_samples must be at most 10000000"),
+}
+CASES.update(CASES_12A)
+
 DATA_CASES = {"truncated image", "mask of another size", "mask values beyond classes", "empty dataset"}
 
 
@@ -145,6 +171,11 @@ def test_bad_input_gives_one_line_error(env, capsys, case):
         assert len(err) == 1, err
     assert err[-1].startswith("defect-gen ") and ": error: " in err[-1]
     assert needle in err[-1]
+
+
+def test_windowed_models_run_where_trained_or_with_the_override(env, capsys):
+    assert main(_two(env, "large_w", "small_w", 15)) == 0  # large serves [15, 50), small [0, 15)
+    assert main(_two(env, "large_w", "small_w", 5, "--allow-model-mismatch", "--overwrite")) == 0
 
 
 def test_existing_pairs_are_refused_without_overwrite(env, capsys):

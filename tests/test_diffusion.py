@@ -57,10 +57,19 @@ def test_space_timesteps_and_switch():
     ts = space_timesteps(1000, 50)
     assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
     with_s = with_switch(ts, 400, 1000)
-    assert 400 in with_s and len(with_s) == 51
+    assert 400 in with_s and 399 in with_s and len(with_s) == 52
     large, small = split_at(with_s, 400)
-    assert min(large) == 400 and max(small) < 400
+    assert min(large) == 400 and max(small) == 399
     assert with_switch(ts, 0, 1000) == ts and with_switch(ts, 1000, 1000) == ts
     assert window(1000, 0, None) == (0, 1000)
     with pytest.raises(ValueError):
         window(1000, 500, 400)
+
+
+@pytest.mark.parametrize("steps,switch", [(50, 200), (10, 200), (50, 204), (1000, 200), (3, 1)])
+def test_switch_hands_over_x_s_minus_1_as_the_full_chain_does(steps, switch):
+    # Issue 12 item 5: with 50 steps and S = 200 the small model started at 183, not 199.
+    grid = space_timesteps(1000, steps)
+    large, small = split_at(with_switch(grid, switch, 1000), switch)
+    assert large[-1] == switch and small[0] == switch - 1  # large: x_S -> x_{S-1}; small from x_{S-1}
+    assert set(grid) <= set(large + small) and len(large + small) - len(grid) == len({switch, switch - 1} - set(grid))

@@ -104,3 +104,18 @@ def test_sample_cli_with_published_checkpoints(tmp_path):
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["name"] for r in rows] == ["sample_000000", "sample_000001"]
     assert all(set(r["classes"]) <= {"defect1", "defect2"} for r in rows)
+
+
+def test_published_checkpoints_sample_with_their_cold_diffusion_step_by_default(tmp_path):
+    # Issue 12 item 4: the published sampler is DDIM at eta 0; ours stay DDPM; --sampler overrides.
+    from defect_gen.sample import LoadedModel, SampleSettings, resolve_sampler
+
+    path, config, _ = _published(tmp_path, "small")
+    published = load_model(path, torch.device("cpu"), config_path=config)
+    ours = LoadedModel(published.model, published.cfg, "ours.pt")
+    s = SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=1000)
+    assert published.published and not ours.published
+    assert (resolve_sampler(s, None, published).sampler, resolve_sampler(s, None, published).eta) == ("ddim", 0.0)
+    assert resolve_sampler(s, None, ours).sampler == "ddpm"
+    s.sampler = "ddpm"
+    assert resolve_sampler(s, None, published).sampler == "ddpm"

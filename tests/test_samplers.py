@@ -31,15 +31,14 @@ def test_each_model_sees_only_its_own_timesteps(sampler, steps, switch):
     expect_large, expect_small = split_at(timesteps, switch)
     assert large.seen == expect_large and small.seen == expect_small
     assert all(t >= switch for t in large.seen) and all(t < switch for t in small.seen)
-    if switch > 0:  # the small model takes the same chain over, starting right below the switch
-        assert small.seen[0] == max(t for t in timesteps if t < switch)
-    if 0 < switch < 1000:
-        assert large.seen[-1] == switch
+    if 0 < switch < 1000:  # the small model takes the same chain over from x_{S-1}, as in the full chain
+        assert large.seen[-1] == switch and small.seen[0] == switch - 1
     # the chain ends at the last model's x0 prediction (t = 0 step adds no noise)
     last = small if switch > 0 else large
     torch.testing.assert_close(out, torch.full_like(out, last.value), atol=1e-4, rtol=0)
     n = len(timesteps)
-    assert n == (1000 if steps is None else 50 + (0 < switch < 1000 and switch not in space_timesteps(1000, steps)))
+    added = {switch, switch - 1} - set(space_timesteps(1000, steps)) if 0 < switch < 1000 else set()
+    assert n == (1000 if steps is None else 50 + len(added))
 
 
 def test_sampler_starts_from_given_xt_at_given_t():
@@ -92,3 +91,25 @@ def test_per_row_generators_make_rows_independent_of_batch():
     batch = randn_rows(like, gens([7, 8, 9]))
     alone = randn_rows(like[:1], gens([8]))
     assert torch.equal(batch[1], alone[0])
+
+
+def test_ddim_eta0_is_the_published_cold_diffusion_step():
+    """x_{t-1} = x_t - D(x0, t) + D(x0, t-1), D(x0, s) = sqrt(ab_s) x0 + sqrt(1 - ab_s) eps_hat."""
+    from defect_gen.samplers import ddim_step
+
+    diffusion = GaussianDiffusion(cosine_betas(1000))
+    x = torch.randn(2, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def denoise(x, t):
+        return (0.7 * x + t / 1000).clamp(-1, 1)
+
+    for t in (999, 500, 200, 1):
+        x0 = denoise(x, t)
+        ab, ab_prev = diffusion.alpha_bar_at(t), diffusion.alpha_bar_at(t - 1)
+        eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5
+
+        def degrade(a):
+            return a**0.5 * x0 + (1 - a) ** 0.5 * eps
+
+        cold = x - degrade(ab) + degrade(ab_prev)
+        torch.testing.assert_close(ddim_step(denoise, x, t, t - 1, diffusion, eta=0.0)[0], cold)
