@@ -279,7 +279,9 @@ def cmd_data(args) -> int:
     from defect_gen.datasets.dataset import select_pairs
 
     cfg = resolve_num_defect(load_config(args.config, args.overrides), args.num_defect)
-    report = check_dataset(cfg.data, progress=not args.no_progress)
+    # masks are also resized as training will, to name those that lose most of a class there
+    size = cfg.data.load_size or cfg.model.image_size
+    report = check_dataset(cfg.data, progress=not args.no_progress, size=size)
     for line in format_report(report):
         print(line)
     if report.pairs and not report.refusable:

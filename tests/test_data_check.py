@@ -192,3 +192,30 @@ def test_report_lines_are_single_lines(tmp_path):
     good_pairs(tmp_path)
     break_size_mismatch(tmp_path)
     assert all("\n" not in line for line in format_report(check_dataset(cfg_for(tmp_path))))
+
+
+# --- issue 12 (C): masks at the training size, counts that agree ---------------------------
+
+
+def test_masks_that_lose_a_class_at_the_model_size_are_named(tmp_path, capsys):
+    """A 1 px scratch inside a stain block at 2x reduction: the stain takes the pixel."""
+    big = np.zeros((2 * S, 2 * S), np.uint8)
+    big[4:12, 4:12] = 2
+    big[6, 6] = 1
+    rng = np.random.default_rng(0)
+    write_png(tmp_path / "d" / "images" / "lost.png", rng.integers(0, 256, (2 * S, 2 * S, 3), dtype=np.uint8))
+    write_png(tmp_path / "d" / "masks" / "lost.png", big)
+    good_pairs(tmp_path / "d")
+    culprit = str(tmp_path / "d" / "masks" / "lost.png")
+    report = check_dataset(cfg_for(tmp_path / "d"), size=S)
+    (lost,) = report.shrunk
+    assert lost.message == f"mask {culprit}: class 'scratch' (1 px) vanishes at 16x16 px (from 32x32)"
+    assert not report.problems  # a finding, not a reason to refuse
+
+    config = write_config(tmp_path, tmp_path / "d")
+    assert main(["data", "check", "--config", config, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "masks at the training size 16x16: 1 lose most of a class" in out and lost.message in out
+    logged = []
+    DefectDataset(cfg_for(tmp_path / "d"), S, progress=False, log=logged.append)
+    assert "data: 1 training masks lose most of a class at 16x16 px" in logged[0] and lost.message in logged[1]

@@ -25,6 +25,7 @@ from defect_gen.config import DataConfig
 from defect_gen.datasets.layouts import Problem, Record, find_records
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.io import read_image, read_mask, read_mask_rgb
+from defect_gen.masks import resize_mask
 
 # Layouts whose masks are binary, the class coming from the folder.
 BINARY_LAYOUTS = ("mvtec", "class_folders")
@@ -129,6 +130,8 @@ class Report:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth knowing, not a reason to refuse
     bad: list[Record] = field(default_factory=list)  # records with a problem of their own
+    size: int | None = None  # the training size the masks were resized to, if checked
+    shrunk: list[Problem] = field(default_factory=list)  # masks that lose most of a class at `size`
 
     @property
     def refusable(self) -> bool:
@@ -146,16 +149,18 @@ def _check_kind(cfg: DataConfig, kind: str) -> None:
 OnPair = typing.Callable[[Record, np.ndarray, np.ndarray], None]
 
 
-def check_dataset(cfg: DataConfig, on_pair: OnPair | None = None, progress: bool = False) -> Report:
+def check_dataset(cfg: DataConfig, on_pair: OnPair | None = None, progress: bool = False,
+                  size: int | None = None) -> Report:
     """List and decode every pair of `cfg`, collecting problems instead of stopping at the first.
 
     `on_pair(record, image, mask)` sees each good pair as decoded, so a caller can keep them
-    and not decode twice.
+    and not decode twice. With `size`, every mask is also resized to size x size as training
+    does, and each one that loses most of a class there is listed in `report.shrunk`.
     """
     kind = mask_kind(cfg)
     _check_kind(cfg, kind)
     listing = find_records(cfg)
-    report = Report(cfg, kind, problems=list(listing.problems))
+    report = Report(cfg, kind, problems=list(listing.problems), size=size)
     for rec in tqdm(listing.records, desc="checking data", disable=not progress, leave=False):
         try:
             image, mask = read_pair(rec, cfg, kind, report.notes)
@@ -166,10 +171,31 @@ def check_dataset(cfg: DataConfig, on_pair: OnPair | None = None, progress: bool
         counts = np.bincount(mask.ravel(), minlength=len(cfg.classes) + 1)
         pixels = {c: int(counts[c]) for c in range(1, len(cfg.classes) + 1) if counts[c]}
         report.pairs.append(PairStats(rec, image.shape[1], image.shape[0], pixels))
+        if size and pixels:
+            report.shrunk += [Problem(rec.mask, line) for line in shrink_losses(rec.mask, mask, pixels, size,
+                                                                                 cfg.classes)]
         if on_pair is not None:
             on_pair(rec, image, mask)
     _dataset_problems(report)
     return report
+
+
+def shrink_losses(path: str, mask: np.ndarray, pixels: dict[int, int], size: int, classes: list[str]) -> list[str]:
+    """One line per class that vanishes, or keeps under half its area, when `mask` is resized
+    to size x size (areas compared at the original scale)."""
+    small = resize_mask(mask, (size, size))
+    kept = np.bincount(small.ravel(), minlength=len(classes) + 1)
+    scale = mask.size / small.size  # original pixels per resized pixel
+    lines = []
+    for cls, before in pixels.items():
+        after = kept[cls] * scale
+        where = f"at {size}x{size} px (from {mask.shape[1]}x{mask.shape[0]})"
+        if kept[cls] == 0:
+            lines.append(f"mask {path}: class '{classes[cls - 1]}' ({before} px) vanishes {where}")
+        elif after < 0.5 * before:
+            lines.append(f"mask {path}: class '{classes[cls - 1]}' keeps {100 * after / before:.0f}% of its "
+                         f"area {where}: {before} px -> {kept[cls]} px")
+    return lines
 
 
 def _dataset_problems(report: Report) -> None:
@@ -241,4 +267,9 @@ def format_report(report: Report) -> list[str]:
     if report.notes:
         lines.append(f"notes: {len(report.notes)}")
         lines += [f"  {n}" for n in report.notes]
+    if report.size:
+        s = report.size
+        lines.append(f"masks at the training size {s}x{s}: " + (f"{len(report.shrunk)} lose most of a class"
+                     if report.shrunk else "every class keeps at least half its area"))
+        lines += [f"  {n.message}" for n in report.shrunk]
     return lines

@@ -191,6 +191,17 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int, resample: str) -
     return image, mask
 
 
+def report_shrunk(report: Report, records: list, log=_stderr) -> None:
+    """Name every training mask that loses most of a class at the training size."""
+    masks = {rec.mask for rec in records}
+    shrunk = [p.message for p in report.shrunk if p.path in masks]
+    if shrunk:
+        log(f"data: {len(shrunk)} training masks lose most of a class at {report.size}x{report.size} px (thin or "
+            f"small defects; a larger model.image_size or data.load_size keeps more):")
+        for line in shrunk:
+            log(f"  {line}")
+
+
 class DefectDataset:
     """The selected pairs in memory: `images` (N, 3, L, L) and `masks` (N, L, L) uint8."""
 
@@ -206,7 +217,7 @@ class DefectDataset:
                 cache[rec] = resize_pair(image, mask, self.load_size, cfg.resize)
 
         selects = cfg.num_images_per_class is not None or cfg.selection_file
-        report = check_dataset(cfg, on_pair=None if selects else keep, progress=progress)
+        report = check_dataset(cfg, on_pair=None if selects else keep, progress=progress, size=self.load_size)
         skipped = refuse_or_skip(report, log)
         self.selection = select_pairs(report)
         self.selection.skipped = skipped
@@ -215,6 +226,7 @@ class DefectDataset:
             raise DataError(f"no pairs to train on in {cfg.root}: {self.selection.how}")
         info(f"data: {len(self.records)} pairs from {cfg.root}: {self.selection.how}"
             + (f"; {len(report.notes)} notes, see `defect-gen data check`" if report.notes else ""))
+        report_shrunk(report, self.records, log)
         pairs = []
         for rec in tqdm(self.records, desc="loading data", disable=not progress, leave=False):
             pair = cache.get(rec)
