@@ -125,20 +125,53 @@ def _add_evaluate(sub) -> None:
                    "the other defect images the held-out split")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the real config, e.g. --set data.root=DIR (repeatable)")
-    p.add_argument("--synthetic", required=True, nargs="+", metavar="DIR",
-                   help="one or more `defect-gen sample` folders (paired layout); each is evaluated")
+    p.add_argument("--synthetic", nargs="*", default=[], metavar="DIR",
+                   help="`defect-gen sample` / `paint` folders (paired layout); each is evaluated")
+    p.add_argument("--copy-paste", dest="copy_paste", metavar="GOOD_DIR", default=None,
+                   help="add the copy-paste baseline: the training split's real defects pasted onto these "
+                        "defect-free photos at random spots (what a generator has to beat)")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for report.md, results.json, plots")
     p.add_argument("--ratios", default="0.5,1,2", help="synthetic pairs per real training pair, comma-separated")
     p.add_argument("--seeds", type=int, default=3, help="segmenters per training set (seeds 0..N-1)")
-    p.add_argument("--steps", type=int, default=300, help="segmenter training steps")
-    p.add_argument("--batch_size", type=int, default=8, help="segmenter batch size")
+    p.add_argument("--steps", type=int, default=1000, help="segmenter training steps")
+    p.add_argument("--batch_size", type=int, default=16, help="segmenter batch size")
+    p.add_argument("--crop", type=int, default=64, help="segmenter training crops (px of the evaluation size; "
+                   "0 = whole images); half of them centred on a defect")
     p.add_argument("--lr", type=float, default=3e-3, help="segmenter peak learning rate (one-cycle)")
     p.add_argument("--width", type=int, default=16, help="UNet base channels")
-    p.add_argument("--image_size", type=int, default=None, help="evaluation size (default: the config's model.image_size)")
-    p.add_argument("--max_heldout", type=int, default=200, help="at most this many held-out real pairs (seeded pick)")
+    p.add_argument("--image_size", type=int, default=128, help="evaluation size: real and synthetic pairs are "
+                   "resized to it alike")
+    p.add_argument("--max_heldout", type=int, default=None,
+                   help="at most this many held-out real pairs (seeded pick; default: all)")
     p.add_argument("--segmenter", choices=["unet", "deeplabv3"], default="unet",
                    help="unet: built-in small UNet; deeplabv3: torchvision's, from scratch (needs torchvision)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_paint(sub) -> None:
+    p = sub.add_parser("paint", help="paint defects into defect-free photos at their own resolution "
+                                     "(small-RF model on a window around each placed training mask)")
+    p.add_argument("--model", help="small-RF checkpoint (.pt) or run folder trained on native crops "
+                   "(configs/magnetic_tile_paint.yaml); left out with --copy-paste")
+    p.add_argument("--config", help="config whose few-shot training split gives the defects "
+                   "(default: the model's own training config)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a value of that config, e.g. --set data.root=DIR (repeatable)")
+    p.add_argument("--good", dest="good_dir", required=True, help="folder of defect-free photos (searched recursively)")
+    p.add_argument("--sample_dir", required=True, help="output folder (paired layout, manifest, preview)")
+    p.add_argument("--num_samples", type=int, default=80)
+    p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i")
+    p.add_argument("--steps", type=int, default=50, help="respaced denoising steps")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="1: draw each defect from noise; below 1: redraw the pasted real defect from t = strength*T")
+    p.add_argument("--scale", default="0.75,1.25", help="range of the random scale of a placed defect: MIN,MAX")
+    p.add_argument("--margin", type=int, default=16, help="photo pixels around the defect in the denoised window")
+    p.add_argument("--copy-paste", action="store_true", help="no model: paste the real defect pixels (the baseline)")
+    p.add_argument("--overwrite", action="store_true", help="replace the pairs of an earlier run in --sample_dir")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_sample, _add_info, _add_demo, _add_export, _add_data, _add_bench,
-                _add_evaluate):
+                _add_evaluate, _add_paint):
         add(sub)
     return parser
 
@@ -219,16 +252,31 @@ def cmd_sample(args) -> int:
         dist_util.cleanup()
     if dinfo.world_size > 1:
         print(f"rank {dinfo.rank}: {len(summary.rows)} pairs")
+    if summary.wanted and not summary.pairs:
+        raise DefectGenError(_nothing_written(summary, settings))
     if dinfo.is_main:
         rate = summary.pairs / max(summary.seconds, 1e-9)
+        shown = f"; preview: {summary.preview}" if summary.preview else ""
         print(f"{summary.pairs} pairs in {args.sample_dir} in {summary.seconds:.1f} s ({rate:.2f} pairs/s, "
-              f"{summary.steps}); preview: {os.path.join(args.sample_dir, 'preview.png')}")
+              f"{summary.steps}){shown}")
         if summary.tries != summary.pairs or summary.failed:
             print(f"acceptance: {summary.pairs} of {summary.tries} candidates kept ({summary.acceptance:.1%})")
         if summary.failed:
             print(f"warning: {summary.failed} pair(s) had no accepted candidate in --max-tries {settings.max_tries}; "
                   f"their names are missing (raise --max-tries or relax --classes)", file=sys.stderr)
     return 0
+
+
+def _nothing_written(summary, settings) -> str:
+    """Why a sampling run that set out to make pairs wrote none, and what to change."""
+    what = f"no pair written to {settings.sample_dir}: {summary.tries} candidates"
+    if summary.empty == summary.tries:
+        return (f"{what}, all with empty masks (nothing left after --min-defect-pixels "
+                f"{settings.min_defect_pixels})" if settings.min_defect_pixels > 1 else f"{what}, all with empty "
+                f"masks") + "; pass --keep-empty to keep them, or train the models longer"
+    need = f"held every class of --classes {','.join(settings.classes)}" if settings.classes else "was accepted"
+    return (f"{what} ({summary.empty} with empty masks), none {need} within --max-tries {settings.max_tries}; "
+            f"raise --max-tries, relax --classes, or train the models longer")
 
 
 def cmd_info(args) -> int:
@@ -318,26 +366,75 @@ def cmd_evaluate(args) -> int:
     from defect_gen.evaluate.segmenter import SegSettings
 
     cfg = load_config(args.real, args.overrides)
-    size = args.image_size or cfg.model.image_size
+    size = args.image_size
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--batch_size", args.batch_size),
-                        ("--width", args.width), ("--max_heldout", args.max_heldout), ("--image_size", size)):
+                        ("--width", args.width), ("--max_heldout", args.max_heldout or 1), ("--image_size", size)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
-    seg = SegSettings(arch=args.segmenter, steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width)
+    if args.crop < 0 or args.crop > size:
+        raise ConfigError(f"--crop must be in [0, --image_size {size}] (0 = whole images), got {args.crop}")
+    if not args.synthetic and not args.copy_paste:
+        raise ConfigError("evaluate: nothing to compare with real only; give --synthetic DIR... and/or --copy-paste DIR")
+    seg = SegSettings(arch=args.segmenter, steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
+                      crop=args.crop)
     settings = EvalSettings(ratios=parse_ratios(args.ratios), seeds=args.seeds, image_size=size,
-                            max_heldout=args.max_heldout, seg=seg, progress=not args.no_progress)
+                            max_heldout=args.max_heldout, copy_paste_dir=args.copy_paste, seg=seg,
+                            progress=not args.no_progress)
     results = evaluate(cfg, args.real, args.synthetic, args.out, settings)
     # The command as it would be typed (with every default spelt out), for the report.
     command = ["defect-gen", "evaluate", "--real", args.real, *[a for o in args.overrides for a in ("--set", o)],
-               "--synthetic", *args.synthetic, "--out", args.out, "--ratios", args.ratios, "--seeds", str(args.seeds),
-               "--steps", str(args.steps), "--image_size", str(size), "--max_heldout", str(args.max_heldout),
-               "--segmenter", args.segmenter]
+               *(["--synthetic", *args.synthetic] if args.synthetic else []),
+               *(["--copy-paste", args.copy_paste] if args.copy_paste else []),
+               "--out", args.out, "--ratios", args.ratios, "--seeds", str(args.seeds), "--steps", str(args.steps),
+               "--batch_size", str(args.batch_size), "--crop", str(args.crop), "--image_size", str(size),
+               *(["--max_heldout", str(args.max_heldout)] if args.max_heldout else []), "--segmenter", args.segmenter]
     command = " ".join(shlex.quote(a) for a in command)
     print(f"report: {write_report(results, args.out, command)}")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "make-demo-data": cmd_demo,
+def _scale_range(text: str) -> tuple[float, float]:
+    from defect_gen.errors import ConfigError
+
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--scale: expected MIN,MAX such as 0.75,1.25, got {text!r}") from None
+    return lo, hi
+
+
+def cmd_paint(args) -> int:
+    from defect_gen import paint
+    from defect_gen.config import load_config
+    from defect_gen.errors import ConfigError
+    from defect_gen.sample import load_model
+    from defect_gen.train_util import resolve_device
+
+    if args.copy_paste == bool(args.model):
+        raise ConfigError("paint: give --model (a small-RF model) or --copy-paste (no model), exactly one")
+    if args.copy_paste and not args.config:
+        raise ConfigError("paint --copy-paste: --config is needed for the training split the defects come from")
+    scale = _scale_range(args.scale)
+    settings = paint.PaintSettings(args.sample_dir, args.num_samples, args.good_dir, args.seed, args.steps,
+                                   args.sampler, args.eta, 0.0 if args.copy_paste else args.strength,
+                                   scale[0], scale[1], args.margin, overwrite=args.overwrite,
+                                   progress=not args.no_progress)
+    if args.copy_paste:
+        painter, cfg = paint.Painter(None, None, 0, 1, 0), load_config(args.config, args.overrides)
+    else:
+        loaded = load_model(args.model, resolve_device(args.device))
+        painter = paint.painter_from_model(loaded, resolve_device(args.device))
+        cfg = load_config(args.config, args.overrides) if args.config else loaded.cfg
+        if cfg.data.classes != loaded.cfg.data.classes:
+            raise ConfigError(f"--config {args.config}: classes {cfg.data.classes} differ from the model's "
+                              f"{loaded.cfg.data.classes}")
+    sources = paint.training_sources(cfg, progress=not args.no_progress)
+    print(f"defects from {len(sources)} training pairs of {cfg.data.root}")
+    paint.paint(painter, sources, list(cfg.data.classes), settings)
+    return 0
+
+
+COMMANDS = {"paint": cmd_paint, "train": cmd_train, "sample": cmd_sample, "info": cmd_info, "make-demo-data": cmd_demo,
             "export": cmd_export, "bench": cmd_bench, "data": cmd_data,
             "evaluate": cmd_evaluate}
 

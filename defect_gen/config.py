@@ -10,13 +10,15 @@ and no value is ever imported or evaluated.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 
 import yaml
 
-from defect_gen.errors import ConfigError
+from defect_gen.errors import ConfigError, short_repr
 
 
 @dataclass
@@ -31,6 +33,7 @@ class ModelConfig:
     attention_downsample: list[int] = field(default_factory=lambda: [8, 16, 32])
     num_head_channels: int = 64  # channels per attention head; -1 uses num_heads instead
     num_heads: int = 4
+    num_heads_upsample: int = -1  # heads of the decoder's attention when num_head_channels is -1; -1 = num_heads
     # The large-RF network has a middle block (ResBlock, attention, ResBlock); the small-RF
     # one has none and feeds its deepest feature straight to the first decoder block.
     middle_block: bool = True
@@ -78,6 +81,13 @@ class DataConfig:
     skip_bad: bool = False  # skip (and list) bad files instead of refusing to train
     resize: str = "area"  # image resampling: area (box when shrinking, bicubic when enlarging) | bicubic
     load_size: typing.Optional[int] = None  # resize to this, then take random image_size crops
+    # Native-resolution crops: keep each photo's own aspect ratio, scaled by this factor
+    # (1.0 = as stored), and train on random image_size crops of it, so thin cracks and small
+    # holes are not resized away. null = resize whole photos to load_size / image_size.
+    native_scale: typing.Optional[float] = None
+    # Share of training crops centred on a random defect pixel (the rest anywhere): defects
+    # cover ~1 % of a magnetic tile, and uniform crops would mostly show clean surface.
+    defect_crop_share: float = 0.0
     hflip: bool = True
     vflip: bool = False
     rot90: bool = False
@@ -160,6 +170,8 @@ def _coerce(value, tp, key: str):
     }[tp](value)
     if not ok:
         raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if tp is float and not math.isfinite(value):  # .nan passes every `<= 0` check and ruins a run later
+        raise ConfigError(f"config key '{key}': expected a finite number, got {value}")
     return float(value) if tp is float else value
 
 
@@ -216,16 +228,35 @@ def _validate_data_values(cfg: Config) -> None:
         _positive("data.num_images_per_class", d.num_images_per_class)
     if not 0.0 <= d.good_share < 1.0:
         raise ConfigError(f"config key 'data.good_share': expected a value in [0, 1), got {d.good_share}")
+    if d.native_scale is not None and not (0.0 < d.native_scale <= 4.0):
+        raise ConfigError(f"config key 'data.native_scale': expected a scale in (0, 4] (1.0 = photos as stored), "
+                          f"got {d.native_scale}")
+    if d.native_scale is not None and d.load_size is not None:
+        raise ConfigError("config keys 'data.native_scale' and 'data.load_size' exclude each other: "
+                          "native crops keep each photo's own size")
+    if not 0.0 <= d.defect_crop_share <= 1.0:
+        raise ConfigError(f"config key 'data.defect_crop_share': expected a share in [0, 1], got {d.defect_crop_share}")
     if d.load_size is not None and d.load_size < cfg.model.image_size:
         raise ConfigError(f"config key 'data.load_size': must be >= model.image_size ({cfg.model.image_size}) "
                           f"to crop from, got {d.load_size}")
+
+
+def _bad_class_name(name: str) -> bool:
+    """Class names become folder names in the output layouts (mvtec, defect_spectrum): they
+    must be one plain path component, not hidden (readers skip dot-names), printable."""
+    return (not name or name.startswith(".") or any(c in name for c in "/\\") or len(name) > 100
+            or not name.isprintable())
 
 
 def _validate_data_classes(d: DataConfig) -> None:
     """Class names, and the folder mapping and palette that refer to them."""
     if len(set(d.classes)) != len(d.classes) or any(not c or c == "background" for c in d.classes):
         raise ConfigError(f"config key 'data.classes': expected distinct non-empty names other than "
-                          f"'background', got {d.classes}")
+                          f"'background', got {short_repr(d.classes)}")
+    bad = next((c for c in d.classes if _bad_class_name(c)), None)
+    if bad is not None:
+        raise ConfigError(f"config key 'data.classes': {short_repr(bad)} cannot be a folder name; expected a name "
+                          f"without '/' or '\\', not starting with '.', printable, at most 100 characters")
     known = set(d.classes)
     for folder, name in d.folder_classes.items():
         if name not in known:
@@ -248,6 +279,42 @@ def _validate_data_classes(d: DataConfig) -> None:
                           f"unless 'background' is given): {d.palette}")
 
 
+# Bigger images do not fit any GPU at diffusion-model widths (and `info` would try one forward).
+MAX_IMAGE_SIZE = 4096
+
+
+def _validate_model_shape(m: ModelConfig) -> None:
+    """What the network's layers need of the config: image size, GroupNorm groups, attention heads.
+
+    Each would otherwise surface as a traceback from deep inside the UNet, or (attention at a
+    rate the network does not have) be silently ignored.
+    """
+    if m.image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"config key 'model.image_size': at most {MAX_IMAGE_SIZE} px, got {m.image_size}")
+    widths = sorted({mult * m.model_channels for mult in m.channel_mult})
+    if any(w % 32 for w in widths):
+        raise ConfigError(f"config key 'model.model_channels': {m.model_channels} x channel_mult {m.channel_mult} "
+                          f"gives {widths} channels; GroupNorm splits each into 32 groups, so every one must be a "
+                          f"multiple of 32")
+    rates = [2**level for level in range(len(m.channel_mult))]
+    stray = [a for a in m.attention_downsample if a not in rates]
+    if stray:
+        raise ConfigError(f"config key 'model.attention_downsample': {stray} not among the down-sampling rates "
+                          f"{rates} of channel_mult {m.channel_mult}; attention there would be silently left out")
+    attended = {m.channel_mult[rates.index(a)] * m.model_channels for a in m.attention_downsample}
+    if m.middle_block:
+        attended.add(m.channel_mult[-1] * m.model_channels)
+    for key, split in (("num_head_channels", m.num_head_channels), ("num_heads", m.num_heads),
+                       ("num_heads_upsample", m.num_heads_upsample)):
+        if split <= 0 or (key != "num_head_channels" and m.num_head_channels != -1):
+            continue  # -1 (or the other head setting) decides instead
+        uneven = sorted(w for w in attended if w % split)
+        if uneven:
+            raise ConfigError(f"config key 'model.{key}': {split} does not divide the {uneven} channels of the "
+                              f"attention blocks (model_channels x channel_mult at attention_downsample"
+                              f"{' and the middle block' if m.middle_block else ''})")
+
+
 def validate(cfg: Config) -> Config:
     """Check values a type cannot express; return cfg for chaining."""
     m, d, t = cfg.model, cfg.diffusion, cfg.train
@@ -265,6 +332,7 @@ def validate(cfg: Config) -> Config:
         _positive("model.num_heads", m.num_heads)
     else:
         _positive("model.num_head_channels", m.num_head_channels)
+    _validate_model_shape(m)
     if d.schedule not in ("cosine", "linear"):
         raise ConfigError(f"config key 'diffusion.schedule': expected cosine or linear, got {d.schedule!r}")
     if d.predict not in ("x0", "eps", "v"):

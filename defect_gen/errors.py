@@ -21,3 +21,15 @@ class DataError(DefectGenError):
 
 class CheckpointError(DefectGenError):
     """A checkpoint is missing, corrupt, unsafe, or does not fit the model."""
+
+
+def short_repr(value, limit: int = 80) -> str:
+    """repr() for error messages, bounded in time and length: a YAML value built from nested
+    aliases (a "billion laughs") would take minutes and gigabytes to repr() in full."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 6, 6, 6, 6
+    r.maxstring = r.maxother = r.maxlong = limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

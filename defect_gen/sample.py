@@ -26,6 +26,7 @@ Outputs: see `defect_gen.writers` (layouts, manifest.jsonl, preview.png).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -36,12 +37,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from defect_gen import checkpoint as ckpt_lib
-from defect_gen import conditioning, dist_util, writers
+from defect_gen import conditioning, dist_util, fsutil, logs, writers
 from defect_gen.config import Config, from_dict, from_published_yaml, load_config, read_yaml
-from defect_gen.errors import CheckpointError, ConfigError, DefectGenError
+from defect_gen.errors import CheckpointError, ConfigError, DefectGenError, short_repr
 from defect_gen.gaussian_diffusion import Denoiser, GaussianDiffusion
 from defect_gen.masks import image_to_uint8, mask_to_index, split_image_mask
 from defect_gen.postprocess import accept, drop_small_regions
@@ -96,6 +96,9 @@ class Summary:
     failed: int
     seconds: float
     steps: str
+    empty: int = 0  # candidates rejected for an empty mask
+    wanted: int = 0  # pairs this run set out to make (those not already done)
+    preview: str | None = None  # preview.png, if one was written
 
     @property
     def acceptance(self) -> float:
@@ -130,7 +133,10 @@ def _same_architecture(inside: Config, given: Config, path: str, config_path: st
 
 def _checkpoint_config(ckpt: dict, path: str, config_path: str | None, flag: str) -> Config:
     if ckpt.get("format") == ckpt_lib.FORMAT and "config" in ckpt:
-        cfg = from_dict(ckpt["config"])
+        try:  # the config inside is data like any other (class names become output folders)
+            cfg = from_dict(ckpt["config"])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if config_path:
             _same_architecture(cfg, read_any_config(config_path), path, config_path)
         return cfg
@@ -395,6 +401,7 @@ class _Run:
     batch_size: int
     device: torch.device
     progress: bool
+    on_batch: Callable[[], None] | None = None  # called after each batch (the progress display)
 
 
 @dataclass
@@ -471,9 +478,13 @@ def _pairs(run: _Run, indices: range, stats: dict) -> Iterator[_Pair]:
                     continue
                 yield _Pair(task.index, seed, task.attempt + 1, image_to_uint8(image), index, sources, given)
             elif task.attempt + 1 < s.max_tries:
+                stats["empty"] += int(not index.any())
                 todo.append(_Task(task.index, task.attempt + 1))
             else:
+                stats["empty"] += int(not index.any())
                 stats["failed"] += 1
+        if run.on_batch is not None:
+            run.on_batch()
 
 
 # ---------------------------------------------------------------------------------------
@@ -495,22 +506,30 @@ def _check_resumable(s: SampleSettings, num: int, models: str) -> None:
     path = os.path.join(s.sample_dir, "sample_settings.json")
     current = {"num_samples": num, "models": models, **{k: getattr(s, k) for k in RESUME_KEYS}}
     if s.resume and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            recorded = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                recorded = json.load(f)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"--resume: {path} is unreadable or cut short ({type(exc).__name__}); it records the "
+                              f"settings the pairs were made with: restore it, or start again with --overwrite") from None
+        if not isinstance(recorded, dict):
+            raise ConfigError(f"--resume: {path}: expected a JSON object of settings, got {short_repr(recorded)}")
         changed = [f"{k} ({recorded.get(k)!r} -> {v!r})" for k, v in current.items() if recorded.get(k) != v]
         if changed:
             raise ConfigError(f"--resume: these settings differ from the run in {s.sample_dir}: "
                               f"{'; '.join(changed)}")
         return
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(current, f, indent=1)
+    fsutil.atomic_write_json(path, current)  # a kill mid-write must not leave half a settings file
 
 
 def _write(s: SampleSettings, pair: _Pair, classes: list[str], manifest) -> dict:
-    row = writers.write_pair(s.sample_dir, s.layout, _name(s, pair.index), pair.rgb, pair.mask, classes)
-    row = {"name": row.pop("name"), "seed": pair.seed, "tries": pair.tries, **row, **pair.sources}
-    manifest.write(json.dumps(row) + "\n")
-    manifest.flush()
+    try:
+        row = writers.write_pair(s.sample_dir, s.layout, _name(s, pair.index), pair.rgb, pair.mask, classes)
+        row = {"name": row.pop("name"), "seed": pair.seed, "tries": pair.tries, **row, **pair.sources}
+        manifest.write(json.dumps(row) + "\n")
+        manifest.flush()
+    except OSError as exc:  # a full disk or a folder made read-only mid-run; --resume finishes later
+        raise fsutil.output_error(os.path.join(s.sample_dir, writers.MANIFEST), exc, "--sample_dir") from None
     return row
 
 
@@ -529,6 +548,15 @@ def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSett
     required = required_classes(s.classes, cfg.data.classes)
     cond = make_conditioner(s, cfg)
     num = s.num_samples or len(cond.masks or cond.goods or [None] * 16)
+    # One run per SAMPLE_DIR: a second one (say a --resume while the first still runs) would
+    # make the same names twice. Rank 0 holds the lock for all ranks.
+    main = dist_util.info().is_main
+    with fsutil.lock_dir(s.sample_dir, "sampling run", "--sample_dir") if main else contextlib.nullcontext():
+        return _generate_locked(plan, cfg, cond, required, num, s, device, progress)
+
+
+def _generate_locked(plan: Plan, cfg: Config, cond: conditioning.Conditioner, required: list[int], num: int,
+                     s: SampleSettings, device: torch.device, progress: bool) -> Summary:
     dinfo = dist_util.info()
     if dinfo.is_main:
         writers.prepare_dir(s.sample_dir, s.layout, s.overwrite, s.resume)
@@ -540,21 +568,63 @@ def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSett
     lo, hi = (num * dinfo.rank) // dinfo.world_size, (num * (dinfo.rank + 1)) // dinfo.world_size
     todo = [i for i in range(lo, hi) if _name(s, i) not in done]
     batch_size = s.batch_size or auto_batch_size(plan, device, max(1, len(todo)))
-    run = _Run(plan, cond, s, num, required, batch_size, device, progress)
-    rows, preview, stats = [], [], {"tries": 0, "failed": 0}
+    bar = logs.bar(hi - lo, hi - lo - len(todo), "sampling", "pair", enabled=progress)
+    rows, preview, stats = [], [], {"tries": 0, "failed": 0, "empty": 0}
+
+    def show_candidates() -> None:  # after every batch: rejected candidates move nothing else
+        bar.set_postfix_str(f"{stats['tries']} candidates, {len(rows)} kept")
+
+    # The per-step bars inside the sampler only make sense redrawn on a terminal.
+    run = _Run(plan, cond, s, num, required, batch_size, device, progress and logs.live(), show_candidates)
     start = time.perf_counter()
     manifest = open(os.path.join(s.sample_dir, writers.MANIFEST), "a", encoding="utf-8")
-    bar = tqdm(total=hi - lo, initial=hi - lo - len(todo), desc="sampling", unit="pair", disable=not progress)
     with manifest, bar, torch.inference_mode():
         for pair in _pairs(run, todo, stats):
             rows.append(_write(s, pair, cfg.data.classes, manifest))
             if pair.index < lo + s.preview:  # the first pairs by name, whichever finished first
                 preview.append((pair.index, pair.rgb, pair.mask, pair.given))
+            show_candidates()
             bar.update(1)
-            bar.set_postfix(accepted=f"{len(rows) / max(stats['tries'], 1):.0%}")
-    pairs, tries, failed = _total(device, len(rows), stats["tries"], stats["failed"])
+    pairs, tries, failed, empty, wanted = _total(device, len(rows), stats["tries"], stats["failed"], stats["empty"],
+                                                 len(todo))
     dist_util.barrier()
+    wrote_preview = False
     if dinfo.is_main:
         writers.sort_manifest(s.sample_dir)
-        writers.save_preview(s.sample_dir, [p[1:] for p in sorted(preview, key=lambda p: p[0])])
-    return Summary(rows, pairs, tries, failed, time.perf_counter() - start, plan.description)
+        items = _preview_items(s, cfg, {_name(s, p[0]): p[1:] for p in preview})
+        writers.save_preview(s.sample_dir, items)
+        wrote_preview = bool(items)
+    return Summary(rows, pairs, tries, failed, time.perf_counter() - start, plan.description, empty=empty,
+                   wanted=wanted, preview=os.path.join(s.sample_dir, writers.PREVIEW) if wrote_preview else None)
+
+
+def _read_back(s: SampleSettings, cfg: Config, row: dict) -> tuple | None:
+    """(rgb, class index, given rgb or None) of a pair an earlier run wrote, for the preview."""
+    from defect_gen.io import read_image, read_mask
+
+    files = row.get("files") or writers.pair_files("paired", row["name"], "")
+    try:
+        rgb = read_image(os.path.join(s.sample_dir, files["image"]))
+        index = np.zeros(rgb.shape[:2], np.uint8)
+        if "mask" in files:
+            index = read_mask(os.path.join(s.sample_dir, files["mask"]))
+        if s.layout == "mvtec":  # binary on disk: the row's (first) class names the defect pixels
+            names = row.get("classes") or []
+            label = cfg.data.classes.index(names[0]) + 1 if names and names[0] in cfg.data.classes else 1
+            index = np.where(index > 0, label, 0).astype(np.uint8)
+        given = None
+        if row.get("good_source"):
+            given = image_to_uint8(conditioning.read_good_image(row["good_source"], rgb.shape[0]))
+    except (DefectGenError, KeyError, OSError):
+        return None  # a pair that cannot be read back is left out of the picture, not an error
+    return rgb, index, given
+
+
+def _preview_items(s: SampleSettings, cfg: Config, made: dict) -> list[tuple]:
+    """The first s.preview pairs by name: this run's, and (after --resume) those written before."""
+    items = []
+    for row in writers.manifest_rows(s.sample_dir)[: s.preview]:
+        item = made.get(row["name"]) or _read_back(s, cfg, row)
+        if item is not None:
+            items.append(item)
+    return items

@@ -22,10 +22,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 import numpy as np
 
-from defect_gen.errors import ConfigError, DefectGenError
+from defect_gen import fsutil
+from defect_gen.errors import ConfigError, DefectGenError, short_repr
 from defect_gen.io import MIN_PREVIEW_HEIGHT, save_pair_grid, write_png
 from defect_gen.masks import class_pixel_counts, colorize, overlay
 
@@ -63,7 +65,9 @@ def write_pair(sample_dir: str, layout: str, name: str, rgb: np.ndarray, index: 
     mask = (index > 0).astype(np.uint8) * 255 if layout == "mvtec" else index.astype(np.uint8)
     pictures = {"image": rgb, "mask": mask, "mask_color": colorize(index)}
     for what, rel in files.items():
-        write_png(os.path.join(sample_dir, rel), pictures[what])
+        # TYPE folders come from class names, which come from configs and checkpoints:
+        # whatever they hold, nothing is written outside SAMPLE_DIR.
+        write_png(fsutil.path_inside(sample_dir, rel, f"output file of {name}"), pictures[what])
     counts = class_pixel_counts(index, len(classes))
     return {"name": name, "classes": [classes[c - 1] for c in sorted(counts)],
             "defect_pixels": {classes[c - 1]: n for c, n in sorted(counts.items())}, "files": files}
@@ -81,23 +85,64 @@ def _read_manifest(path: str) -> list[dict]:
     rows = []
     for n, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             if n < len(lines):
                 raise DefectGenError(f"{path} line {n} is not valid JSON: the manifest is damaged") from None
+            continue
+        _row_name(row, f"{path} line {n}")
+        rows.append(row)
     return rows
+
+
+def _row_name(row, where: str) -> str:
+    """A manifest row's name; a row without one (edited by hand, another tool) is one line."""
+    name = row.get("name") if isinstance(row, dict) else None
+    if not isinstance(name, str) or not name:
+        raise DefectGenError(f"{where}: expected a JSON object with a \"name\" string (a row defect-gen wrote), "
+                             f"got {short_repr(row)}; fix or remove that line")
+    return name
+
+
+def repair_manifest(path: str) -> bool:
+    """Cut off a last line that a kill left unfinished (no newline, or not JSON), so that
+    --resume appends after whole rows; that pair is simply made again. True if it cut."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.strip():
+        return False
+    body = data.rstrip(b"\n")
+    start = body.rfind(b"\n") + 1  # where the last line begins
+    last = body[start:]
+    try:
+        complete = data.endswith(b"\n") and (not last.strip() or isinstance(json.loads(last), dict))
+    except ValueError:
+        complete = False
+    if complete:
+        return False
+    with open(path, "r+b") as f:
+        f.truncate(start)
+    return True
 
 
 def _remove_previous(sample_dir: str) -> None:
     """Delete what the previous run's manifest lists (never other files), then the manifest."""
     manifest = os.path.join(sample_dir, MANIFEST)
+    left = []
     for row in _read_manifest(manifest) if os.path.exists(manifest) else []:
         # Rows written before layouts existed name no files: they were paired.
-        files = row.get("files") or pair_files("paired", row["name"], "")
-        for rel in files.values():
-            path = os.path.join(sample_dir, rel)
-            if os.path.isfile(path):
+        files = row.get("files") or pair_files("paired", _row_name(row, manifest), "")
+        for rel in files.values() if isinstance(files, dict) else []:
+            # A manifest is data, not trusted: only regular files inside SAMPLE_DIR are deleted
+            # (never `../x`, an absolute path, a link's target, a FIFO or a folder).
+            path = fsutil.removable_file(sample_dir, rel)
+            if path is not None:
                 os.remove(path)
+            elif os.path.lexists(os.path.join(sample_dir, str(rel))):
+                left.append(str(rel))
+    if left:
+        print(f"warning: --overwrite left alone {len(left)} path(s) the manifest names that are not regular files "
+              f"inside {sample_dir}: {', '.join(left[:3])}", file=sys.stderr)
     for name in (MANIFEST, PREVIEW):
         if os.path.exists(os.path.join(sample_dir, name)):
             os.remove(os.path.join(sample_dir, name))
@@ -123,6 +168,9 @@ def prepare_dir(sample_dir: str, layout: str, overwrite: bool, resume: bool = Fa
     if resume:
         if not os.path.exists(manifest):
             raise DefectGenError(f"--resume: {manifest} not found; nothing to resume in {sample_dir}")
+        if repair_manifest(manifest):
+            print(f"note: the last line of {manifest} was cut short (the run was killed mid-write); "
+                  f"removed it, that pair is made again", file=sys.stderr)
         return done_names(sample_dir)
     if overwrite:
         _remove_previous(sample_dir)
@@ -141,16 +189,28 @@ def prepare_dir(sample_dir: str, layout: str, overwrite: bool, resume: bool = Fa
 
 
 def done_names(sample_dir: str) -> set[str]:
-    """Names of the pairs a manifest records as finished (their files are written first)."""
+    """Names of the pairs a manifest records as finished (their files are written first) whose
+    files are all still there: a pair deleted since is made again on --resume."""
     path = os.path.join(sample_dir, MANIFEST)
-    return {row["name"] for row in _read_manifest(path)} if os.path.exists(path) else set()
+    rows = _read_manifest(path) if os.path.exists(path) else []
+    return {row["name"] for row in rows
+            if isinstance(row.get("files") or {}, dict)
+            and all(fsutil.removable_file(sample_dir, rel) for rel in (row.get("files") or {}).values())}
+
+
+def manifest_rows(sample_dir: str) -> list[dict]:
+    """The manifest's rows in name order, one per name (the last written wins)."""
+    path = os.path.join(sample_dir, MANIFEST)
+    rows = _read_manifest(path) if os.path.exists(path) else []
+    return sorted({r["name"]: r for r in rows}.values(), key=lambda r: r["name"])
 
 
 def sort_manifest(sample_dir: str) -> None:
     """Rows in name order, whichever rank or retry finished first."""
     path = os.path.join(sample_dir, MANIFEST)
     if os.path.exists(path):
-        rows = sorted(_read_manifest(path), key=lambda r: r["name"])
+        # One row per name (the last written wins: a pair remade on --resume replaces its old row).
+        rows = sorted({r["name"]: r for r in _read_manifest(path)}.values(), key=lambda r: r["name"])
         tmp = f"{path}.tmp{os.getpid()}"  # a kill mid-rewrite must not lose the manifest
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
