@@ -298,17 +298,21 @@ def _validate_model_shape(m: ModelConfig) -> None:
                           f"multiple of 32")
     rates = [2**level for level in range(len(m.channel_mult))]
     stray = [a for a in m.attention_downsample if a not in rates]
-    if stray:
+    # The default list is meant for the default depth: a shallower net just has fewer of its
+    # rates (and configs saved in checkpoints rely on that); a list someone wrote must fit.
+    if stray and m.attention_downsample != ModelConfig().attention_downsample:
         raise ConfigError(f"config key 'model.attention_downsample': {stray} not among the down-sampling rates "
                           f"{rates} of channel_mult {m.channel_mult}; attention there would be silently left out")
-    attended = {m.channel_mult[rates.index(a)] * m.model_channels for a in m.attention_downsample}
-    if m.middle_block:
-        attended.add(m.channel_mult[-1] * m.model_channels)
-    for key, split in (("num_head_channels", m.num_head_channels), ("num_heads", m.num_heads),
-                       ("num_heads_upsample", m.num_heads_upsample)):
+    if m.num_heads_upsample != -1:
+        _positive("model.num_heads_upsample", m.num_heads_upsample)
+    decoder = {m.channel_mult[rates.index(a)] * m.model_channels for a in m.attention_downsample if a in rates}
+    attended = decoder | ({m.channel_mult[-1] * m.model_channels} if m.middle_block else set())
+    for key, split, widths in (("num_head_channels", m.num_head_channels, attended),
+                               ("num_heads", m.num_heads, attended),
+                               ("num_heads_upsample", m.num_heads_upsample, decoder)):
         if split <= 0 or (key != "num_head_channels" and m.num_head_channels != -1):
             continue  # -1 (or the other head setting) decides instead
-        uneven = sorted(w for w in attended if w % split)
+        uneven = sorted(w for w in widths if w % split)
         if uneven:
             raise ConfigError(f"config key 'model.{key}': {split} does not divide the {uneven} channels of the "
                               f"attention blocks (model_channels x channel_mult at attention_downsample"
@@ -372,15 +376,44 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+class StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, stricter and closer to what people type.
+
+    A key given twice in one mapping is an error (plain YAML keeps the last one silently: a
+    second `train:` would replace the whole first section), and 5e-4 is a float (YAML 1.1
+    reads it as a string unless written 5.0e-4).
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` keys may be overridden on purpose
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise ConfigError(f"key {short_repr(key)} is given twice (lines {seen[key]} and {line}); "
+                                  f"YAML would silently keep only the last one")
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     """'section.key=value' -> (['section', 'key'], value); the value is read as YAML."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected section.key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=StrictLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"--set {text!r}: {exc}") from None
     return key.strip().split("."), value
 
 
@@ -401,7 +434,9 @@ def read_yaml(path: str) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=StrictLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -451,10 +486,10 @@ PUBLISHED_TARGETS = {"models.unet.openaiunet.UNetModel": "large", "models.unet.u
 PUBLISHED_DIFFUSIONS = ("diffusion.base_diffusion.ColdDiffusion", "diffusion.base_diffusion.GaussianDiffusion")
 # model.params read as our fields of the same name
 _PUBLISHED_SAME = ("image_size", "model_channels", "num_res_blocks", "channel_mult", "dropout",
-                   "num_heads", "num_head_channels", "use_scale_shift_norm")
+                   "num_heads", "num_head_channels", "num_heads_upsample", "use_scale_shift_norm")
 # model.params that change nothing at inference: the small net has no attention to place,
-# use_fp16 is a dtype, num_heads_upsample is unused, use_checkpoint saves training memory.
-_PUBLISHED_IGNORED = ("attention_resolutions", "use_fp16", "num_heads_upsample", "use_checkpoint")
+# use_fp16 is a dtype, use_checkpoint saves training memory.
+_PUBLISHED_IGNORED = ("attention_resolutions", "use_fp16", "use_checkpoint")
 # model.params our UNet supports only at the published default
 _PUBLISHED_FIXED = {"conv_resample": True, "dims": 2, "num_classes": None, "resblock_updown": False,
                     "use_new_attention_order": False}
@@ -478,16 +513,18 @@ def _published_model(params: dict, variant: str, resolution) -> tuple[dict, int]
     if size is None or (resolution is not None and resolution != size):
         raise ConfigError(f"model.params.image_size {size!r} and data.params.resolution {resolution!r}: "
                           f"expected the sampling size, given once or equal")
+    model = {key: params[key] for key in _PUBLISHED_SAME if key in params}
+    # The published defaults where the YAML is silent (openaiunet: scale-shift norm on,
+    # (1, 2, 3, 4) levels; unet_receptive: scale-shift norm off, (1, 2, 4, 8) levels).
+    model.setdefault("use_scale_shift_norm", variant == "large")
+    model.setdefault("channel_mult", [1, 2, 3, 4] if variant == "large" else [1, 2, 4, 8])
+    model.setdefault("num_head_channels", -1)
     attention = params.get("attention_downsample", "4, 8") if variant == "large" else []
     if isinstance(attention, str):  # the published default is the string "4, 8"
         attention = [int(a) for a in attention.replace(",", " ").split()]
-    model = {key: params[key] for key in _PUBLISHED_SAME if key in params}
+    if "attention_downsample" not in params:  # its default names rates a shallow net lacks: none placed there
+        attention = [a for a in attention if a < 2 ** len(model["channel_mult"])]
     model.update(image_size=size, attention_downsample=attention, middle_block=variant == "large")
-    # The published defaults where the YAML is silent (openaiunet: scale-shift norm on,
-    # (1, 2, 3, 4) levels; unet_receptive: scale-shift norm off).
-    model.setdefault("use_scale_shift_norm", variant == "large")
-    model.setdefault("channel_mult", [1, 2, 3, 4])
-    model.setdefault("num_head_channels", -1)
     return model, channels
 
 

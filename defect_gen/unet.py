@@ -177,7 +177,8 @@ class UNetModel(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, model_channels: int, channel_mult,
                  num_res_blocks: int, attention_downsample=(), num_heads: int = 4,
                  num_head_channels: int = -1, middle_block: bool = True,
-                 use_scale_shift_norm: bool = True, dropout: float = 0.0, use_checkpoint: bool = False):
+                 use_scale_shift_norm: bool = True, dropout: float = 0.0, use_checkpoint: bool = False,
+                 num_heads_upsample: int = -1):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.has_middle = middle_block
@@ -188,8 +189,12 @@ class UNetModel(nn.Module):
         def res(cin, cout):
             return ResBlock(cin, emb_ch, cout, dropout, use_scale_shift_norm, use_checkpoint)
 
-        def attn(ch):
-            return AttentionBlock(ch, num_heads, num_head_channels, use_checkpoint)
+        def attn(ch, heads=num_heads):
+            return AttentionBlock(ch, heads, num_head_channels, use_checkpoint)
+
+        # As in guided-diffusion, the decoder's attention has its own head count (-1: num_heads);
+        # it matters only when num_head_channels is -1.
+        heads_up = num_heads if num_heads_upsample == -1 else num_heads_upsample
 
         ch = int(channel_mult[0] * model_channels)
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
@@ -219,7 +224,7 @@ class UNetModel(nn.Module):
                 layers = [res(cin, model_channels * mult)]
                 ch = model_channels * mult
                 if ds in attention_downsample:
-                    layers.append(attn(ch))
+                    layers.append(attn(ch, heads_up))
                 if level and i == num_res_blocks:
                     layers.append(Upsample(ch))
                     ds //= 2
@@ -255,6 +260,7 @@ def build_unet(cfg: ModelConfig, num_defect: int) -> UNetModel:
         num_res_blocks=cfg.num_res_blocks, attention_downsample=cfg.attention_downsample,
         num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels, middle_block=cfg.middle_block,
         use_scale_shift_norm=cfg.use_scale_shift_norm, dropout=cfg.dropout, use_checkpoint=cfg.use_checkpoint,
+        num_heads_upsample=cfg.num_heads_upsample,
     )
 
 

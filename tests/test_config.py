@@ -58,3 +58,43 @@ def test_num_defect_reconciliation():
     with pytest.raises(ConfigError, match="number of defect classes is unknown"):
         resolve_num_defect(Config(), None)
     assert "model:" in to_yaml(cfg)
+
+
+# Issue 12 (A): YAML duplicates and floats, non-finite values, shapes the UNet cannot build.
+@pytest.mark.parametrize("data,needle", [
+    ({"train": {"lr": float("nan")}}, "'train.lr': expected a finite number, got nan"),
+    ({"train": {"ema_rate": float("inf")}}, "'train.ema_rate': expected a finite number, got inf"),
+    ({"model": {"model_channels": 16}}, "'model.model_channels': 16 x channel_mult"),
+    ({"model": {"num_head_channels": 48}}, "'model.num_head_channels': 48 does not divide"),
+    ({"model": {"num_head_channels": -1, "num_heads": 3}}, "'model.num_heads': 3 does not divide"),
+    ({"model": {"num_head_channels": -1, "num_heads_upsample": 5}}, "'model.num_heads_upsample': 5 does not"),
+    ({"model": {"num_heads_upsample": 0}}, "'model.num_heads_upsample': must be > 0"),
+    ({"model": {"attention_downsample": [3, 64]}}, "'model.attention_downsample': [3, 64] not among"),
+    ({"model": {"image_size": 65536}}, "'model.image_size': at most 4096 px, got 65536"),
+])
+def test_values_the_network_cannot_use_name_the_key(data, needle):
+    with pytest.raises(ConfigError) as err:
+        from_dict(data)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_default_attention_rates_fit_a_shallower_net():
+    # configs saved in checkpoints rely on it: the default list places what the depth allows
+    assert from_dict({"model": {"channel_mult": [1, 2]}}).model.attention_downsample == [8, 16, 32]
+
+
+def test_yaml_duplicate_keys_are_errors_and_exponent_floats_are_floats(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 5e-4\nmodel:\n  image_size: 64\ntrain:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: key 'train' is given twice \(lines 1 and 5\)"):
+        load_config(str(path))
+    path.write_text("train:\n  lr: 5e-4\n  lr: 1e-3\n")
+    with pytest.raises(ConfigError, match=r"key 'lr' is given twice \(lines 2 and 3\)"):
+        load_config(str(path))
+    path.write_text("train:\n  lr: 5e-4\n  weight_decay: 1E-2\n")
+    cfg = load_config(str(path), ["train.warmup_steps=10", "train.grad_clip=2e0"])
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip) == (5e-4, 1e-2, 2.0)
+    assert load_config(str(path), ["train.lr=3e-5"]).train.lr == 3e-5
+    path.write_text("base: &b {lr: 0.1, max_steps: 2}\ntrain:\n  <<: *b\n  lr: 0.2\n")  # merge keys may be overridden
+    with pytest.raises(ConfigError, match="unknown config key 'base'"):
+        load_config(str(path))

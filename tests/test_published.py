@@ -119,3 +119,34 @@ def test_published_checkpoints_sample_with_their_cold_diffusion_step_by_default(
     assert resolve_sampler(s, None, ours).sampler == "ddpm"
     s.sampler = "ddpm"
     assert resolve_sampler(s, None, published).sampler == "ddpm"
+
+
+def test_published_decoder_attention_uses_num_heads_upsample(tmp_path):
+    # Issue 12 item 2: it was dropped as unused; the published decoder attention splits into that many heads.
+    from defect_gen.unet import AttentionBlock, build_unet
+
+    _, config, fixture = _published(tmp_path, "large")
+    params = {**fixture["config"], "num_heads": 1, "num_heads_upsample": 4, "num_head_channels": -1}
+    text = yaml.safe_load(open(config))
+    text["model"]["params"] = params
+    open(config, "w").write(yaml.safe_dump(text))
+    cfg = from_published_yaml(config)
+    assert cfg.model.num_heads_upsample == 4
+    model = build_unet(cfg.model, cfg.num_defect)
+    heads = {part: {m.num_heads for m in getattr(model, part).modules() if isinstance(m, AttentionBlock)}
+             for part in ("input_blocks", "middle_block", "output_blocks")}
+    assert heads == {"input_blocks": {1}, "middle_block": {1}, "output_blocks": {4}}
+    model.load_state_dict(fixture["state_dict"])
+    cfg.model.num_heads_upsample = -1
+    same_heads = build_unet(cfg.model, cfg.num_defect)
+    same_heads.load_state_dict(fixture["state_dict"])
+    with torch.no_grad():
+        assert not torch.allclose(model(fixture["x"], fixture["t"]), same_heads(fixture["x"], fixture["t"]))
+
+
+def test_published_small_net_default_channel_mult_is_1_2_4_8(tmp_path):
+    _, config, fixture = _published(tmp_path, "small")
+    text = yaml.safe_load(open(config))
+    text["model"]["params"].pop("channel_mult")
+    open(config, "w").write(yaml.safe_dump(text))
+    assert from_published_yaml(config).model.channel_mult == [1, 2, 4, 8]
