@@ -56,6 +56,11 @@ def atomic_save(obj, path: str) -> None:
             os.remove(tmp)
         if isinstance(exc, OSError):
             raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
+        if isinstance(exc, RuntimeError) and "PytorchStreamWriter" in str(exc):
+            # torch's zip writer reports a full disk (or a vanished folder) as a RuntimeError
+            # from inline_container, not as an OSError.
+            raise CheckpointError(f"could not write checkpoint {path}: the write failed (disk full?): "
+                                  f"{str(exc).splitlines()[0][:120]}") from None
         raise
     _fsync_dir(directory)
 

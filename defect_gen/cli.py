@@ -7,9 +7,11 @@ becomes one line on stderr and exit status 2; `--debug` shows the traceback inst
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
+from defect_gen import fsutil
 from defect_gen.errors import DefectGenError
 
 
@@ -190,25 +192,74 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     from defect_gen import dist_util
     from defect_gen.config import load_config, resolve_num_defect, to_yaml
-    from defect_gen.train_util import TrainLoop, resolve_device
+    from defect_gen.train_util import TrainLoop, finished_checkpoint, resolve_device
 
     cfg = resolve_num_defect(load_config(args.config, args.overrides), args.num_defect)
     if args.dry_run:
         print(to_yaml(cfg), end="")
         return 0
     device = resolve_device(cfg.train.device)
+    # A finished run is said to be finished before the data is loaded (minutes, on a big set).
+    finished = finished_checkpoint(args.work_dir, cfg.train.max_steps)
+    if finished:
+        print(f"{args.work_dir} has already finished: {finished[0]} is at step {finished[1]} (train.max_steps "
+              f"{cfg.train.max_steps}); to train further raise it, e.g. --set train.max_steps="
+              f"{2 * cfg.train.max_steps}")
+        return 0
     dinfo = dist_util.init(device.type)
     if device.type == "cuda":
         import torch
 
         device = torch.device("cuda", dinfo.local_rank)
+    # One run per WORK_DIR: two would write the same checkpoint names and metrics lines.
+    lock = fsutil.lock_dir(args.work_dir, "training run", "--work_dir") if dinfo.is_main else contextlib.nullcontext()
+    loop = None
     try:
-        path = TrainLoop(cfg, args.work_dir, device, progress=not args.no_progress).run()
+        with lock, _sigterm_as_interrupt():
+            loop = TrainLoop(cfg, args.work_dir, device, progress=not args.no_progress)
+            path = loop.run()
+    except KeyboardInterrupt:
+        if dinfo.is_main:
+            print(f"defect-gen train: {_interrupted(args.work_dir, loop)}", file=sys.stderr)
+        return 130
     finally:
         dist_util.cleanup()
     if dinfo.is_main:
         print(f"checkpoint: {path}")
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler stopping the job, `kill`) ends training like Ctrl-C: the message
+    below says where it will resume, and a checkpoint being written is cleaned up."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(work_dir: str, loop) -> str:
+    from defect_gen import checkpoint as ckpt_lib
+    from defect_gen.train_util import checkpoint_step
+
+    at = f" at step {loop.step}" if loop is not None else ""
+    latest = ckpt_lib.latest(work_dir)
+    if latest is None:
+        return f"interrupted{at}; no checkpoint was saved yet, so re-running the same command starts from step 0"
+    return (f"interrupted{at}; re-running the same command resumes from {latest} "
+            f"(step {checkpoint_step(latest)})")
 
 
 def cmd_sample(args) -> int:

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from defect_gen import checkpoint as ckpt_lib
-from defect_gen import dist_util
+from defect_gen import dist_util, fsutil, logs
 from defect_gen.config import Config, to_dict, to_yaml
 from defect_gen.datasets.dataset import DefectDataset
 from defect_gen.errors import CheckpointError, DefectGenError
@@ -69,6 +69,23 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
     64 px on 2 CPU cores that is 63 ms instead of 217 ms per step."""
     fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def checkpoint_step(path: str) -> int | None:
+    """The step in a checkpoint's name (ckpt_<step>.pt), without loading it."""
+    stem = os.path.basename(path)[len("ckpt_"):-len(".pt")]
+    return int(stem) if os.path.basename(path).startswith("ckpt_") and stem.isdigit() else None
+
+
+def finished_checkpoint(work_dir: str, max_steps: int) -> tuple[str, int] | None:
+    """(latest checkpoint, its step) if a run in work_dir already reached max_steps, else None."""
+    path = ckpt_lib.latest(work_dir) if os.path.isdir(work_dir) else None
+    step = checkpoint_step(path) if path else None
+    return (path, step) if step is not None and step >= max_steps else None
+
+
+# What a checkpoint needs to continue training (an exported EMA-only file has none of them).
+RESUME_KEYS = ("model", "ema", "optimizer", "rng", "step", "config")
 
 
 class TrainLoop:
@@ -136,6 +153,11 @@ class TrainLoop:
         if path is None:
             return
         state = ckpt_lib.load(path)
+        lacking = [k for k in RESUME_KEYS if k not in state]
+        if lacking:
+            raise CheckpointError(f"{path} cannot be resumed from: it lacks {', '.join(lacking)} (an exported "
+                                  f"EMA-only file? those are for sampling); point checkpoint/latest at a training "
+                                  f"checkpoint, or use a new --work_dir")
         if state.get("config", {}).get("model") != to_dict(self.cfg)["model"]:
             raise CheckpointError(f"{path} was trained with a different model config than "
                                   f"{os.path.join(self.work_dir, 'config.yaml')}; use a new --work_dir")
@@ -239,6 +261,10 @@ class TrainLoop:
             with open(path, encoding="utf-8") as f:
                 rows = [json.loads(line) for line in f if line.strip()]
             self.history = [r for r in rows if r.get("step", 0) <= self.step]
+            if len(self.history) < len(rows) and self.dist.is_main:
+                # Steps logged after the checkpoint we resume from are trained again: drop their
+                # old lines, or metrics.jsonl would hold those steps twice.
+                fsutil.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def _log(self, elapsed: float) -> dict:
         self._check_finite()
@@ -309,8 +335,11 @@ class TrainLoop:
     def run(self) -> str | None:
         tcfg = self.cfg.train
         self._write_config()
-        bar = tqdm(total=tcfg.max_steps, initial=self.step, desc="train", disable=not self.progress, unit="step")
-        tick = time.perf_counter()
+        # A redrawn bar on a terminal; elsewhere (--no-progress, a log file) a plain line per log.
+        live = self.progress and logs.live()
+        bar = tqdm(total=tcfg.max_steps, initial=self.step, desc="train", disable=not live, unit="step")
+        tick = start = time.perf_counter()
+        first_step = self.step
         with bar:
             while self.step < tcfg.max_steps:
                 self.train_step()
@@ -321,6 +350,10 @@ class TrainLoop:
                     row = self._log(now - tick)
                     tick = now
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
+                    if not live and self.dist.is_main:
+                        eta = (tcfg.max_steps - self.step) * (now - start) / (self.step - first_step)
+                        print(f"step {self.step}/{tcfg.max_steps}  loss {row['loss']:.4f}  "
+                              f"{row['images_per_s']:.1f} images/s  ETA {logs.duration(eta)}", flush=True)
                 if self.step % tcfg.save_every == 0 or at_end:
                     self.save()
                 if tcfg.sample_every and self.dist.is_main and (self.step % tcfg.sample_every == 0 or at_end):

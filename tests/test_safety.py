@@ -110,3 +110,134 @@ def test_write_pair_refuses_a_path_outside_sample_dir(tmp_path):
     with pytest.raises(DefectGenError, match="outside"):
         writers.write_pair(str(tmp_path / "s"), "mvtec", "x", np.zeros((4, 4, 3), np.uint8), index, ["../../up"])
     assert not (tmp_path / "up").exists()
+
+
+# -- training: lock, finished runs, interrupts, logs, unwritable outputs ----------------------
+
+
+@pytest.fixture(scope="module")
+def train_cfg(models):
+    cfg = models / "train.yaml"
+    cfg.write_text(
+        "model: {image_size: 16, model_channels: 32, channel_mult: [1], num_res_blocks: 1,\n"
+        "        attention_downsample: [], middle_block: false}\n"
+        "diffusion: {num_timesteps: 50}\n"
+        f"data: {{root: {models / 'data'}, classes: [scratch, stain, hole]}}\n"
+        "train: {batch_size: 2, max_steps: 2, save_every: 2, log_every: 1, sample_every: 0}\n")
+    return str(cfg)
+
+
+def _train(cfg, work, *extra):
+    return ["train", "--config", cfg, "--work_dir", str(work), "--no-progress", *extra]
+
+
+def test_second_training_run_on_a_work_dir_is_refused(train_cfg, tmp_path, capsys):
+    work = tmp_path / "run"
+    with fsutil.lock_dir(str(work), "training run", "--work_dir"):
+        code, err, _ = _run(capsys, _train(train_cfg, work))
+    _one_line(code, err, f"--work_dir {work} is in use by another defect-gen training run (pid {os.getpid()})")
+    assert main(_train(train_cfg, work)) == 0  # released: the lock never outlives its holder
+
+
+def test_second_sampling_run_on_a_sample_dir_is_refused(models, tmp_path, capsys):
+    out = tmp_path / "s"
+    with fsutil.lock_dir(str(out), "sampling run", "--sample_dir"):
+        code, err, _ = _run(capsys, _sample(models, out))
+    _one_line(code, err, f"--sample_dir {out} is in use by another defect-gen sampling run")
+    assert not (out / "manifest.jsonl").exists()
+
+
+def test_no_progress_training_prints_a_line_per_log_and_rerun_says_finished(train_cfg, tmp_path, capsys,
+                                                                            monkeypatch):
+    work = tmp_path / "run"
+    code, err, out = _run(capsys, _train(train_cfg, work))
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"], out
+    assert all("loss " in line and "images/s" in line and "ETA" in line for line in lines)
+
+    def no_data(*a, **k):
+        raise AssertionError("the data was loaded again")
+
+    monkeypatch.setattr("defect_gen.train_util.DefectDataset", no_data)
+    code, err, out = _run(capsys, _train(train_cfg, work))
+    assert code == 0 and f"{work} has already finished" in out and "step 2 (train.max_steps 2)" in out, out
+
+
+def test_progress_bar_is_plain_lines_when_stderr_is_not_a_terminal(train_cfg, tmp_path, capsys):
+    code, err, out = _run(capsys, ["train", "--config", train_cfg, "--work_dir", str(tmp_path / "run")])
+    assert code == 0 and "\r" not in "\n".join(err)
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("step ")] == ["1/2", "2/2"]
+    code, err, out = _run(capsys, _sample_for(tmp_path / "run", tmp_path / "s"))
+    assert code == 0 and "\r" not in "\n".join(err)
+    assert err[-1].startswith("sampling: 2/2 pair (100%)"), err
+
+
+def _sample_for(run, out):
+    return ["sample", "--large_recep", str(run), "--step_inference", "0", "--sample_dir", str(out),
+            "--num_samples", "2", "--steps", "2", "--keep-empty"]
+
+
+def test_interrupt_names_the_checkpoint_to_resume_from_and_metrics_do_not_repeat(train_cfg, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from defect_gen.train_util import TrainLoop
+
+    work = tmp_path / "run"
+    real_step = TrainLoop.train_step
+
+    def step_then_stop(self):
+        real_step(self)
+        if self.step == 3:
+            raise KeyboardInterrupt  # Ctrl-C after step 3 was logged, before its save at step 4
+
+    monkeypatch.setattr(TrainLoop, "train_step", step_then_stop)
+    code, err, _ = _run(capsys, _train(train_cfg, work, "--set", "train.max_steps=6"))
+    latest = ckpt_lib.latest(str(work))
+    assert code == 130 and latest.endswith("ckpt_00000002.pt")
+    assert err == [f"defect-gen train: interrupted at step 3; re-running the same command resumes from {latest} "
+                   f"(step 2)"]
+    monkeypatch.setattr(TrainLoop, "train_step", real_step)
+    assert main(_train(train_cfg, work, "--set", "train.max_steps=6")) == 0
+    steps = [json.loads(line)["step"] for line in open(work / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_exported_ema_file_as_latest_is_refused_on_resume(train_cfg, tmp_path, capsys):
+    work = tmp_path / "run"
+    assert main(_train(train_cfg, work)) == 0
+    ckpt_dir = work / "checkpoint"
+    ckpt_lib.export_ema(str(work), str(ckpt_dir / "ckpt_00000009.pt"))
+    (ckpt_dir / "latest").write_text("ckpt_00000009.pt\n")
+    code, err, _ = _run(capsys, _train(train_cfg, work, "--set", "train.max_steps=20"))
+    _one_line(code, err, "ckpt_00000009.pt cannot be resumed from: it lacks model, optimizer, rng")
+
+
+def test_disk_full_inside_torch_save_is_one_line(train_cfg, tmp_path, capsys, monkeypatch):
+    def full(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    code, err, _ = _run(capsys, _train(train_cfg, tmp_path / "run"))
+    _one_line(code, err, "could not write checkpoint")
+    assert "the write failed (disk full?)" in err[0]
+
+
+@pytest.mark.parametrize("how", ["file in the way", "read-only"])
+def test_unwritable_work_dir_is_one_line(train_cfg, tmp_path, capsys, monkeypatch, how):
+    work = tmp_path / "run"
+    if how == "file in the way":
+        work.write_text("not a folder")
+        needle = f"cannot write {work} (--work_dir): File exists"
+    else:
+        real = os.makedirs
+
+        def read_only(path, *a, **k):
+            if str(path).startswith(str(tmp_path)):
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return real(path, *a, **k)
+
+        monkeypatch.setattr(os, "makedirs", read_only)
+        needle = f"cannot write {work} (--work_dir): Read-only file system; choose a writable folder"
+    code, err, _ = _run(capsys, _train(train_cfg, work))
+    _one_line(code, err, needle)
