@@ -241,3 +241,72 @@ def test_unwritable_work_dir_is_one_line(train_cfg, tmp_path, capsys, monkeypatc
         needle = f"cannot write {work} (--work_dir): Read-only file system; choose a writable folder"
     code, err, _ = _run(capsys, _train(train_cfg, work))
     _one_line(code, err, needle)
+
+
+# -- item 15: --resume after a damaged or partly deleted run; item 18: runs that write nothing --
+
+
+def test_resume_ignores_and_repairs_a_cut_short_last_manifest_line(models, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(_sample(models, out)) == 0
+    lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
+    (out / "manifest.jsonl").write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
+    code, err, _ = _run(capsys, _sample(models, out, "--resume"))
+    assert code == 0 and any("was cut short" in line for line in err), err
+    assert [r["name"] for r in _rows(out)] == [f"sample_{i:06d}" for i in range(4)]
+    assert main(_sample(models, out, "--resume")) == 0  # and a later resume still reads it
+
+
+def test_resume_remakes_a_deleted_pair_and_previews_all_pairs(models, tmp_path, capsys):
+    out, straight = tmp_path / "s", tmp_path / "straight"
+    assert main(_sample(models, straight)) == 0
+    assert main(_sample(models, out, "--num_samples", "2")) == 0
+    # a resumed run making pairs 2 and 3, after pair 1 was deleted by hand
+    settings = json.loads((out / "sample_settings.json").read_text())
+    settings["num_samples"] = 4
+    (out / "sample_settings.json").write_text(json.dumps(settings))
+    (out / "images" / "sample_000001.png").unlink()
+    code, err, stdout = _run(capsys, _sample(models, out, "--resume"))
+    assert code == 0, err
+    assert "3 pairs in" in stdout and f"preview: {out / 'preview.png'}" in stdout
+    assert [r["name"] for r in _rows(out)] == [f"sample_{i:06d}" for i in range(4)]
+    for name in ("images/sample_000001.png", "preview.png"):  # identical to an uninterrupted run
+        assert (out / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+def test_truncated_sample_settings_is_one_line_on_resume(models, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(_sample(models, out)) == 0
+    text = (out / "sample_settings.json").read_text()
+    (out / "sample_settings.json").write_text(text[: len(text) // 2])
+    code, err, _ = _run(capsys, _sample(models, out, "--resume"))
+    _one_line(code, err, f"--resume: {out / 'sample_settings.json'} is unreadable or cut short (JSONDecodeError)")
+
+
+def test_manifest_row_without_a_name_is_one_line(models, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(_sample(models, out)) == 0
+    rows = _rows(out)
+    del rows[1]["name"]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, err, _ = _run(capsys, _sample(models, out, "--resume"))
+    _one_line(code, err, f"{out / 'manifest.jsonl'} line 2: expected a JSON object with a \"name\" string")
+
+
+def test_sampling_run_that_writes_nothing_says_why(models, tmp_path, capsys):
+    out = tmp_path / "s"
+    argv = [a for a in _sample(models, out, "--min-defect-pixels", "100000", "--max-tries", "2") if a != "--keep-empty"]
+    code, err, stdout = _run(capsys, argv)
+    _one_line(code, err, f"no pair written to {out}: 8 candidates, all with empty masks (nothing left after "
+                         f"--min-defect-pixels 100000); pass --keep-empty to keep them, or train the models longer")
+    assert "preview" not in stdout and not (out / "preview.png").exists()
+
+
+def test_disk_full_while_sampling_is_one_line(models, tmp_path, capsys, monkeypatch):
+    def full(path, array):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(writers, "write_png", full)
+    code, err, _ = _run(capsys, _sample(models, tmp_path / "s"))
+    _one_line(code, err, f"cannot write {tmp_path / 's' / 'images' / 'sample_000000.png'} (--sample_dir): No space "
+                         f"left on device; free some space")
