@@ -219,3 +219,14 @@ def test_masks_that_lose_a_class_at_the_model_size_are_named(tmp_path, capsys):
     logged = []
     DefectDataset(cfg_for(tmp_path / "d"), S, progress=False, log=logged.append)
     assert "data: 1 training masks lose most of a class at 16x16 px" in logged[0] and lost.message in logged[1]
+
+
+def test_report_counts_agree_when_the_listing_has_problems(tmp_path):
+    """Issue 12 item 20: "3 readable, 1 bad" beside "problems: 2" left the second unexplained."""
+    good_pairs(tmp_path)
+    break_unreadable_image(tmp_path)
+    break_missing_mask(tmp_path)
+    lines = format_report(check_dataset(cfg_for(tmp_path)))
+    assert "pairs: 3 readable, 1 bad" in lines
+    assert ("problems: 2 (1 bad pair; 1 in the listing: missing or extra files, unknown folders, empty classes)"
+            in lines)

@@ -282,3 +282,62 @@ def test_exif_orientation_is_applied_to_images(tmp_path):
     assert ds.records and ds.images.shape[-2:] == (16, 16)
     image = ds.images[0].float().mean(0)
     assert image[:, :8].mean() > 200 and image[:, 8:].mean() < 50  # white where the mask is
+
+
+def spectrum_pair(cat, folder, name, mask, with_mask=True):
+    write_png(cat / "image" / folder / f"{name}.png", photo(len(name)))
+    if with_mask:
+        write_png(cat / "mask" / folder / f"{name}_mask.png", mask)
+
+
+def test_defect_spectrum_folder_must_be_a_class_and_its_masks_must_hold_it(tmp_path):
+    """Issue 12 item 9: with 'fray' (value 3) left out of data.classes, its masks were read as
+    whatever class data.classes put at value 3, silently."""
+    from defect_gen.datasets.check import check_dataset
+
+    cat = tmp_path / "cable"
+    spectrum_pair(cat, "crack", "a", blob())
+    spectrum_pair(cat, "uneven", "b", blob() * 2)
+    spectrum_pair(cat, "fray", "c", blob() * 3)
+    spectrum_pair(cat, "combined", "d", blob() + 2 * blob(top=10, left=10))
+    spectrum_pair(cat, "good", "e", None, with_mask=False)
+    left_out = check_dataset(DataConfig(root=str(tmp_path), layout="defect_spectrum", classes=["crack", "uneven", "x"]))
+    assert left_out.problems[0].message == (
+        f"folder {cat / 'image' / 'fray'}: 'fray' is not a class in data.classes ['crack', 'uneven', 'x']; "
+        f"map it with data.folder_classes or list it in data.good_folders")
+    swapped = check_dataset(DataConfig(root=str(tmp_path), layout="defect_spectrum", classes=["uneven", "crack", "fray"]))
+    assert [p.message for p in swapped.problems] == [
+        f"mask {cat / 'mask' / 'crack' / 'a_mask.png'} is in folder 'crack' (class 'crack', mask value 2) but holds "
+        f"only 1 ('uneven'); data.classes must list the classes in the order of their mask values (value i = the "
+        f"i-th class), or map the folder with data.folder_classes", swapped.problems[1].message]
+    right = check_dataset(DataConfig(root=str(tmp_path), layout="defect_spectrum", classes=["crack", "uneven", "fray"]))
+    assert not right.problems and len(right.pairs) == 5  # combined/ holds several classes, good/ none
+
+
+def test_defect_photo_with_an_empty_mask_is_noted(tmp_path):
+    from defect_gen.datasets.check import check_dataset
+
+    spectrum_pair(tmp_path / "cat", "crack", "a", blob())
+    spectrum_pair(tmp_path / "cat", "crack", "blank", blob() * 0)
+    report = check_dataset(DataConfig(root=str(tmp_path), layout="defect_spectrum", classes=["crack"]))
+    assert report.notes == [f"mask {tmp_path / 'cat' / 'mask' / 'crack' / 'blank_mask.png'} is empty, but its image "
+                            f"is in defect folder 'crack'; it counts as defect-free"]
+
+
+def test_mvtec_reads_train_good_and_combined_class_index_masks(tmp_path):
+    """Issue 12 item 20: MVTec's train/good was ignored; a combined/ folder was 'not a class'."""
+    from defect_gen.datasets.check import check_dataset
+
+    make_mvtec(tmp_path)
+    write_png(tmp_path / "train" / "good" / "100.png", photo(7))
+    write_png(tmp_path / "test" / "combined" / "000.png", photo(8))
+    write_png(tmp_path / "ground_truth" / "combined" / "000_mask.png", blob() + 2 * blob(top=10, left=10))
+    cfg = DataConfig(root=str(tmp_path), layout="mvtec", classes=["hole", "crack"])
+    report = check_dataset(cfg)
+    assert not report.problems
+    by_folder = {p.record.image.split("/")[-3] + "/" + p.record.image.split("/")[-2]: p.classes for p in report.pairs}
+    assert by_folder["train/good"] == [] and by_folder["test/combined"] == [1, 2]
+
+    write_png(tmp_path / "ground_truth" / "combined" / "000_mask.png", (blob() > 0).astype(np.uint8) * 255)
+    (problem,) = check_dataset(cfg).problems
+    assert "is in a combined/ folder (several classes) but holds value 255" in problem.message

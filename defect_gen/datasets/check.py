@@ -81,6 +81,35 @@ def _binary_mask(path: str, label: int, threshold: int, notes: list[str]) -> np.
     return (fg * label).astype(np.uint8)
 
 
+def _combined_mask(path: str, num_defect: int) -> np.ndarray:
+    """A binary-layout mask in combined/ (several classes): only class indices say which is which."""
+    mask = read_mask(path)
+    if mask.size and mask.max() > num_defect:
+        raise DataError(f"mask {path} is in a combined/ folder (several classes) but holds value {int(mask.max())}: "
+                        f"a binary mask cannot say which pixel is which class; write class indices 0..{num_defect} "
+                        f"there, read such pairs with layout paired or defect_spectrum (`sample --layout`), or "
+                        f"map the folder to one class with data.folder_classes")
+    return mask
+
+
+def _cross_check(rec: Record, mask: np.ndarray, cfg: DataConfig, notes: list[str]) -> None:
+    """A class-index or colour mask against the class its folder names (rec.label)."""
+    folder = rec.image.rstrip("/").split("/")[-2]
+    if rec.label == 0:
+        if mask.any():
+            notes.append(f"mask {rec.mask} is in defect-free folder '{folder}' but holds {int((mask > 0).sum())} "
+                         f"defect pixels; kept as they are")
+        return
+    if not mask.any():
+        notes.append(f"mask {rec.mask} is empty, but its image is in defect folder '{folder}'; it counts as "
+                     f"defect-free")
+    elif not (mask == rec.label).any():
+        held = ", ".join(f"{v} ('{cfg.classes[v - 1]}')" for v in np.unique(mask[mask > 0]).tolist()[:4])
+        raise DataError(f"mask {rec.mask} is in folder '{folder}' (class '{cfg.classes[rec.label - 1]}', mask value "
+                        f"{rec.label}) but holds only {held}; data.classes must list the classes in the order of "
+                        f"their mask values (value i = the i-th class), or map the folder with data.folder_classes")
+
+
 def read_pair(rec: Record, cfg: DataConfig, kind: str, notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode one record into (uint8 HxWx3 RGB, uint8 HxW class index); DataError names the file.
 
@@ -93,11 +122,15 @@ def read_pair(rec: Record, cfg: DataConfig, kind: str, notes: list[str] | None =
         mask = np.zeros(image.shape[:2], dtype=np.uint8)
     elif kind == "palette":
         mask = _palette_mask(rec.mask, cfg)
+    elif kind == "binary" and rec.label is None and num_defect > 1:
+        mask = _combined_mask(rec.mask, num_defect)
     elif kind == "binary":
         label = rec.label if rec.label is not None else 1  # a one-class dataset (checked up front)
         mask = _binary_mask(rec.mask, label, cfg.mask_threshold, notes)
     else:
         mask = _index_mask(rec.mask, num_defect)
+    if kind != "binary" and rec.label is not None and rec.mask is not None:
+        _cross_check(rec, mask, cfg, notes)
     if image.shape[:2] != mask.shape:
         raise DataError(f"mask {rec.mask} is {mask.shape[1]}x{mask.shape[0]} but its image {rec.image} "
                         f"is {image.shape[1]}x{image.shape[0]}")
@@ -245,6 +278,15 @@ def _size_line(pairs: list[PairStats]) -> str:
             f"{min(heights)}..{max(heights)} px (most common {w}x{h}, {n} images)")
 
 
+def _problem_split(report: Report) -> str:
+    """Why problems outnumber bad pairs: the rest come from the listing or the class counts."""
+    other = len(report.problems) - len(report.bad)
+    if other <= 0:
+        return ""
+    bad = f"{len(report.bad)} bad pair{'s' * (len(report.bad) != 1)}; " if report.bad else ""
+    return f" ({bad}{other} in the listing: missing or extra files, unknown folders, empty classes)"
+
+
 def format_report(report: Report) -> list[str]:
     """The check's findings as printable lines: the table, then every problem and note."""
     cfg = report.cfg
@@ -262,7 +304,7 @@ def format_report(report: Report) -> list[str]:
     totals = [sum(p.class_pixels.values()) / (p.width * p.height) for p in report.pairs if p.class_pixels]
     lines.append(_share_row("(any defect)", len(totals), totals))
     lines.append(_share_row("(defect-free)", counts[0], []))
-    lines.append(f"problems: {len(report.problems) or 'none'}")
+    lines.append(f"problems: {len(report.problems) or 'none'}{_problem_split(report)}")
     lines += [f"  {p.message}" for p in report.problems]
     if report.notes:
         lines.append(f"notes: {len(report.notes)}")

@@ -11,10 +11,13 @@ Layouts (`data.layout`):
 paired           ROOT/images/<stem>.<ext> + ROOT/masks/<stem>.png class-index masks (what
                  `make-demo-data` and `defect-gen sample` write, so generated pairs read back)
 mvtec            ROOT/test/<type>/<stem>.png + ROOT/ground_truth/<type>/<stem>_mask.png
-                 binary masks; the class is the <type> folder; good/ is defect-free
+                 binary masks; the class is the <type> folder; good/ (and ROOT/train/good/)
+                 is defect-free; combined/ (several classes) needs class-index masks
 defect_spectrum  ROOT/<category>/image/<type>/<stem>.png + ROOT/<category>/mask/<type>/
                  <stem>_mask.png class indices; with data.palette the colour masks in
-                 rgb_mask/ (spelled rbg_mask/ in parts of the published data) are read instead
+                 rgb_mask/ (spelled rbg_mask/ in parts of the published data) are read instead;
+                 each <type> folder must be a class (its masks must hold it), a good folder
+                 or combined/ (several classes)
 official         the published Defect-Gen layout: ROOT/test/<type>/ + ROOT/converted_ground_truth/
                  <type>/ class-index masks; good/ is skipped
 class_folders    ROOT/<ClassFolder>/.../<stem>.jpg beside <stem>.png binary masks (or
@@ -32,6 +35,8 @@ from defect_gen.config import DataConfig
 from defect_gen.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# MVTec's (and `defect-gen sample`'s) folder for images holding several defect classes.
+COMBINED = "combined"
 # Mask names tried for an image <stem>, in order (MVTec and Defect Spectrum add "_mask").
 MASK_SUFFIXES = ("_mask.png", ".png")
 # Defect Spectrum's colour masks: <stem>_rgb_mask.png, in places <stem>_rbg_mask.png.
@@ -43,8 +48,9 @@ class Record:
     """One image and its mask file.
 
     `mask` is None for a defect-free image that has no mask file (all background). `label` is
-    the class (1..K, 0 = defect-free) of a binary mask's foreground, known from the folder;
-    None when the mask itself holds class indices or colours.
+    the class (1..K, 0 = defect-free) its folder names: a binary mask's foreground, or, for
+    class-index and colour masks, the class the mask must hold (a cross-check); None when no
+    folder names one (paired, official, combined/).
     """
 
     image: str
@@ -145,6 +151,11 @@ def folder_label(cfg: DataConfig, folder: str) -> typing.Optional[int]:
     return cfg.classes.index(name) + 1 if name in cfg.classes else None
 
 
+def _combined(cfg: DataConfig, folder: str) -> bool:
+    """A folder of images with several classes (not mapped to one through data.folder_classes)."""
+    return folder == COMBINED and folder_label(cfg, folder) is None
+
+
 def _unknown_folder(cfg: DataConfig, path: str) -> Problem:
     return Problem(path, f"folder {path}: '{bf.basename(path)}' is not a class in data.classes {cfg.classes}; "
                          f"map it with data.folder_classes or list it in data.good_folders")
@@ -158,12 +169,18 @@ def mvtec(cfg: DataConfig) -> Listing:
     out = Listing()
     for folder in _subdirs(test_dir):
         label = folder_label(cfg, folder)
-        if label is None:
+        if label is None and not _combined(cfg, folder):
             out.problems.append(_unknown_folder(cfg, bf.join(test_dir, folder)))
             continue
         image_dir, mask_dir = bf.join(test_dir, folder), bf.join(gt_dir, folder)
         pair_folder(out, image_dir, _list_images(image_dir), mask_dir, _list_masks(mask_dir),
                     MASK_SUFFIXES, label=label, optional=label == 0)
+    # MVTec keeps its defect-free training images in train/good: more defect-free images
+    train_dir = bf.join(cfg.root, "train")
+    for folder in _subdirs(train_dir) if bf.isdir(train_dir) else []:
+        if folder in cfg.good_folders:
+            image_dir = bf.join(train_dir, folder)
+            out.records += [Record(bf.join(image_dir, n), None, 0) for n in sorted(_list_images(image_dir))]
     return out
 
 
@@ -212,9 +229,15 @@ def defect_spectrum(cfg: DataConfig) -> Listing:
         mask_root, suffixes = _spectrum_mask_dir(category, colour=bool(cfg.palette))
         image_root = bf.join(category, "image")
         for folder in _subdirs(image_root):
+            label = folder_label(cfg, folder)
+            if label is None and not _combined(cfg, folder):
+                # a type folder that is no class would have its mask values read as whichever
+                # class data.classes puts there (a class left out shifts the rest): refuse
+                out.problems.append(_unknown_folder(cfg, bf.join(image_root, folder)))
+                continue
             image_dir, mask_dir = bf.join(image_root, folder), bf.join(mask_root, folder)
             pair_folder(out, image_dir, _list_images(image_dir), mask_dir, _list_masks(mask_dir), suffixes,
-                        optional=folder in cfg.good_folders)
+                        label=label, optional=label == 0)
     return out
 
 
