@@ -138,7 +138,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--steps", type=int, default=1000, help="segmenter training steps")
     p.add_argument("--batch_size", type=int, default=16, help="segmenter batch size")
     p.add_argument("--crop", type=int, default=64, help="segmenter training crops (px of the evaluation size; "
-                   "0 = whole images); half of them centred on a defect")
+                   "0 or >= --image_size: whole images); half of them centred on a defect")
     p.add_argument("--lr", type=float, default=3e-3, help="segmenter peak learning rate (one-cycle)")
     p.add_argument("--width", type=int, default=16, help="UNet base channels")
     p.add_argument("--image_size", type=int, default=128, help="evaluation size: real and synthetic pairs are "
@@ -422,8 +422,8 @@ def cmd_evaluate(args) -> int:
                         ("--width", args.width), ("--max_heldout", args.max_heldout or 1), ("--image_size", size)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
-    if args.crop < 0 or args.crop > size:
-        raise ConfigError(f"--crop must be in [0, --image_size {size}] (0 = whole images), got {args.crop}")
+    if args.crop < 0:
+        raise ConfigError(f"--crop must be >= 0 (0, or at least --image_size: whole images), got {args.crop}")
     if not args.synthetic and not args.copy_paste:
         raise ConfigError("evaluate: nothing to compare with real only; give --synthetic DIR... and/or --copy-paste DIR")
     seg = SegSettings(arch=args.segmenter, steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,

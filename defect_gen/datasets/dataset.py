@@ -214,7 +214,7 @@ class DefectDataset:
         def keep(rec, image, mask) -> None:
             # Without a few-shot pick every defect image is used: keep it now, decode once.
             if mask.any() or cfg.good_share > 0:
-                cache[rec] = resize_pair(image, mask, self.load_size, cfg.resize)
+                cache[rec] = self._prepare(image, mask)
 
         selects = cfg.num_images_per_class is not None or cfg.selection_file
         report = check_dataset(cfg, on_pair=None if selects else keep, progress=progress, size=self.load_size)
@@ -230,10 +230,25 @@ class DefectDataset:
         pairs = []
         for rec in tqdm(self.records, desc="loading data", disable=not progress, leave=False):
             pair = cache.get(rec)
-            pairs.append(pair if pair is not None else
-                         resize_pair(*read_pair(rec, cfg, report.kind), self.load_size, cfg.resize))
-        self.images = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous()
-        self.masks = torch.from_numpy(np.stack([p[1] for p in pairs]))
+            pairs.append(pair if pair is not None else self._prepare(*read_pair(rec, cfg, report.kind)))
+        if self.native:  # photos keep their own sizes: one tensor per pair
+            self.images = [torch.from_numpy(np.ascontiguousarray(p[0])).permute(2, 0, 1).contiguous() for p in pairs]
+            self.masks = [torch.from_numpy(np.ascontiguousarray(p[1])) for p in pairs]
+        else:
+            self.images = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous()
+            self.masks = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        # (row, col) of every defect pixel per pair, for crops centred on a defect
+        self._defects = [torch.nonzero(m).to(torch.int32) for m in self.masks]
+
+    @property
+    def native(self) -> bool:
+        return self.cfg.native_scale is not None
+
+    def _prepare(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A decoded pair at training resolution: native scale, or load_size x load_size."""
+        if self.native:
+            return scale_pair(image, mask, self.cfg.native_scale, self.image_size, self.cfg.resize)
+        return resize_pair(image, mask, self.load_size, self.cfg.resize)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -248,25 +263,60 @@ class DefectDataset:
 
     @functools.cached_property
     def data(self) -> torch.Tensor:
-        """Every pair as one (N, 3 + K + 1, S, S) float tensor (centre crops when load_size > S)."""
-        start = (self.load_size - self.image_size) // 2
-        crop = slice(start, start + self.image_size)
-        return self._stack(self.images[..., crop, crop], self.masks[..., crop, crop])
+        """Every pair as one (N, 3 + K + 1, S, S) float tensor: centre crops when load_size > S;
+        native-scale photos are cropped around the centre of their defect (or of the photo)."""
+        s, crops = self.image_size, []
+        for i in range(len(self)):
+            h, w = self.masks[i].shape
+            centre = self._defects[i].float().mean(0).round().int().tolist() if len(self._defects[i]) else None
+            top, left = _crop_origin(centre or [h // 2, w // 2], h, w, s) if self.native else \
+                ((h - s) // 2, (w - s) // 2)
+            crops.append((self.images[i][:, top:top + s, left:left + s], self.masks[i][top:top + s, left:left + s]))
+        return self._stack(torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops]))
 
     def batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """A random batch (with replacement across calls), augmented identically for image and mask."""
         idx = torch.randint(len(self.images), (batch_size,), generator=generator)
-        images, masks = self.images[idx], self.masks[idx]
-        if self.load_size > self.image_size:
-            images, masks = self._random_crop(images, masks, generator)
+        if not self.native and self.load_size == self.image_size:
+            images, masks = self.images[idx], self.masks[idx]
+        else:
+            images, masks = self._random_crops(idx.tolist(), generator)
         return augment(self._stack(images, masks), self.cfg, generator)
 
-    def _random_crop(self, images, masks, generator):
-        s = self.image_size
-        offsets = torch.randint(self.load_size - s + 1, (len(images), 2), generator=generator).tolist()
-        images = torch.stack([im[:, y:y + s, x:x + s] for im, (y, x) in zip(images, offsets)])
-        masks = torch.stack([m[y:y + s, x:x + s] for m, (y, x) in zip(masks, offsets)])
-        return images, masks
+    def _random_crops(self, idx: list[int], generator: torch.Generator):
+        """image_size crops of pairs `idx`: centred on a random defect pixel with probability
+        data.defect_crop_share (when the pair has one), uniformly placed otherwise."""
+        s, share, images, masks = self.image_size, self.cfg.defect_crop_share, [], []
+        for i in idx:
+            h, w = self.masks[i].shape
+            u, top, left = torch.rand(3, generator=generator).tolist()
+            top, left = int(top * (h - s + 1)), int(left * (w - s + 1))
+            defects = self._defects[i]
+            if len(defects) and u < share:
+                pick = int(torch.randint(len(defects), (1,), generator=generator))
+                top, left = _crop_origin(defects[pick].tolist(), h, w, s)
+            images.append(self.images[i][:, top:top + s, left:left + s])
+            masks.append(self.masks[i][top:top + s, left:left + s])
+        return torch.stack(images), torch.stack(masks)
+
+
+def _crop_origin(centre: list[int], h: int, w: int, s: int) -> tuple[int, int]:
+    """Top-left corner of the s x s crop centred on (row, col), moved inside an h x w image."""
+    return min(max(centre[0] - s // 2, 0), h - s), min(max(centre[1] - s // 2, 0), w - s)
+
+
+def scale_pair(image: np.ndarray, mask: np.ndarray, scale: float, min_side: int,
+               resample: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scale a pair by `scale`, keeping its aspect ratio, and at least enough that its short
+    side holds one min_side crop (area or bicubic for the photo, nearest for the mask)."""
+    h, w = mask.shape
+    scale = max(scale, min_side / min(h, w))
+    size = (max(min_side, round(w * scale)), max(min_side, round(h * scale)))
+    if size == (w, h):
+        return image, mask
+    method = Image.BOX if resample == "area" and scale < 1 else Image.BICUBIC
+    return (np.asarray(Image.fromarray(image).resize(size, method)),
+            np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST)))
 
 
 def augment(x: torch.Tensor, cfg: DataConfig, generator: torch.Generator) -> torch.Tensor:

@@ -10,6 +10,7 @@ are `defect-gen sample` outputs, read as the `paired` layout with the real class
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -45,7 +46,7 @@ def concat(a: PairSet, b: PairSet) -> PairSet:
 
 
 def _load(pairs: list[PairStats], cfg: DataConfig, kind: str, size: int, desc: str, progress: bool) -> PairSet:
-    """Decode and resize the pairs (area for images, nearest for masks, as training does)."""
+    """Decode and resize the pairs (area for images, `resize_mask` for masks, as training does)."""
     images, masks = [], []
     for p in tqdm(pairs, desc=desc, disable=not progress, leave=False):
         image, mask = resize_pair(*read_pair(p.record, cfg, kind), size, cfg.resize)
@@ -60,9 +61,13 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def load_real(cfg: Config, config_path: str, size: int, max_heldout: int, seed: int = 0,
+def load_real(cfg: Config, config_path: str, size: int, max_heldout: int | None = None, seed: int = 0,
               progress: bool = False) -> tuple[PairSet, PairSet, str]:
-    """(train, held-out, one line saying how they were chosen) from the real config."""
+    """(train, held-out, one line saying how they were chosen) from the real config.
+
+    Held out: every defect image outside the training split (a seeded `max_heldout` of them
+    when given). The split does not depend on the segmenter seeds.
+    """
     d = cfg.data
     if d.num_images_per_class is None and not d.selection_file:
         raise ConfigError(f"--real {config_path}: data.num_images_per_class is not set, so every image is a "
@@ -78,7 +83,7 @@ def load_real(cfg: Config, config_path: str, size: int, max_heldout: int, seed: 
     if not rest:
         raise DataError(f"--real {config_path}: no defect image is left out of the few-shot selection "
                         f"({selection.how}) to test on; lower data.num_images_per_class")
-    if len(rest) > max_heldout:
+    if max_heldout is not None and len(rest) > max_heldout:
         rest = sorted(random.Random(seed).sample(rest, max_heldout), key=lambda p: p.record.image)
     how = (f"train: {selection.how}; held out: {len(rest)} of the "
            f"{sum(1 for p in selection.rest if p.class_pixels)} defect images not selected")
@@ -117,3 +122,62 @@ def export_train_masks(config_path: str, overrides: list[str], out_dir: str, siz
     for i, mask in enumerate(train.masks):
         write_png(os.path.join(out_dir, f"train_{i:03d}.png"), mask.numpy())
     return len(train)
+
+
+def class_counts(pairs: PairSet, classes: list[str]) -> dict[str, int]:
+    """Images holding each class (at the evaluation size)."""
+    present = torch.stack([(pairs.masks == c).flatten(1).any(1) for c in range(1, len(classes) + 1)], 1)
+    return {name: int(n) for name, n in zip(classes, present.sum(0).tolist())}
+
+
+def generator_training_pairs(folder: str) -> set[str]:
+    """The real pairs a synthetic folder's generator took its defects from, where the folder
+    records them (`defect-gen paint` writes each pair's `source`, relative to data.root)."""
+    path = os.path.join(folder, "manifest.jsonl")
+    names: set[str] = set()
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a cut-short last line of a killed run
+                if isinstance(row, dict) and isinstance(row.get("source"), str):
+                    names.add(row["source"])
+    return names
+
+
+def check_no_leak(heldout: PairSet, synthetic_dirs: list[str], config_path: str) -> None:
+    """Refuse when a held-out pair is one the generator was trained on (or took a defect from):
+    its scores would measure memory, not generalisation."""
+    held = set(heldout.names)
+    for folder in synthetic_dirs:
+        leaked = sorted(held & generator_training_pairs(folder))
+        if leaked:
+            raise ConfigError(f"--synthetic {folder}: {len(leaked)} held-out pair(s) of --real {config_path} were "
+                              f"used to make these pairs (e.g. {leaked[0]}); evaluate on the generator's own split: "
+                              f"--set data.selection_file=RUN/selected_files.json")
+
+
+def copy_paste_pairs(cfg: Config, good_dir: str, n: int, size: int, seed: int = 0,
+                     progress: bool = False) -> PairSet:
+    """The copy-paste baseline: `n` pairs made by pasting the real training split's defect pixels
+    (cut out by their masks, flipped, turned, scaled 0.75-1.25x) onto defect-free photos from
+    `good_dir` at random spots, at the photos' own resolution, then resized like every pair."""
+    from defect_gen import paint
+    from defect_gen.io import read_image
+
+    sources = paint.training_sources(cfg)
+    goods = paint.list_good_images(good_dir)
+    settings = paint.PaintSettings("", n, good_dir, strength=0.0)
+    painter = paint.Painter(None, None, 0, 1, len(cfg.data.classes))
+    images, masks, names = [], [], []
+    for i in tqdm(range(n), desc="copy-paste pairs", disable=not progress, leave=False):
+        photo = read_image(goods[int(np.random.default_rng([seed + i, 1]).integers(len(goods)))])
+        rgb, mask, _ = paint.paint_pair(painter, settings, photo, sources[i % len(sources)], seed + i)
+        image, mask = resize_pair(rgb, mask, size, cfg.data.resize)
+        images.append(image)
+        masks.append(mask)
+        names.append(f"copy_paste_{i:05d}")
+    return PairSet(names, torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+                   torch.from_numpy(np.stack(masks)))

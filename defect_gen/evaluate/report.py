@@ -16,7 +16,8 @@ import os
 import numpy as np
 
 from defect_gen.evaluate.metrics import fmt
-from defect_gen.evaluate.run import Results
+from defect_gen.evaluate.data import class_counts
+from defect_gen.evaluate.run import COPY_PASTE, Results
 from defect_gen.io import write_png
 from defect_gen.masks import overlay
 from defect_gen.plots import errorbar_plot, histogram_plot
@@ -146,7 +147,8 @@ def _json_ready(results: Results) -> dict:
     s = results.settings
     return {"real_config": results.real_config, "split": results.how, "classes": results.class_names,
             "settings": {"ratios": s.ratios, "seeds": s.seeds, "image_size": s.image_size,
-                         "max_heldout": s.max_heldout, "segmenter": vars(s.seg)},
+                         "max_heldout": s.max_heldout, "copy_paste_dir": s.copy_paste_dir,
+                         "segmenter": vars(s.seg)},
             "num_train": len(results.train), "num_heldout": len(results.heldout),
             "runs": [{"label": r.label, "ratio": r.ratio, "num_synthetic": r.num_synthetic, "per_seed": r.per_seed,
                       "summary": {k: list(v) for k, v in r.summary.items()}} for r in results.runs],
@@ -167,6 +169,11 @@ def write_report(results: Results, out_dir: str, command: str) -> str:
     s = results.settings
     lines = ["# Evaluation report", "", f"Command: `{command}`", "",
              f"- real data: `{results.real_config}`; {results.how}",
+             "- held-out images per class: " + ", ".join(f"{k} {v}" for k, v in
+                                                      class_counts(results.heldout, results.class_names).items()),
+             *([f"- `{COPY_PASTE}`: the baseline, real training defects pasted onto the defect-free photos of "
+                f"`{s.copy_paste_dir}` at random spots (flips, quarter turns, scale 0.75-1.25)"]
+               if s.copy_paste_dir else []),
              f"- image size {s.image_size} px; segmenter `{s.seg.arch}` (width {s.seg.width}) trained from scratch, "
              f"{s.seg.steps} steps of batch {s.seg.batch_size}, lr {s.seg.lr:g}; seeds 0..{s.seeds - 1}; "
              f"{results.seconds / 60:.1f} min",

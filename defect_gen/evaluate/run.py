@@ -10,20 +10,25 @@ noted, never silently shrunk. Then the generation-quality measures of `quality`,
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import os
 import random
 import time
 from dataclasses import dataclass, field
 
+import torch
 from tqdm.auto import tqdm
 
+from defect_gen.checkpoint import atomic_save
 from defect_gen.config import Config
 from defect_gen.errors import ConfigError
 from defect_gen.evaluate import quality
-from defect_gen.evaluate.data import PairSet, concat, load_real, load_synthetic
+from defect_gen.evaluate.data import (PairSet, check_no_leak, class_counts, concat, copy_paste_pairs, load_real,
+                                      load_synthetic)
 from defect_gen.evaluate.metrics import confusion, mean_std, scores
-from defect_gen.evaluate.segmenter import SegSettings, predict, train_segmenter
+from defect_gen.evaluate.segmenter import SegSettings, build_segmenter, predict, train_segmenter
 from defect_gen.io import write_png
 
 
@@ -31,8 +36,9 @@ from defect_gen.io import write_png
 class EvalSettings:
     ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     seeds: int = 3
-    image_size: int = 64
-    max_heldout: int = 200
+    image_size: int = 128
+    max_heldout: int | None = None  # None: every defect image outside the training split
+    copy_paste_dir: str | None = None  # defect-free photos for the copy-paste baseline (None: no baseline)
     seg: SegSettings = field(default_factory=SegSettings)
     progress: bool = True
 
@@ -63,6 +69,7 @@ class Results:
     runs: list[Run] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     quality: dict[str, dict] = field(default_factory=dict)  # label -> measures
+    cache_dir: str | None = None  # finished segmenter runs, reused when the evaluation runs again
     seconds: float = 0.0
 
 
@@ -85,12 +92,35 @@ def _labels(dirs: list[str]) -> list[str]:
     return names
 
 
+def _run_key(train: PairSet, results: Results, seed: int) -> str:
+    """What decides a segmenter's scores: its training pairs, the held-out pairs, the settings
+    and the seed. Hashing the pixels (not the names) means a re-generated folder never reuses
+    scores of its old pairs."""
+    h = hashlib.sha256(repr((dataclasses.asdict(results.settings.seg), seed, results.class_names)).encode())
+    for t in (train.images, train.masks, results.heldout.images, results.heldout.masks):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
 def _score(train: PairSet, results: Results, seed: int):
-    """Train one segmenter on `train` with `seed`; (its held-out scores, the model)."""
+    """Train one segmenter on `train` with `seed`; (its held-out scores, the model).
+
+    Each finished run is kept in OUT/segmenters/<key>.pt (scores and weights), so an
+    evaluation that was stopped, or one that adds a folder, reuses every run already done.
+    """
     num_classes = len(results.class_names) + 1
+    model = build_segmenter(results.settings.seg.arch, num_classes, results.settings.seg.width)
+    path = os.path.join(results.cache_dir, f"{_run_key(train, results, seed)}.pt") if results.cache_dir else None
+    if path and os.path.exists(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        return saved["scores"], model.eval()
     model = train_segmenter(train.images, train.masks, num_classes, results.settings.seg, seed)
     pred = predict(model, results.heldout.images)
-    return scores(confusion(pred, results.heldout.masks, num_classes), results.class_names), model
+    result = scores(confusion(pred, results.heldout.masks, num_classes), results.class_names)
+    if path:
+        atomic_save({"scores": result, "model": model.state_dict()}, path)
+    return result, model
 
 
 def _train_runs(results: Results, log) -> list:
@@ -134,7 +164,7 @@ def _fidelity(results: Results, synthetic_dirs: list[str], out_dir: str) -> None
     os.makedirs(real_dir, exist_ok=True)
     for i, image in enumerate(results.heldout.images):
         write_png(os.path.join(real_dir, f"{i:05d}.png"), image.permute(1, 2, 0).numpy())
-    for label, d in zip(results.synthetic, synthetic_dirs):
+    for label, d in zip(_labels(synthetic_dirs), synthetic_dirs):
         results.quality[label]["kid_fid"] = quality.kid_fid(os.path.join(d, "images"), real_dir)
 
 
@@ -154,16 +184,39 @@ def _quality(results: Results, models: list) -> None:
                                   "areas": quality.areas(syn.masks, k)}
 
 
+COPY_PASTE = "copy-paste"  # the label of the built-in baseline
+MIN_HELDOUT_PER_CLASS = 5
+
+
+def _report_heldout(held: PairSet, classes: list[str], log) -> None:
+    """Held-out images per class; a class with fewer than 5 gets a warning (its IoU is noise),
+    one with none has no IoU at all (metrics.scores leaves it out of mIoU)."""
+    counts = class_counts(held, classes)
+    log("held out per class: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for name, n in counts.items():
+        if n < MIN_HELDOUT_PER_CLASS:
+            log(f"warning: only {n} held-out image(s) hold {name}: its IoU rests on too few images to compare"
+                + ("; it has no IoU" if n == 0 else ""))
+
+
 def evaluate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_dir: str, settings: EvalSettings,
              log=print) -> Results:
     """Load the data, train and score every segmenter, measure the generated pairs."""
     start = time.time()
     size = settings.image_size
     train, held, how = load_real(cfg, config_path, size, settings.max_heldout, progress=settings.progress)
+    check_no_leak(held, synthetic_dirs, config_path)
     log(f"{how}; at {size} px")
-    synthetic = {label: load_synthetic(d, cfg.data.classes, size, settings.progress)
-                 for label, d in zip(_labels(synthetic_dirs), synthetic_dirs)}
-    results = Results(config_path, how, list(cfg.data.classes), settings, train, held, synthetic)
+    _report_heldout(held, list(cfg.data.classes), log)
+    synthetic = {}
+    if settings.copy_paste_dir:
+        n = round(max(settings.ratios) * len(train))
+        synthetic[COPY_PASTE] = copy_paste_pairs(cfg, settings.copy_paste_dir, n, size, progress=settings.progress)
+    synthetic.update({label: load_synthetic(d, cfg.data.classes, size, settings.progress)
+                      for label, d in zip(_labels(synthetic_dirs), synthetic_dirs)})
+    results = Results(config_path, how, list(cfg.data.classes), settings, train, held, synthetic,
+                      cache_dir=os.path.join(out_dir, "segmenters"))
+    os.makedirs(results.cache_dir, exist_ok=True)
     models = _train_runs(results, log)
     _quality(results, models)
     _fidelity(results, synthetic_dirs, out_dir)

@@ -1,0 +1,316 @@
+"""Painting defects into defect-free photos at their own resolution (`defect-gen paint`).
+
+Pair i (seed + i) takes a defect-free photo and a defect of the real training split (the
+model's own few-shot split, round robin over its pairs so every class gets its share), moves
+the defect's mask by flips, quarter turns and a scale, and places it at a random spot of the
+photo. Then a window around it (at least the model's training size, the rest of the photo
+never enters the network) is denoised with known-region sampling: the mask channels are held
+to the placed mask and the RGB outside the slightly dilated defect region to the photo, so
+only the defect's pixels are generated. They are pasted back; every other pixel of the photo
+stays as stored, and the pair is written at the photo's own size and aspect ratio.
+
+Why this works with a few dozen real defects and a CPU: the photo supplies the global layout
+(the job of the large-RF model in whole-image generation) and the small-RF model, trained on
+native-resolution crops, only has to draw a defect's texture and its blend into the surface.
+
+`strength` < 1 starts the chain from the copy-paste composite (the source defect's own pixels
+pasted in) noised to t = strength * T instead of pure noise (SDEdit, Meng et al. 2022): the
+model then redraws the pasted defect and its border rather than inventing one. strength = 0,
+or no model at all (`copy_paste`), is plain copy-paste: the baseline a generator must beat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from defect_gen import writers
+from defect_gen.errors import ConfigError, DataError
+from defect_gen.gaussian_diffusion import GaussianDiffusion
+from defect_gen.io import read_image
+from defect_gen.masks import image_to_uint8, one_hot, uint8_to_image
+from defect_gen.respace import space_timesteps
+from defect_gen.samplers import KnownRegion, known_region_sampler
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class Source:
+    """A real defect pair at its own resolution: (H, W, 3) uint8 photo, (H, W) class indices."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass
+class PaintSettings:
+    sample_dir: str
+    num_samples: int
+    good_dir: str
+    seed: int = 0
+    steps: int = 50  # respaced denoising steps (over the part of the chain strength selects)
+    sampler: str = "ddim"
+    eta: float = 0.0
+    strength: float = 1.0  # 1: defect drawn from pure noise; < 1: SDEdit from the copy-paste composite
+    scale_min: float = 0.75  # the placed defect is scaled by a factor drawn from [scale_min, scale_max]
+    scale_max: float = 1.25
+    margin: int = 16  # photo pixels around the defect inside the denoised window
+    blend: int = 2  # defect region dilated by this many pixels: the border is redrawn too
+    overwrite: bool = False
+    progress: bool = True
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+
+
+def list_good_images(folder: str) -> list[str]:
+    """Defect-free photos under `folder` (recursively), in name order. A PNG beside a photo of
+    the same stem is that photo's (empty) mask, as in the class_folders layout, and is skipped."""
+    if not os.path.isdir(folder):
+        raise DataError(f"--good {folder}: folder not found")
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        stems = {os.path.splitext(f)[0] for f in files if f.lower().endswith(IMAGE_EXTS) and not f.endswith(".png")}
+        for f in sorted(files):
+            stem, ext = os.path.splitext(f)
+            if ext.lower() in IMAGE_EXTS and not f.startswith(".") and not (ext.lower() == ".png" and stem in stems):
+                found.append(os.path.join(root, f))
+    if not found:
+        raise DataError(f"--good {folder}: no {'/'.join(e.lstrip('.') for e in IMAGE_EXTS)} images in it")
+    return found
+
+
+def training_sources(cfg, progress: bool = False) -> list[Source]:
+    """The defect pairs of a config's few-shot training split, at native resolution, sorted by
+    class then name (so a round robin over them cycles through the classes)."""
+    from defect_gen.datasets.check import check_dataset, read_pair
+    from defect_gen.datasets.dataset import refuse_or_skip, select_pairs
+
+    report = check_dataset(cfg.data, progress=progress)
+    refuse_or_skip(report)
+    pairs = [p for p in select_pairs(report).train if p.class_pixels]
+    if not pairs:
+        raise DataError(f"{cfg.data.root}: the training split holds no defect image to take defects from")
+    sources = []
+    for p in sorted(pairs, key=lambda p: (min(p.class_pixels), p.record.image)):
+        image, mask = read_pair(p.record, cfg.data, report.kind)
+        sources.append(Source(os.path.relpath(p.record.image, cfg.data.root), image, mask))
+    return sources
+
+
+# ---------------------------------------------------------------------------------------
+# Placement
+
+
+@dataclass
+class Placement:
+    """A transformed defect at (top, left) of a photo: its mask and its source pixels (h, w)."""
+
+    top: int
+    left: int
+    mask: np.ndarray
+    pixels: np.ndarray
+
+
+def transform_defect(src: Source, rng: np.random.Generator, scale_range: tuple[float, float],
+                     fit: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The source's defect bounding box, flipped, turned and scaled, shrunk to fit `fit` (h, w)."""
+    rows, cols = np.nonzero(src.mask)
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    mask, pixels = src.mask[box], src.image[box]
+    if rng.random() < 0.5:
+        mask, pixels = mask[:, ::-1], pixels[:, ::-1]
+    if rng.random() < 0.5:
+        mask, pixels = mask[::-1], pixels[::-1]
+    turns = int(rng.integers(4))
+    mask, pixels = np.rot90(mask, turns), np.rot90(pixels, turns)
+    scale = rng.uniform(*scale_range)
+    scale = min(scale, fit[0] / mask.shape[0], fit[1] / mask.shape[1])
+    size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
+    mask = np.asarray(Image.fromarray(np.ascontiguousarray(mask)).resize(size, Image.NEAREST))
+    pixels = np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).resize(size, Image.BICUBIC))
+    return mask, pixels
+
+
+def place(src: Source, photo_hw: tuple[int, int], rng: np.random.Generator,
+          scale_range: tuple[float, float]) -> Placement:
+    mask, pixels = transform_defect(src, rng, scale_range, photo_hw)
+    top = int(rng.integers(photo_hw[0] - mask.shape[0] + 1))
+    left = int(rng.integers(photo_hw[1] - mask.shape[1] + 1))
+    return Placement(top, left, mask, pixels)
+
+
+def full_mask(p: Placement, photo_hw: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(photo_hw, np.uint8)
+    h, w = p.mask.shape
+    out[p.top:p.top + h, p.left:p.left + w] = p.mask
+    return out
+
+
+def copy_paste(photo: np.ndarray, p: Placement) -> np.ndarray:
+    """The photo with the defect's own pixels pasted where its mask is set."""
+    out = photo.copy()
+    h, w = p.mask.shape
+    region = out[p.top:p.top + h, p.left:p.left + w]
+    region[p.mask > 0] = p.pixels[p.mask > 0]
+    return out
+
+
+def window(p: Placement, photo_hw: tuple[int, int], size: int, margin: int, multiple: int) -> tuple[slice, slice]:
+    """Rows and columns of the denoised window: the defect plus `margin`, at least `size`, a
+    multiple of `multiple` (the UNet's down-sampling factor), kept inside the photo."""
+    spans = []
+    for start, extent, limit in ((p.top, p.mask.shape[0], photo_hw[0]), (p.left, p.mask.shape[1], photo_hw[1])):
+        want = max(size, extent + 2 * margin)
+        want = min(-(-want // multiple) * multiple, limit // multiple * multiple)
+        lo = min(max(start + extent // 2 - want // 2, 0), limit - want)
+        spans.append(slice(lo, lo + want))
+    return spans[0], spans[1]
+
+
+def dilate(binary: np.ndarray, pixels: int) -> np.ndarray:
+    if pixels <= 0:
+        return binary
+    t = torch.from_numpy(binary.astype(np.float32))[None, None]
+    return F.max_pool2d(t, 2 * pixels + 1, stride=1, padding=pixels)[0, 0].numpy() > 0
+
+
+# ---------------------------------------------------------------------------------------
+# Denoising one window
+
+
+def paint_window(denoise, diffusion: GaussianDiffusion, photo: np.ndarray, mask: np.ndarray, start: np.ndarray,
+                 s: PaintSettings, num_defect: int, generator: torch.Generator) -> np.ndarray:
+    """The window's RGB (h, w, 3) uint8 with the defect region generated, the rest as in `photo`.
+
+    `start` is the copy-paste composite the chain starts from when strength < 1.
+    """
+    region = dilate(mask > 0, s.blend)
+    index = torch.from_numpy(mask.astype(np.int64))
+    values = torch.cat([uint8_to_image(photo), one_hot(index, num_defect + 1)])[None]
+    keep_rgb = torch.from_numpy((~region).astype(np.float32))[None].expand(3, -1, -1)
+    keep = torch.cat([keep_rgb, torch.ones(num_defect + 1, *mask.shape)])[None]
+    T = diffusion.num_timesteps
+    t_start = T - 1 if s.strength >= 1 else int(round(s.strength * (T - 1)))
+    timesteps = [t for t in space_timesteps(T, min(s.steps, T)) if t <= t_start] or [t_start]
+    if s.strength >= 1:
+        x = torch.randn(values.shape, generator=generator)
+    else:
+        x0 = values.clone()
+        x0[:, :3] = uint8_to_image(start)
+        ab = diffusion.alpha_bar_at(timesteps[0])
+        x = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * torch.randn(values.shape, generator=generator)
+    sampler = known_region_sampler(s.sampler, KnownRegion(values, keep))
+    out = sampler(denoise, x, timesteps, diffusion, generator=generator, eta=s.eta)
+    rgb = photo.copy()
+    rgb[region] = image_to_uint8(out[0, :3])[region]
+    return rgb
+
+
+# ---------------------------------------------------------------------------------------
+# The job
+
+
+@dataclass
+class Painter:
+    """A model (None: copy-paste only) and what it needs to paint windows."""
+
+    denoise: object | None
+    diffusion: GaussianDiffusion | None
+    size: int  # smallest window: the model's training crop size
+    multiple: int  # window sides are multiples of this (2 ** down-sampling levels)
+    num_defect: int
+
+
+def painter_from_model(loaded, device: torch.device) -> Painter:
+    """A Painter for a `sample.load_model` result. Models with attention are refused: attention
+    over a whole window has no fixed receptive field and costs quadratically in its size."""
+    cfg = loaded.cfg
+    if cfg.model.attention_downsample:
+        raise ConfigError(f"{loaded.path}: paint needs a model without attention (a small-RF config such as "
+                          f"configs/magnetic_tile_small.yaml); this one attends at {cfg.model.attention_downsample}")
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    if cfg.diffusion.t_max is not None and cfg.diffusion.t_max < diffusion.num_timesteps:
+        raise ConfigError(f"{loaded.path}: paint runs the whole chain (t up to {diffusion.num_timesteps - 1}) but "
+                          f"this model was trained on t < {cfg.diffusion.t_max}; train it with diffusion.t_max="
+                          f"{diffusion.num_timesteps} (configs/magnetic_tile_paint.yaml does)")
+
+    def net(x, t):
+        return loaded.model(x.to(device), t.to(device)).float().cpu()
+
+    return Painter(diffusion.denoiser(net), diffusion, cfg.model.image_size,
+                   2 ** (len(cfg.model.channel_mult) - 1), cfg.num_defect)
+
+
+def paint_pair(painter: Painter, s: PaintSettings, photo: np.ndarray, src: Source,
+               seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(image, class-index mask, details) of one pair, both at the photo's size."""
+    rng = np.random.default_rng(seed)
+    hw = photo.shape[:2]
+    p = place(src, hw, rng, (s.scale_min, s.scale_max))
+    composite = copy_paste(photo, p)
+    mask = full_mask(p, hw)
+    if painter.denoise is None or s.strength <= 0:
+        return composite, mask, {"window": None}
+    rows, cols = window(p, hw, painter.size, s.margin, painter.multiple)
+    generator = torch.Generator().manual_seed(seed)
+    rgb = photo.copy()
+    rgb[rows, cols] = paint_window(painter.denoise, painter.diffusion, photo[rows, cols], mask[rows, cols],
+                                   composite[rows, cols], s, painter.num_defect, generator)
+    return rgb, mask, {"window": [rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start]}
+
+
+def _preview_cell(photo: np.ndarray, rgb: np.ndarray, mask: np.ndarray, size: int = 96) -> tuple:
+    """A size x size crop around the defect of (result, mask, given photo) for preview.png."""
+    rows, cols = np.nonzero(mask)
+    h, w = mask.shape
+    side = min(size, h, w)
+    top = int(min(max(rows.mean() - side / 2, 0), h - side)) if len(rows) else 0
+    left = int(min(max(cols.mean() - side / 2, 0), w - side)) if len(cols) else 0
+    crop = (slice(top, top + side), slice(left, left + side))
+    return rgb[crop], mask[crop], photo[crop]
+
+
+def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintSettings, log=print) -> int:
+    """Write `s.num_samples` pairs (paired layout) into s.sample_dir; returns how many."""
+    if s.num_samples < 1:
+        raise ConfigError(f"--num_samples must be >= 1, got {s.num_samples}")
+    if not 0.0 <= s.strength <= 1.0:
+        raise ConfigError(f"--strength must be in [0, 1] (1 = draw the defect from noise), got {s.strength}")
+    if not 0 < s.scale_min <= s.scale_max:
+        raise ConfigError(f"--scale must be two factors 0 < min <= max, got {s.scale_min}, {s.scale_max}")
+    goods = list_good_images(s.good_dir)
+    writers.prepare_dir(s.sample_dir, "paired", s.overwrite)
+    start, previews = time.time(), []
+    with open(os.path.join(s.sample_dir, writers.MANIFEST), "a", encoding="utf-8") as manifest:
+        for i in tqdm(range(s.num_samples), desc="painting", disable=not s.progress):
+            seed = s.seed + i
+            good = goods[int(np.random.default_rng([seed, 1]).integers(len(goods)))]
+            photo, src = read_image(good), sources[i % len(sources)]
+            rgb, mask, details = paint_pair(painter, s, photo, src, seed)
+            name = f"paint_{i:05d}"
+            row = writers.write_pair(s.sample_dir, "paired", name, rgb, mask, classes)
+            row.update(seed=seed, good=good, source=src.name, **details)
+            manifest.write(json.dumps(row) + "\n")
+            manifest.flush()
+            if len(previews) < 12:
+                previews.append(_preview_cell(photo, rgb, mask))
+    writers.save_preview(s.sample_dir, previews)
+    with open(os.path.join(s.sample_dir, "paint_settings.json"), "w", encoding="utf-8") as f:
+        json.dump(asdict(s), f, indent=2)
+    log(f"{s.num_samples} pairs in {s.sample_dir} ({time.time() - start:.0f} s; "
+        f"{'copy-paste' if painter.denoise is None else f'strength {s.strength:g}, {s.steps} steps'}); "
+        f"preview: {os.path.join(s.sample_dir, writers.PREVIEW)}")
+    return s.num_samples

@@ -1,0 +1,214 @@
+"""Native-resolution crops for training, `defect-gen paint` (model and copy-paste), and the
+evaluation's copy-paste baseline and leak check, on a tiny dataset of non-square photos."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from defect_gen import paint
+from defect_gen.cli import main
+from defect_gen.config import load_config
+from defect_gen.datasets.dataset import DefectDataset
+from defect_gen.errors import ConfigError
+from defect_gen.evaluate.data import check_no_leak, copy_paste_pairs, load_real
+
+H, W = 40, 56  # photos are not square: nothing may squash them
+
+
+def _config(tmp, data: str, **data_extra) -> str:
+    lines = ["model: {image_size: 16, model_channels: 32, channel_mult: [1, 2], num_res_blocks: 1, "
+             "attention_downsample: [], middle_block: false}",
+             "diffusion: {num_timesteps: 50, schedule: cosine, predict: x0}",
+             f"data: {{root: {data}, layout: paired, classes: [scratch, hole], num_images_per_class: 2, "
+             + "".join(f"{k}: {v}, " for k, v in data_extra.items()) + "vflip: true}",
+             "train: {batch_size: 4, lr: 1.0e-3, max_steps: 2, save_every: 2, sample_every: 0, log_every: 1}"]
+    path = os.path.join(tmp, "paint.yaml")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """6 defect photos (H x W) with scratch / hole masks and 3 defect-free photos (48 x 64)."""
+    root = tmp_path_factory.mktemp("paint")
+    rng = np.random.default_rng(0)
+    for sub in ("data/images", "data/masks", "good"):
+        os.makedirs(root / sub)
+    for i in range(6):
+        image = rng.integers(90, 140, (H, W, 3), dtype=np.uint8)
+        mask = np.zeros((H, W), np.uint8)
+        if i % 2:
+            mask[10:13, 5 + i:30 + i] = 1  # a thin scratch
+        else:
+            mask[20 + i:26 + i, 30:36] = 2  # a hole
+        image[mask > 0] = 30
+        Image.fromarray(image).save(root / "data" / "images" / f"p{i}.png")
+        Image.fromarray(mask).save(root / "data" / "masks" / f"p{i}.png")
+    for i in range(3):
+        Image.fromarray(rng.integers(150, 200, (48, 64, 3), dtype=np.uint8)).save(root / "good" / f"g{i}.jpg")
+        Image.fromarray(np.zeros((48, 64), np.uint8)).save(root / "good" / f"g{i}.png")  # its empty mask: skipped
+    return root
+
+
+# ---------------------------------------------------------------------------------------
+# Training on native-resolution crops
+
+
+def test_native_crops_keep_photo_size_and_centre_on_defects(tiny, tmp_path):
+    cfg = load_config(_config(str(tmp_path), str(tiny / "data"), native_scale=1.0, defect_crop_share=1.0))
+    ds = DefectDataset(cfg.data, cfg.model.image_size, progress=False, log=lambda s: None, info=lambda s: None)
+    assert [tuple(im.shape) for im in ds.images] == [(3, H, W)] * len(ds)  # stored as the photos are
+    x = ds.batch(16, torch.Generator().manual_seed(0))
+    assert x.shape == (16, 3 + 2 + 1, 16, 16)
+    assert bool((x[:, 4:].amax((1, 2, 3)) > 0).all())  # every crop holds a defect pixel (share 1.0)
+    assert ds.data.shape == (len(ds), 6, 16, 16) and bool((ds.data[:, 4:].amax((1, 2, 3)) > 0).all())
+    cfg = load_config(_config(str(tmp_path), str(tiny / "data"), native_scale=1.0, defect_crop_share=0.0))
+    ds = DefectDataset(cfg.data, cfg.model.image_size, progress=False, log=lambda s: None, info=lambda s: None)
+    empty = (ds.batch(64, torch.Generator().manual_seed(0))[:, 4:].amax((1, 2, 3)) == 0).float().mean()
+    assert empty > 0.3  # uniform crops mostly miss a defect this small
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"native_scale": 0}, "'data.native_scale': expected a scale in \\(0, 4\\]"),
+    ({"native_scale": 1.0, "load_size": 32}, "exclude each other"),
+    ({"defect_crop_share": 1.5}, "'data.defect_crop_share': expected a share in \\[0, 1\\]"),
+])
+def test_native_crop_settings_are_checked(tiny, tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_config(str(tmp_path), str(tiny / "data"), **extra))
+
+
+# ---------------------------------------------------------------------------------------
+# Placement
+
+
+def test_window_holds_the_defect_inside_the_photo():
+    rng = np.random.default_rng(1)
+    src = paint.Source("s", np.zeros((30, 30, 3), np.uint8), np.pad(np.ones((9, 4), np.uint8), 10))
+    for _ in range(50):
+        p = paint.place(src, (40, 56), rng, (0.5, 2.0))
+        rows, cols = paint.window(p, (40, 56), 16, 4, 4)
+        h, w = p.mask.shape
+        assert rows.start <= p.top and p.top + h <= rows.stop <= 40 and rows.start >= 0
+        assert cols.start <= p.left and p.left + w <= cols.stop <= 56 and cols.start >= 0
+        assert (rows.stop - rows.start) % 4 == 0 and (cols.stop - cols.start) % 4 == 0
+        assert rows.stop - rows.start >= 16 and cols.stop - cols.start >= 16
+
+
+def test_good_images_skip_the_masks_beside_them(tiny):
+    assert [os.path.basename(p) for p in paint.list_good_images(str(tiny / "good"))] == ["g0.jpg", "g1.jpg", "g2.jpg"]
+
+
+# ---------------------------------------------------------------------------------------
+# The command
+
+
+def _read(folder, name):
+    return np.asarray(Image.open(os.path.join(folder, name)))
+
+
+def test_copy_paste_writes_pairs_at_the_photo_size(tiny, tmp_path):
+    cfg = _config(str(tmp_path), str(tiny / "data"))
+    out = str(tmp_path / "cp")
+    assert main(["paint", "--copy-paste", "--config", cfg, "--good", str(tiny / "good"), "--sample_dir", out,
+                 "--num_samples", "4", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in open(os.path.join(out, "manifest.jsonl"))]
+    assert len(rows) == 4 and all(r["source"].startswith("images/") for r in rows)
+    for r in rows:
+        image, mask = _read(out, r["files"]["image"]), _read(out, r["files"]["mask"])
+        photo = np.asarray(Image.open(r["good"]).convert("RGB"))
+        assert image.shape == (48, 64, 3) and mask.shape == (48, 64) and mask.any()
+        assert np.array_equal(image[mask == 0], photo[mask == 0])  # only defect pixels change
+        assert (image[mask > 0] == 30).all()  # the real defect's own pixels
+    assert os.path.exists(os.path.join(out, "preview.png"))
+    # the same command again refuses to mix with the finished run
+    assert main(["paint", "--copy-paste", "--config", cfg, "--good", str(tiny / "good"), "--sample_dir", out,
+                 "--num_samples", "4", "--no-progress"]) == 2
+
+
+@pytest.fixture(scope="module")
+def model(tiny, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("model")
+    cfg = _config(str(tmp), str(tiny / "data"), native_scale=1.0, defect_crop_share=0.8)
+    assert main(["train", "--config", cfg, "--work_dir", str(tmp / "run"), "--no-progress"]) == 0
+    return tmp / "run"
+
+
+def test_paint_generates_only_the_defect_region(tiny, model, tmp_path):
+    out = str(tmp_path / "painted")
+    assert main(["paint", "--model", str(model), "--good", str(tiny / "good"), "--sample_dir", out,
+                 "--num_samples", "3", "--steps", "3", "--margin", "2", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in open(os.path.join(out, "manifest.jsonl"))]
+    assert len(rows) == 3
+    for r in rows:
+        image, mask = _read(out, r["files"]["image"]), _read(out, r["files"]["mask"])
+        photo = np.asarray(Image.open(r["good"]).convert("RGB"))
+        assert image.shape == photo.shape and mask.shape == photo.shape[:2]
+        region = paint.dilate(mask > 0, 2)  # the default blend
+        assert np.array_equal(image[~region], photo[~region])  # every other pixel as stored
+        assert not np.array_equal(image[region], photo[region])  # the defect was drawn
+        top, left, h, w = r["window"]
+        assert h >= 16 and w >= 16 and top + h <= photo.shape[0] and left + w <= photo.shape[1]
+    # pair i depends on its seed alone
+    again = str(tmp_path / "again")
+    assert main(["paint", "--model", str(model), "--good", str(tiny / "good"), "--sample_dir", again,
+                 "--num_samples", "2", "--steps", "3", "--margin", "2", "--no-progress"]) == 0
+    assert np.array_equal(_read(out, "images/paint_00001.png"), _read(again, "images/paint_00001.png"))
+
+
+def test_paint_refuses_models_it_cannot_use(tiny, model, tmp_path):
+    cfg = _config(str(tmp_path), str(tiny / "data"))
+    loaded = type("Loaded", (), {})()  # a stand-in for sample.load_model's result
+    loaded.cfg, loaded.path = load_config(cfg, ["diffusion.t_max=20"]), "run"
+    with pytest.raises(ConfigError, match="trained on t < 20"):
+        paint.painter_from_model(loaded, torch.device("cpu"))
+    loaded.cfg = load_config(cfg, ["model.attention_downsample=[2]"])
+    with pytest.raises(ConfigError, match="without attention"):
+        paint.painter_from_model(loaded, torch.device("cpu"))
+    assert main(["paint", "--good", str(tiny / "good"), "--sample_dir", str(tmp_path / "x")]) == 2  # no model
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation: the copy-paste baseline and the leak check
+
+
+def test_copy_paste_baseline_pairs(tiny, tmp_path):
+    cfg = load_config(_config(str(tmp_path), str(tiny / "data")))
+    pairs = copy_paste_pairs(cfg, str(tiny / "good"), 5, 16)
+    assert pairs.images.shape == (5, 3, 16, 16) and pairs.masks.shape == (5, 16, 16)
+    assert all(bool(m.any()) for m in pairs.masks)
+    again = copy_paste_pairs(cfg, str(tiny / "good"), 5, 16)
+    assert torch.equal(pairs.images, again.images)  # seeded
+
+
+def test_evaluate_refuses_held_out_pairs_the_generator_used(tiny, tmp_path):
+    cfg = load_config(_config(str(tmp_path), str(tiny / "data")))
+    _, held, _ = load_real(cfg, "cfg.yaml", 16)
+    folder = tmp_path / "syn"
+    os.makedirs(folder)
+    (folder / "manifest.jsonl").write_text(json.dumps({"name": "a", "source": held.names[0]}) + "\n{cut")
+    with pytest.raises(ConfigError, match="1 held-out pair.*data.selection_file=RUN/selected_files.json"):
+        check_no_leak(held, [str(folder)], "cfg.yaml")
+    (folder / "manifest.jsonl").write_text(json.dumps({"name": "a", "source": "images/elsewhere.png"}) + "\n")
+    check_no_leak(held, [str(folder)], "cfg.yaml")  # no overlap: fine
+
+
+def test_evaluate_with_copy_paste_reuses_finished_runs(tiny, tmp_path, capsys):
+    cfg = _config(str(tmp_path), str(tiny / "data"))
+    args = ["evaluate", "--real", cfg, "--copy-paste", str(tiny / "good"), "--out", str(tmp_path / "r"),
+            "--ratios", "1", "--seeds", "1", "--steps", "2", "--image_size", "16", "--no-progress"]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert [(r["label"], r["ratio"]) for r in res["runs"]] == [("real only", 0.0), ("copy-paste", 1.0)]
+    assert "held out per class: scratch" in capsys.readouterr().out
+    cached = sorted(os.listdir(tmp_path / "r" / "segmenters"))
+    assert len(cached) == 2
+    stamp = {f: os.path.getmtime(tmp_path / "r" / "segmenters" / f) for f in cached}
+    assert main(args) == 0  # the second time every run comes from the cache
+    assert {f: os.path.getmtime(tmp_path / "r" / "segmenters" / f) for f in cached} == stamp
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["runs"][1]["per_seed"] == res["runs"][1]["per_seed"]
