@@ -163,8 +163,16 @@ def resolve(path: str) -> str:
 
 def sampling_rate(ckpt: dict, path: str) -> str:
     """Key of the EMA that sampling uses: train.ema_rate of the checkpoint's own config."""
-    rate = str(ckpt["config"]["train"]["ema_rate"])
-    if rate not in (ckpt.get("ema") or {}):
+    train = ckpt["config"].get("train") if isinstance(ckpt.get("config"), dict) else None
+    rate = train.get("ema_rate") if isinstance(train, dict) else None
+    emas = ckpt.get("ema") or {}
+    if rate is None:  # a hand-made or trimmed config: one EMA is unambiguous, several are not
+        if len(emas) == 1:
+            return next(iter(emas))
+        raise CheckpointError(f"{path}: its config has no train.ema_rate to choose among its EMAs "
+                              f"({', '.join(emas)}); pass --raw-weights, or `defect-gen export --rate R` one of them")
+    rate = str(rate)
+    if rate not in emas:
         raise CheckpointError(f"{path} has no EMA at train.ema_rate {rate}; it has: {', '.join(ckpt.get('ema') or [])}")
     return rate
 

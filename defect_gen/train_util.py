@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -25,9 +26,9 @@ from tqdm.auto import tqdm
 
 from defect_gen import checkpoint as ckpt_lib
 from defect_gen import dist_util, fsutil, logs
-from defect_gen.config import Config, to_dict, to_yaml
+from defect_gen.config import Config, from_dict, to_dict, to_yaml
 from defect_gen.datasets.dataset import DefectDataset
-from defect_gen.errors import CheckpointError, DefectGenError
+from defect_gen.errors import CheckpointError, DefectGenError, short_repr
 from defect_gen.gaussian_diffusion import GaussianDiffusion
 from defect_gen.io import save_pair_grid
 from defect_gen.masks import image_to_uint8, mask_to_index, split_image_mask
@@ -44,12 +45,18 @@ N_QUARTILES = 4
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    kind, colon, index = name.partition(":")
+    # torch.device accepts mps, xla, meta, ... whether or not they exist here, and the run would
+    # fail later with a traceback: only CPU and CUDA are built for (fused AdamW, autocast, RNG).
+    if kind not in ("cpu", "cuda") or (colon and (kind != "cuda" or not index.isdigit())):
+        raise DefectGenError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N "
+                             f"(mps and other backends are not supported)")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise DefectGenError(f"device {name!r} was asked for, but no CUDA GPU is available (use cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise DefectGenError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if colon and int(index) >= torch.cuda.device_count():
+        raise DefectGenError(f"device {name!r} was asked for, but only {torch.cuda.device_count()} CUDA GPU(s) "
+                             f"are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return torch.device(name)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -88,6 +95,27 @@ def finished_checkpoint(work_dir: str, max_steps: int) -> tuple[str, int] | None
 RESUME_KEYS = ("model", "ema", "optimizer", "rng", "step", "config")
 
 
+def resume_differences(saved: dict | None, cfg: Config) -> list[str]:
+    """What resuming a checkpoint trained with `saved` under `cfg` would change but must not,
+    as 'key (old -> new)': the network, the objective and schedule, the timestep window, the classes.
+
+    Weights trained for x0 continued on an eps loss, or on another window, silently learn
+    something else; gradient checkpointing only trades memory for compute and may change.
+    """
+    try:
+        old = from_dict(saved or {})  # fills fields added since that checkpoint with their defaults
+    except DefectGenError as exc:
+        return [f"its saved config does not load ({exc})"]
+    pairs = [(f"model.{k}", v, getattr(cfg.model, k)) for k, v in dataclasses.asdict(old.model).items()
+             if k != "use_checkpoint"]
+    pairs += [(f"diffusion.{k}", getattr(old.diffusion, k), getattr(cfg.diffusion, k))
+              for k in ("num_timesteps", "schedule", "predict", "mask_loss_weight")]
+    windows = [window(c.diffusion.num_timesteps, c.diffusion.t_min, c.diffusion.t_max) for c in (old, cfg)]
+    pairs += [("diffusion.t_min/t_max window", list(windows[0]), list(windows[1])),
+              ("data.classes", old.data.classes, cfg.data.classes)]
+    return [f"{key} ({short_repr(a)} -> {short_repr(b)})" for key, a, b in pairs if a != b]
+
+
 class TrainLoop:
     def __init__(self, cfg: Config, work_dir: str, device: torch.device, progress: bool = True):
         self.cfg, self.work_dir, self.device = cfg, work_dir, device
@@ -108,6 +136,7 @@ class TrainLoop:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
         self.t_window = window(cfg.diffusion.num_timesteps, cfg.diffusion.t_min, cfg.diffusion.t_max)
+        self._refuse_changed_config()
         self.data = DefectDataset(cfg.data, cfg.model.image_size, progress=self.progress)
         if self.dist.is_main:  # which files were trained on, so the rest can be held out for testing
             os.makedirs(work_dir, exist_ok=True)
@@ -148,6 +177,24 @@ class TrainLoop:
             "rng": self._rng_state(),
         }
 
+    def _refuse_changed_config(self, path: str | None = None, saved: dict | None = None) -> None:
+        """Refuse to resume under a changed config (see resume_differences).
+
+        Called first before the data is read, with the config read from the latest checkpoint
+        memory-mapped (no weights loaded): fewer classes would otherwise first show up as masks
+        "outside the classes", and a long data load would come before the refusal.
+        """
+        if path is None:
+            path = ckpt_lib.latest(self.work_dir)
+            try:
+                saved = path and torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("config")
+            except Exception:  # unreadable: _resume loads it properly and says what is wrong
+                return
+        changed = resume_differences(saved, self.cfg) if path and isinstance(saved, dict) else []
+        if changed:
+            raise CheckpointError(f"cannot resume {path} with this config: {'; '.join(changed)}; a run keeps its "
+                                  f"network, objective, schedule, timestep window and classes (use a new --work_dir)")
+
     def _resume(self) -> None:
         path = ckpt_lib.latest(self.work_dir)
         if path is None:
@@ -158,9 +205,7 @@ class TrainLoop:
             raise CheckpointError(f"{path} cannot be resumed from: it lacks {', '.join(lacking)} (an exported "
                                   f"EMA-only file? those are for sampling); point checkpoint/latest at a training "
                                   f"checkpoint, or use a new --work_dir")
-        if state.get("config", {}).get("model") != to_dict(self.cfg)["model"]:
-            raise CheckpointError(f"{path} was trained with a different model config than "
-                                  f"{os.path.join(self.work_dir, 'config.yaml')}; use a new --work_dir")
+        self._refuse_changed_config(path, state.get("config"))
         self.model.load_state_dict(state["model"])
         for rate, ema in self.emas.items():
             # An EMA rate added since the checkpoint starts from the model's current weights.

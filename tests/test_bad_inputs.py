@@ -139,7 +139,43 @@ CASES_12A = {
     "seed beyond 64 bits": (lambda e: _sample(e, "--seed", "18446744073709551615"), "--seed must be in [0, "),
     "num_samples 1e10": (lambda e: _sample(e, "--num_samples", "10000000000"),
                          "--num_samples must be at most 10000000"),
+    "lr .nan": (lambda e: _train(e, _write(e / "nan.yaml", (e / "ok.yaml").read_text().replace(
+        "batch_size: 2", "batch_size: 2, lr: .nan"))), "'train.lr': expected a finite number, got nan"),
+    "num_head_channels 48": (lambda e: _train(e, str(e / "ok.yaml"), "--set", "model.middle_block=true",
+                                              "--set", "model.num_head_channels=48"),
+                             "'model.num_head_channels': 48 does not divide the [32] channels"),
+    "model_channels 16 (GroupNorm 32)": (lambda e: _train(e, str(e / "ok.yaml"), "--set", "model.model_channels=16"),
+                                         "'model.model_channels': 16 x channel_mult [1] gives [16] channels"),
+    "attention at a rate the net lacks": (lambda e: _train(e, str(e / "ok.yaml"), "--set",
+                                                           "model.attention_downsample=[3, 64]"),
+                                          "'model.attention_downsample': [3, 64] not among"),
+    "duplicate YAML key": (lambda e: _train(e, _write(e / "dup.yaml", (e / "ok.yaml").read_text() + "train: {}\n")),
+                           "dup.yaml: key 'train' is given twice (lines 5 and 6)"),
+    "train.device=mps": (lambda e: _train(e, str(e / "ok.yaml"), "--set", "train.device=mps"),
+                         "unknown device 'mps'; expected auto, cpu, cuda or cuda:N"),
+    "info at 65536 px": (lambda e: ["info", "--config", str(e / "ok.yaml"), "--set", "model.image_size=65536"],
+                         "'model.image_size': at most 4096 px, got 65536"),
+    "resume with another objective": (lambda e: _resume(e, "diffusion.predict=eps"),
+                                      "diffusion.predict ('x0' -> 'eps')"),
+    "resume with 2 classes instead of 3": (lambda e: _resume(e, "data.classes=[scratch, stain]"),
+                                           "data.classes (['scratch', 'stain', 'hole'] -> ['scratch', 'stain'])"),
+    "checkpoint config without train, 2 EMAs": (lambda e: _sample(e, "--large_recep", _no_train(e)),
+                                                "its config has no train.ema_rate to choose among its EMAs"),
 }
+
+
+def _resume(env, change):
+    """Re-run the training of env/run (one step further, so it is not finished) with one change."""
+    return _train(env, str(env / "ok.yaml"), "--work_dir", str(env / "run"), "--set", change,
+                  "--set", "train.max_steps=2")
+
+
+def _no_train(env):
+    ckpt = torch.load(sorted((env / "run" / "checkpoint").glob("ckpt_*.pt"))[-1], weights_only=True)
+    del ckpt["config"]["train"]
+    ckpt["ema"]["0.5"] = ckpt["ema"][next(iter(ckpt["ema"]))]
+    torch.save(ckpt, env / "no_train.pt")
+    return str(env / "no_train.pt")
 CASES.update(CASES_12A)
 
 DATA_CASES = {"truncated image", "mask of another size", "mask values beyond classes", "empty dataset"}
@@ -171,6 +207,13 @@ def test_bad_input_gives_one_line_error(env, capsys, case):
         assert len(err) == 1, err
     assert err[-1].startswith("defect-gen ") and ": error: " in err[-1]
     assert needle in err[-1]
+
+
+def test_checkpoint_config_without_train_samples_with_its_only_ema(env, capsys):
+    ckpt = torch.load(sorted((env / "run" / "checkpoint").glob("ckpt_*.pt"))[-1], weights_only=True)
+    del ckpt["config"]["train"]  # a KeyError traceback before
+    torch.save(ckpt, env / "one_ema.pt")
+    assert main(_sample(env, "--large_recep", str(env / "one_ema.pt"), "--sample_dir", str(env / "s3"))) == 0
 
 
 def test_windowed_models_run_where_trained_or_with_the_override(env, capsys):

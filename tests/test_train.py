@@ -156,3 +156,29 @@ def test_two_processes_under_mpiexec_equal_one_process(data_dir, tmp_path):
     a, b = _final_weights(ref), _final_weights(mpi)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_resume_refuses_another_objective_schedule_window_or_classes(data_dir, tmp_path):
+    # Issue 12 item 10: only `model` was compared, so x0-trained weights resumed on an eps loss.
+    from defect_gen.train_util import resume_differences
+
+    work = str(tmp_path / "run")
+    TrainLoop(tiny_cfg(data_dir, max_steps=3), work, torch.device("cpu"), progress=False).run()
+    changed = tiny_cfg(data_dir, max_steps=6)
+    changed.diffusion.predict, changed.diffusion.t_min = "eps", 10
+    changed.data.classes = ["scratch", "stain", "dent"]
+    with pytest.raises(DefectGenError) as err:
+        TrainLoop(changed, work, torch.device("cpu"), progress=False)
+    message = str(err.value)
+    assert "diffusion.predict ('x0' -> 'eps')" in message and "window ([0, 100] -> [10, 100])" in message
+    assert "data.classes (['scratch', 'stain', 'hole'] -> ['scratch', 'stain', 'dent'])" in message
+    assert "\n" not in message and "model." not in message
+    saved = ckpt_lib.load(ckpt_lib.latest(work))["config"]
+    two = tiny_cfg(data_dir)
+    two.data.classes = ["scratch", "stain"]
+    assert resume_differences(saved, two) == ["data.classes (['scratch', 'stain', 'hole'] -> ['scratch', 'stain'])"]
+    other = tiny_cfg(data_dir)
+    other.diffusion.schedule, other.model.use_checkpoint = "linear", True  # checkpointing may change
+    assert resume_differences(saved, other) == ["diffusion.schedule ('cosine' -> 'linear')"]
+    saved["model"].pop("num_heads_upsample")  # a field added since: its default compares equal
+    assert resume_differences(saved, tiny_cfg(data_dir)) == []
