@@ -15,12 +15,14 @@ folder holds fewer files than pairs are asked for.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
+from defect_gen import dist_util
 from defect_gen.errors import DataError
 from defect_gen.io import read_image, read_mask
 from defect_gen.masks import image_to_uint8, one_hot, resize_mask, uint8_to_image
@@ -44,11 +46,54 @@ def _files(folder: str, flag: str, exts: tuple[str, ...]) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-def _mask_at_size(path: str, size: int, num_defect: int) -> np.ndarray:
+# Folders under a --mask tree that hold pictures, not class-index or binary masks.
+NOT_MASK_DIRS = {"images", "image", "test", "train", "masks_color", "rgb_mask", "rbg_mask"}
+
+
+def mask_root(folder: str) -> str:
+    """Where the masks of --mask DIR are: DIR/masks (paired), DIR/ground_truth (mvtec),
+    DIR/mask (defect_spectrum), or DIR itself, so a dataset or a `sample` folder of any
+    layout can be given as it is."""
+    for sub in ("masks", "ground_truth", "mask"):
+        if os.path.isdir(os.path.join(folder, sub)):
+            return os.path.join(folder, sub)
+    return folder
+
+
+def list_mask_files(folder: str) -> list[str]:
+    """Every PNG under `folder`, recursively (mask/<type>/ and ground_truth/<type>/ trees),
+    sorted by path; picture folders, hidden files and a sample run's preview.png are left out."""
+    if not os.path.isdir(folder):
+        raise DataError(f"--mask {folder}: folder not found")
+    found = []
+    for dirpath, dirnames, names in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if d not in NOT_MASK_DIRS and not d.startswith("."))
+        found += [os.path.join(dirpath, n) for n in names
+                  if n.lower().endswith(".png") and not n.startswith(".") and n != "preview.png"]
+    if not found:
+        raise DataError(f"--mask {folder}: no png files in it")
+    return sorted(found)
+
+
+def _binary_class(path: str, num_defect: int, classes: list[str] | None) -> int:
+    """The class of a binary 0/255 mask: the only one, or the one its folder is named after
+    (MVTec's ground_truth/<type>/)."""
+    if num_defect == 1:
+        return 1
+    folder = os.path.basename(os.path.dirname(path))
+    if classes and folder in classes:
+        return classes.index(folder) + 1
+    known = f"({', '.join(classes)})" if classes else ""
+    raise DataError(f"--mask {path}: a binary 0/255 mask, but its folder '{folder}' is none of the model's "
+                    f"{num_defect} classes {known}; put it in a folder named after its class (as in "
+                    f"ground_truth/<class>/), or give class-index masks (0 background, 1..{num_defect})")
+
+
+def _mask_at_size(path: str, size: int, num_defect: int, classes: list[str] | None = None) -> np.ndarray:
     mask = read_mask(path)
     values = set(np.unique(mask).tolist())
-    if values <= {0, 255} and 255 in values and num_defect == 1:
-        mask = (mask > 0).astype(np.uint8)  # a binary 0/255 mask (MVTec style) of the only class
+    if values <= {0, 255} and 255 in values:  # a binary mask (MVTec style)
+        mask = (mask > 0).astype(np.uint8) * np.uint8(_binary_class(path, num_defect, classes))
     elif max(values) > num_defect:
         raise DataError(f"--mask {path}: holds value {max(values)}; expected class indices 0..{num_defect} "
                         f"(0 background, 1..{num_defect} the model's classes)")
@@ -57,19 +102,42 @@ def _mask_at_size(path: str, size: int, num_defect: int) -> np.ndarray:
     return mask
 
 
-def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_empty: bool) -> list[GivenMask]:
-    """The class-index masks of --mask DIR (or DIR/masks), resized (`resize_mask`) to the model's size.
+def _stderr(line: str) -> None:
+    if dist_util.info().is_main:  # one copy, not one per rank
+        print(line, file=sys.stderr)
 
-    Regions under `min_pixels` are dropped first, so the model is never asked to paint a speck
-    the written mask would not show. Masks left empty are skipped unless `keep_empty`.
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+
+
+def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_empty: bool,
+               classes: list[str] | None = None, log=_stderr) -> list[GivenMask]:
+    """The masks of --mask DIR (see `mask_root`), resized (`resize_mask`) to the model's size.
+
+    Class-index masks are taken as they are; binary 0/255 masks get the class their folder is
+    named after (`classes`: the model's class names). Regions under `min_pixels` are dropped
+    first, so the model is never asked to paint a speck the written mask would not show;
+    masks left empty are skipped (and named) unless `keep_empty`, so pair i uses the i-th
+    mask that is kept.
     """
-    if os.path.isdir(os.path.join(folder, "masks")):
-        folder = os.path.join(folder, "masks")  # a paired-layout dataset or sample folder
-    masks = []
-    for path in _files(folder, "--mask", (".png",)):
-        index = drop_small_regions(_mask_at_size(path, size, num_defect), min_pixels)
+    folder = mask_root(folder)
+    masks, empty, emptied, trimmed = [], [], [], 0
+    for path in list_mask_files(folder):
+        raw = _mask_at_size(path, size, num_defect, classes)
+        index = drop_small_regions(raw, min_pixels)
+        trimmed += int(index.any() and not np.array_equal(index, raw))
         if keep_empty or index.any():
             masks.append(GivenMask(path, torch.from_numpy(index.astype(np.int64))))
+        else:
+            (emptied if raw.any() else empty).append(os.path.relpath(path, folder))
+    if empty:
+        log(f"--mask {folder}: {len(empty)} empty masks left out (--keep-empty uses them): {_some(empty)}")
+    if emptied or trimmed:
+        left = f"; left out (empty after it, --keep-empty keeps them): {_some(emptied)}" if emptied else ""
+        log(f"--mask {folder}: --min-defect-pixels {min_pixels} dropped small regions from "
+            f"{trimmed + len(emptied)} masks at {size}x{size} px, {len(emptied)} of them entirely{left}; "
+            f"{len(masks)} masks are used, in name order")
     if not masks:
         raise DataError(f"--mask {folder}: every mask is empty (after --min-defect-pixels {min_pixels}); "
                         f"pass --keep-empty to generate defect-free images")

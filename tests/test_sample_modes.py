@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from defect_gen import dist_util, sample, writers
+from defect_gen import conditioning, dist_util, sample, writers
 from defect_gen.cli import main
 from defect_gen.conditioning import place_randomly
 from defect_gen.config import Config, DataConfig, ModelConfig, to_dict
@@ -319,3 +319,45 @@ def test_cli_with_a_real_tiny_unet_of_ours_in_mask_mode(tmp_path, capsys):
     with pytest.raises(ConfigError, match="model.channel_mult is"):
         sample.load_model(path, torch.device("cpu"), config_path=str(config_file))
     assert main([*args[:-3], "--batch_size", "many", "--sample_dir", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# issue 12 (C) item 19: --mask reads what the tool reads and writes
+
+
+@pytest.mark.parametrize("layout", ["mvtec", "defect_spectrum"])
+def test_mask_reads_a_sample_folder_of_any_layout(tmp_path, layout):
+    """mvtec: ground_truth/<class>/ 0/255 masks, the class from the folder; defect_spectrum:
+    mask/<class>/ class indices (a tree); preview.png and the picture folders are not masks."""
+    _run(tmp_path, name="src", layout=layout, num_samples=3, max_tries=50)
+    sources = {r["files"]["mask"]: r["classes"][0] for r in _rows(tmp_path, "src")}
+    _run(tmp_path, follow=True, mask_dir=str(tmp_path / "src"), num_samples=None)
+    rows = _rows(tmp_path)
+    assert sorted(os.path.relpath(r["mask_source"], tmp_path / "src") for r in rows) == sorted(sources)
+    for r in rows:
+        given = _png(tmp_path, os.path.relpath(r["mask_source"], tmp_path / "src"), "src")
+        cls = CLASSES.index(sources[os.path.relpath(r["mask_source"], tmp_path / "src")]) + 1
+        assert np.array_equal(_png(tmp_path, r["files"]["mask"]), (given > 0) * cls)
+
+
+def test_mask_binary_masks_need_a_class_folder(tmp_path):
+    folder = tmp_path / "gt" / "typo"
+    _write_masks(folder, [_square(1) * 255])
+    with pytest.raises(DataError, match=r"m0.png: a binary 0/255 mask, but its folder 'typo' is none of the "
+                                        r"model's 3 classes \(scratch, stain, hole\)"):
+        _run(tmp_path, mask_dir=str(tmp_path / "gt"))
+
+
+def test_min_defect_pixels_with_mask_names_the_masks_it_drops(tmp_path):
+    speck = np.zeros((SIZE, SIZE), np.uint8)
+    speck[1, 1] = 2
+    _write_masks(tmp_path / "given", [_square(1), speck, np.zeros((SIZE, SIZE)), _square(3) + speck])
+    logged = []
+    masks = conditioning.read_masks(str(tmp_path / "given"), SIZE, 3, 2, False, classes=list(CLASSES),
+                                    log=logged.append)
+    assert [os.path.basename(m.path) for m in masks] == ["m0.png", "m3.png"]
+    folder = tmp_path / "given"
+    assert logged == [f"--mask {folder}: 1 empty masks left out (--keep-empty uses them): m2.png",
+                      f"--mask {folder}: --min-defect-pixels 2 dropped small regions from 2 masks at 16x16 px, "
+                      f"1 of them entirely; left out (empty after it, --keep-empty keeps them): m1.png; "
+                      f"2 masks are used, in name order"]
