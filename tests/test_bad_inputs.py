@@ -181,6 +181,22 @@ CASES.update(CASES_12A)
 DATA_CASES = {"truncated image", "mask of another size", "mask values beyond classes", "empty dataset"}
 
 
+# Issue 12 (C): data, masks and first use
+def _self_link(data):
+    (data / "images" / "demo_0001.png").unlink()
+    os.symlink("demo_0001.png", data / "images" / "demo_0001.png")  # a loop: blobfile's listing raised
+
+
+CASES.update({
+    "image symlinked to itself": (lambda e: _train(e, str(e / "ok.yaml"), *_broken_data(e, "d5", _self_link)),
+                                  "demo_0001.png: cannot read file ("),
+    "make-demo-data --image_size 60000": (lambda e: ["make-demo-data", str(e / "huge"), "--image_size", "60000"],
+                                          "image_size must be at most 4096 (the largest model.image_size), "
+                                          "got 60000"),
+})
+DATA_CASES.add("image symlinked to itself")
+
+
 def _cut(env):
     src = sorted((env / "run" / "checkpoint").glob("ckpt_*.pt"))[-1]
     dst = env / "cut.pt"

@@ -309,7 +309,7 @@ def format_report(report: Report) -> list[str]:
     if report.notes:
         lines.append(f"notes: {len(report.notes)}")
         lines += [f"  {n}" for n in report.notes]
-    if report.size:
+    if report.size and report.pairs:
         s = report.size
         lines.append(f"masks at the training size {s}x{s}: " + (f"{len(report.shrunk)} lose most of a class"
                      if report.shrunk else "every class keeps at least half its area"))

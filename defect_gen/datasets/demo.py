@@ -32,6 +32,7 @@ import math
 import blobfile as bf
 import numpy as np
 
+from defect_gen.config import MAX_IMAGE_SIZE
 from defect_gen.errors import DataError
 from defect_gen.io import write_png
 from defect_gen.masks import class_pixel_counts
@@ -247,6 +248,9 @@ def make_demo_data(
         raise DataError(
             f"{out_dir}: image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}"
         )
+    if image_size > MAX_IMAGE_SIZE:  # 60000 px would need 10 GB per image before failing
+        raise DataError(f"{out_dir}: image_size must be at most {MAX_IMAGE_SIZE} (the largest model.image_size), "
+                        f"got {image_size}")
     _prepare_out_dir(out_dir, overwrite)
     rng = np.random.default_rng(seed)
     # Every class is the first defect of a third of the images, so each is well represented.

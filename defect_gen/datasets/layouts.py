@@ -26,6 +26,7 @@ class_folders    ROOT/<ClassFolder>/.../<stem>.jpg beside <stem>.png binary mask
 
 from __future__ import annotations
 
+import os
 import typing
 from dataclasses import dataclass, field
 
@@ -90,8 +91,14 @@ def _require_dir(path: str, layout: str, expected: str) -> None:
         raise DataError(f"dataset folder not found: {path} (layout '{layout}' expects {expected})")
 
 
+def _listdir(folder: str) -> list[str]:
+    """Names in a folder. Local folders use os.listdir, which (unlike blobfile's scandir) does not
+    stat each entry, so a symlink loop is listed and then fails alone as an unreadable file."""
+    return os.listdir(folder) if "://" not in folder else bf.listdir(folder)
+
+
 def _subdirs(path: str) -> list[str]:
-    return sorted(n.rstrip("/") for n in bf.listdir(path) if bf.isdir(bf.join(path, n.rstrip("/"))))
+    return sorted(n.rstrip("/") for n in _listdir(path) if bf.isdir(bf.join(path, n.rstrip("/"))))
 
 
 def pair_folder(out: Listing, image_dir: str, images: list[str], mask_dir: str, masks: list[str],
@@ -120,13 +127,13 @@ def pair_folder(out: Listing, image_dir: str, images: list[str], mask_dir: str, 
 
 
 def _list_images(folder: str) -> list[str]:
-    return [n for n in bf.listdir(folder) if _is_image(n)] if bf.isdir(folder) else []
+    return [n for n in _listdir(folder) if _is_image(n)] if bf.isdir(folder) else []
 
 
 def _list_masks(folder: str) -> list[str]:
     if not bf.isdir(folder):
         return []
-    return [n for n in bf.listdir(folder) if n.lower().endswith(".png") and not n.startswith(".")]
+    return [n for n in _listdir(folder) if n.lower().endswith(".png") and not n.startswith(".")]
 
 
 # ---------------------------------------------------------------------------------------
