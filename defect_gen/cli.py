@@ -492,12 +492,19 @@ COMMANDS = {"paint": cmd_paint, "train": cmd_train, "sample": cmd_sample, "info"
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    fsutil.bound_remote_access()
     try:
         return COMMANDS[args.command](args)
     except DefectGenError as exc:
         if args.debug:
             raise
         print(f"defect-gen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # only the kinds named below are the user's; the rest are bugs
+        line = fsutil.remote_error_line(exc)
+        if args.debug or line is None:
+            raise
+        print(f"defect-gen {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"defect-gen {args.command}: interrupted", file=sys.stderr)

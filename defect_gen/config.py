@@ -157,7 +157,7 @@ def _coerce(value, tp, key: str):
         return _coerce(value, inner, key)
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a {_type_name(tp)}, got {short_repr(value)}")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
@@ -169,7 +169,7 @@ def _coerce(value, tp, key: str):
         str: lambda v: isinstance(v, str),
     }[tp](value)
     if not ok:
-        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {short_repr(value)}")
     if tp is float and not math.isfinite(value):  # .nan passes every `<= 0` check and ruins a run later
         raise ConfigError(f"config key '{key}': expected a finite number, got {value}")
     return float(value) if tp is float else value
@@ -178,19 +178,19 @@ def _coerce(value, tp, key: str):
 def _coerce_dict(value, tp, key: str) -> dict:
     """A mapping with string keys (YAML may read `1:` or `yes:` as other types: name the key)."""
     if not isinstance(value, dict):
-        raise ConfigError(f"config key '{key}': expected a {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected a {_type_name(tp)}, got {short_repr(value)}")
     _, value_tp = typing.get_args(tp)
     out = {}
     for k, v in value.items():
         if not isinstance(k, str):
-            raise ConfigError(f"config key '{key}': key {k!r} is not a string; quote it in the YAML")
+            raise ConfigError(f"config key '{key}': key {short_repr(k)} is not a string; quote it in the YAML")
         out[k] = _coerce(v, value_tp, f"{key}.{k}")
     return out
 
 
 def _build(cls, data, prefix: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"config section '{prefix or 'top level'}': expected a mapping, got {data!r}")
+        raise ConfigError(f"config section '{prefix or 'top level'}': expected a mapping, got {short_repr(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -213,13 +213,17 @@ def _positive(key: str, value) -> None:
 
 def _choice(key: str, value, allowed: tuple) -> None:
     if value not in allowed:
-        raise ConfigError(f"config key '{key}': expected one of {', '.join(allowed)}, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected one of {', '.join(allowed)}, got {short_repr(value)}")
 
 
 def _validate_data_values(cfg: Config) -> None:
     """The data section's single values (layout, mask type, selection sizes, load size)."""
     d = cfg.data
     _choice("data.layout", d.layout, DATA_LAYOUTS)
+    if "://" in d.root and not d.root.startswith(("gs://", "az://")):
+        # blobfile lists only gs:// and az:// folders; a web server has no folder listing to read.
+        raise ConfigError(f"config key 'data.root': {short_repr(d.root)} is not supported; expected a local "
+                          f"folder or a gs:// / az:// URL (download https:// data first)")
     _choice("data.mask_type", d.mask_type, ("auto", "index", "binary"))
     _choice("data.resize", d.resize, ("area", "bicubic"))
     if not 1 <= d.mask_threshold <= 255:
@@ -437,6 +441,12 @@ def read_yaml(path: str) -> dict:
             data = yaml.load(f, Loader=StrictLoader)
     except ConfigError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
+    except UnicodeDecodeError as exc:  # UTF-16 (a BOM), Latin-1 accents, a binary file
+        bad = exc.object[exc.start:exc.start + 1]
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start}: {bad!r}); save it as UTF-8") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"config file {path}: nested too deeply for a config (thousands of levels of [ or {{); "
+                          f"a config is at most a few levels deep") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -504,14 +514,16 @@ def _published_model(params: dict, variant: str, resolution) -> tuple[dict, int]
             raise ConfigError(f"model.params.{key} is not a parameter of the published UNet; known: "
                               f"{', '.join(sorted(known))}")
         if key in _PUBLISHED_FIXED and value != _PUBLISHED_FIXED[key]:
-            raise ConfigError(f"model.params.{key}: {value!r} is not supported, only {_PUBLISHED_FIXED[key]!r}")
+            raise ConfigError(f"model.params.{key}: {short_repr(value)} is not supported, "
+                              f"only {_PUBLISHED_FIXED[key]!r}")
     channels = params.get("in_channels", 3)
     if params.get("out_channels", channels) != channels or not isinstance(channels, int) or channels < 5:
         raise ConfigError(f"model.params.in_channels/out_channels: expected one equal count >= 5 (RGB, background, "
-                          f"defect classes), got {channels!r} and {params.get('out_channels')!r}")
+                          f"defect classes), got {short_repr(channels)} and {short_repr(params.get('out_channels'))}")
     size = params.get("image_size", resolution)
     if size is None or (resolution is not None and resolution != size):
-        raise ConfigError(f"model.params.image_size {size!r} and data.params.resolution {resolution!r}: "
+        raise ConfigError(f"model.params.image_size {short_repr(size)} and data.params.resolution "
+                          f"{short_repr(resolution)}: "
                           f"expected the sampling size, given once or equal")
     model = {key: params[key] for key in _PUBLISHED_SAME if key in params}
     # The published defaults where the YAML is silent (openaiunet: scale-shift norm on,
@@ -533,17 +545,17 @@ def _published_diffusion(section) -> dict:
     section = section or {}
     target = section.get("target", PUBLISHED_DIFFUSIONS[0])
     if target not in PUBLISHED_DIFFUSIONS:
-        raise ConfigError(f"diffusion.target {target!r}: expected one of {', '.join(PUBLISHED_DIFFUSIONS)}")
+        raise ConfigError(f"diffusion.target {short_repr(target)}: expected one of {', '.join(PUBLISHED_DIFFUSIONS)}")
     params = dict(section.get("params") or {})
     predict = params.pop("parameterization", "x0")
     schedule = params.pop("schedule", "cosine")
     steps = params.pop("num_timestep", 1000)
     if predict not in ("x0", "eps"):
-        raise ConfigError(f"diffusion.params.parameterization: expected x0 or eps, got {predict!r}")
+        raise ConfigError(f"diffusion.params.parameterization: expected x0 or eps, got {short_repr(predict)}")
     if schedule != "cosine" or params.get("cosine_s", 8e-3) != 8e-3:
         # Its "linear" is LDM's squared-sqrt schedule, not ours; refusing beats sampling with the wrong one.
         raise ConfigError(f"diffusion.params.schedule: only the published cosine schedule (cosine_s 0.008) "
-                          f"is supported, got {schedule!r}")
+                          f"is supported, got {short_repr(schedule)}")
     unknown = sorted(set(params) - {"cosine_s", "linear_start", "linear_end"})
     if unknown:
         raise ConfigError(f"diffusion.params.{unknown[0]} is not a parameter of the published diffusion")
@@ -561,7 +573,7 @@ def from_published_yaml(path: str) -> Config:
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     target = model.get("target")
     if target not in PUBLISHED_TARGETS:
-        raise ConfigError(f"{path}: model.target {target!r} is not a published Defect-Gen network; expected "
+        raise ConfigError(f"{path}: model.target {short_repr(target)} is not a published Defect-Gen network; expected "
                           f"one of {', '.join(PUBLISHED_TARGETS)}")
     data_section = data.get("data") if isinstance(data.get("data"), dict) else {}
     resolution = (data_section.get("params") or {}).get("resolution")

@@ -7,12 +7,15 @@ from MPI and rank 0 broadcasts a free port, as guided-diffusion did. Otherwise: 
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from defect_gen.errors import DefectGenError
 
 
 @dataclass(frozen=True)
@@ -49,16 +52,55 @@ def _mpi_env() -> tuple[int, int, int, str, int] | None:
     return comm.Get_rank(), comm.Get_size(), local, addr, port
 
 
+# How long the processes of a launch wait for each other at start-up. A launch with a rank
+# missing (WORLD_SIZE=2 but one process started) would otherwise wait as long as a collective
+# may (30 min), silently; collectives themselves keep torch's default timeout.
+RENDEZVOUS_TIMEOUT_S = 300
+
+
+def _env_int(name: str, default: int) -> int:
+    """An integer launcher variable (torchrun's contract), checked: one line if it is not one."""
+    text = os.environ.get(name, str(default))
+    if not text.strip().isdigit():
+        raise DefectGenError(f"environment variable {name}={text[:40]!r}: expected a non-negative integer "
+                             f"(torchrun sets it; unset WORLD_SIZE to run as one process)")
+    return int(text)
+
+
+def _rendezvous(world: int, rank: int):
+    """The store every rank of a hand launch (WORLD_SIZE/RANK/MASTER_ADDR/MASTER_PORT set by
+    the user) meets at: rank 0 hosts it and waits at most RENDEZVOUS_TIMEOUT_S for the rest.
+    (Under torchrun its agent has already gathered every rank before starting them.)"""
+    addr = os.environ.get("MASTER_ADDR")
+    port = _env_int("MASTER_PORT", 0)
+    if not addr or not port:
+        raise DefectGenError(f"WORLD_SIZE={world} needs MASTER_ADDR and MASTER_PORT (the address of rank 0); "
+                             f"torchrun sets them")
+    timeout = datetime.timedelta(seconds=RENDEZVOUS_TIMEOUT_S)
+    try:
+        return dist.TCPStore(addr, port, world, is_master=rank == 0, timeout=timeout, wait_for_workers=True)
+    except RuntimeError as exc:  # DistStoreError / DistNetworkError: a rank that never came
+        raise DefectGenError(f"rank {rank} of WORLD_SIZE={world} waited {RENDEZVOUS_TIMEOUT_S} s at "
+                             f"{addr}:{port} for the other ranks, which did not all join "
+                             f"({' '.join(str(exc).split())[:100]}); start every rank (torchrun does), "
+                             f"or unset WORLD_SIZE to run as one process") from None
+
+
 def init(device_type: str) -> DistInfo:
     """Join (or skip) the process group; NCCL on CUDA, gloo on CPU."""
     if dist.is_available() and dist.is_initialized():
         return info()
     backend = "nccl" if device_type == "cuda" else "gloo"
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        local = int(os.environ.get("LOCAL_RANK", 0))
+    if "WORLD_SIZE" in os.environ and _env_int("WORLD_SIZE", 1) > 1:
+        world, rank, local = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+        if rank >= world:
+            raise DefectGenError(f"environment variable RANK={rank}: expected 0..{world - 1} (WORLD_SIZE={world})")
         if device_type == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend, init_method="env://")
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
+            dist.init_process_group(backend, init_method="env://")  # torchrun gathered every rank already
+        else:
+            dist.init_process_group(backend, store=_rendezvous(world, rank), rank=rank, world_size=world)
         return DistInfo(dist.get_rank(), dist.get_world_size(), local)
     mpi = _mpi_env()
     if mpi is not None:

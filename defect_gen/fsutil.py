@@ -140,3 +140,25 @@ def json_safe(obj):
 
 def atomic_write_json(path: str, obj, indent: int | None = 1) -> None:
     atomic_write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")
+
+
+# blobfile retries a failed request forever by default: without network a gs:// data.root
+# would print retry notes (or nothing) and never end. A few tries with timeouts, then a
+# blobfile error that `cli.main` turns into one line.
+REMOTE_TRIES = 3
+
+
+def bound_remote_access() -> None:
+    import blobfile as bf
+
+    bf.configure(retry_limit=REMOTE_TRIES, connect_timeout=10, read_timeout=30, log_callback=lambda message: None)
+
+
+def remote_error_line(exc: BaseException) -> str | None:
+    """One line for an error raised by blobfile (gs://, az://), None for any other error."""
+    if not type(exc).__module__.startswith("blobfile"):
+        return None
+    text = " ".join(str(exc).split())
+    reason = text.split("message=", 1)[-1].split(", request=")[0]
+    return (f"remote storage request failed after {REMOTE_TRIES} tries: {reason[:200]}; check the URL "
+            f"(data.root), credentials and network")

@@ -10,6 +10,7 @@ drawn over it (a file without the tag is returned as stored).
 
 import math
 import os
+import stat
 import uuid
 from io import BytesIO
 
@@ -39,6 +40,10 @@ def _open_image(path) -> Image.Image:
     """Read and fully decode an image file; every failure becomes a DataError."""
     path = os.fspath(path)
     try:
+        # Opening a FIFO (or a device) waits for a writer that never comes: refuse anything
+        # that is not a regular file before opening it.
+        if _is_local(path) and os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            raise DataError(f"{path}: not a regular file (a FIFO, socket or device); expected an image file")
         with bf.BlobFile(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:

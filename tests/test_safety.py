@@ -310,3 +310,113 @@ def test_disk_full_while_sampling_is_one_line(models, tmp_path, capsys, monkeypa
     code, err, _ = _run(capsys, _sample(models, tmp_path / "s"))
     _one_line(code, err, f"cannot write {tmp_path / 's' / 'images' / 'sample_000000.png'} (--sample_dir): No space "
                          f"left on device; free some space")
+
+
+# -- item 16: bounded waits; item 17: configs and launch variables that used to be tracebacks --
+
+
+def _yaml(tmp_path, name, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+BAD_CONFIGS = {
+    "UTF-16": ("model: {image_size: 16}\n".encode("utf-16"), "not UTF-8 text (byte 0: b'\\xff'); save it as UTF-8"),
+    "Latin-1": ("# café\nmodel: {image_size: 16}\n".encode("latin-1"), "not UTF-8 text (byte 5: b'\\xe9')"),
+    "nested 5000 deep": (b"model: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply for a config"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_unreadable_config_text_is_one_line(tmp_path, capsys, case):
+    data, needle = BAD_CONFIGS[case]
+    cfg = _yaml(tmp_path, "c.yaml", data)
+    code, err, _ = _run(capsys, ["info", "--config", cfg, "--num_defect", "1"])
+    _one_line(code, err, f"config file {cfg}: {needle}")
+
+
+def test_billion_laughs_value_is_named_briefly(tmp_path, capsys):
+    levels = ["&l0 [x, x, x, x, x, x, x, x, x]"] + [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]"
+                                                    for i in range(1, 9)]
+    cfg = _yaml(tmp_path, "c.yaml", ("train:\n  lr: [" + ", ".join(levels) + "]\n").encode())
+    code, err, _ = _run(capsys, ["info", "--config", cfg, "--num_defect", "1"])  # 9^9 items if repr()'d
+    _one_line(code, err, "config key 'train.lr': expected float, got [['x', 'x'")
+    assert len(err[0]) < 400
+
+
+def test_https_data_root_is_refused(tmp_path, capsys, train_cfg):
+    code, err, _ = _run(capsys, _train(train_cfg, tmp_path / "w", "--set", "data.root=https://example.com/data"))
+    _one_line(code, err, "config key 'data.root': 'https://example.com/data' is not supported; expected a local "
+                         "folder or a gs:// / az:// URL")
+
+
+def test_unreachable_gs_root_ends_with_one_line(train_cfg):
+    import subprocess
+    import sys
+    import time
+
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "defect_gen", "data", "check", "--config", train_cfg, "--set",
+                           "data.root=gs://defect-gen-no-such-bucket/x", "--no-progress"],
+                          capture_output=True, text=True, timeout=240)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr[-2000:]
+    assert err[0].startswith("defect-gen data: error: remote storage request failed after 3 tries: "), err
+    assert time.time() - start < 200
+
+
+def test_fifo_in_images_is_a_problem_not_a_hang(tmp_path, train_cfg):
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    make_demo_data(str(data), num_images=4, image_size=16, seed=0)
+    (data / "images" / "demo_0001.png").unlink()
+    os.mkfifo(data / "images" / "demo_0001.png")
+    proc = subprocess.run([sys.executable, "-m", "defect_gen", "data", "check", "--config", train_cfg, "--set",
+                           f"data.root={data}", "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert (f"{data / 'images' / 'demo_0001.png'}: not a regular file (a FIFO, socket or device); expected an "
+            f"image file") in proc.stdout + proc.stderr
+
+
+def test_world_size_that_is_not_a_number_is_one_line(train_cfg, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    code, err, _ = _run(capsys, _train(train_cfg, tmp_path / "w"))
+    _one_line(code, err, "environment variable WORLD_SIZE='abc': expected a non-negative integer")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_missing_rank_ends_the_wait_with_one_line(train_cfg, tmp_path, capsys, monkeypatch):
+    from defect_gen import dist_util
+
+    port = _free_port()
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(dist_util, "RENDEZVOUS_TIMEOUT_S", 2)
+    code, err, _ = _run(capsys, _train(train_cfg, tmp_path / "w"))
+    _one_line(code, err, f"rank 0 of WORLD_SIZE=2 waited 2 s at 127.0.0.1:{port} for the other ranks, which did "
+                         f"not all join")
+
+
+def test_a_hand_launch_with_every_rank_trains(train_cfg, tmp_path):
+    import subprocess
+    import sys
+
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "defect_gen", "train", "--config", train_cfg, "--work_dir",
+                               str(tmp_path / "w"), "--no-progress", "--set", "train.max_steps=1"],
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "RANK": str(rank),
+                                   "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    results = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results[0][1][-1500:] + results[1][1][-1500:]
+    assert ckpt_lib.latest(str(tmp_path / "w")).endswith("ckpt_00000001.pt")
