@@ -1,4 +1,4 @@
-"""The `defect-gen` command: train, sample, info, make-demo-data.
+"""The `defect-gen` command and its subcommands (see build_parser; --help lists them all).
 
 Only this module parses arguments. A `DefectGenError` (bad config, file, checkpoint, value)
 becomes one line on stderr and exit status 2; `--debug` shows the traceback instead.
@@ -177,12 +177,15 @@ def _add_paint(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="defect-gen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="defect-gen")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_sample, _add_info, _add_demo, _add_export, _add_data, _add_bench,
                 _add_evaluate, _add_paint):
         add(sub)
+    # Built from the subcommands themselves, so the summary never falls behind them.
+    parser.description = (f"Generate defect image + mask pairs with two diffusion models. Commands: "
+                          f"{', '.join(sub.choices)}; `defect-gen COMMAND --help` for each.")
     return parser
 
 
@@ -358,8 +361,12 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from defect_gen.datasets.demo import make_demo_data
 
-    summary = make_demo_data(args.dir, num_images=args.num_images, image_size=args.image_size,
-                             seed=args.seed, overwrite=args.overwrite)
+    fsutil.check_writable(args.dir, "make-demo-data DIR")
+    try:
+        summary = make_demo_data(args.dir, num_images=args.num_images, image_size=args.image_size,
+                                 seed=args.seed, overwrite=args.overwrite)
+    except OSError as exc:  # a full disk, a file in the way, a folder made read-only
+        raise fsutil.output_error(args.dir, exc, "make-demo-data DIR") from None
     print(f"wrote {summary['num_images']} demo pairs to {args.dir}")
     return 0
 
@@ -367,6 +374,9 @@ def cmd_demo(args) -> int:
 def cmd_export(args) -> int:
     from defect_gen.checkpoint import export_ema
 
+    fsutil.check_writable(args.out, "--out")
+    if os.path.isdir(args.out):
+        raise DefectGenError(f"--out {args.out} is a folder; expected the path of the .pt file to write")
     print(f"wrote {export_ema(args.src, args.out, args.rate)}")
     return 0
 
@@ -417,6 +427,7 @@ def cmd_evaluate(args) -> int:
     from defect_gen.evaluate.segmenter import SegSettings
 
     cfg = load_config(args.real, args.overrides)
+    fsutil.check_writable(args.out, "--out")  # before minutes of training segmenters
     size = args.image_size
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--batch_size", args.batch_size),
                         ("--width", args.width), ("--max_heldout", args.max_heldout or 1), ("--image_size", size)):
@@ -499,6 +510,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"defect-gen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A full disk or a read-only folder met wherever a command writes: the machine's
+        # doing, not a bug. Other OSErrors keep their traceback.
+        if args.debug or exc.errno not in fsutil.ENVIRONMENT_ERRNOS:
+            raise
+        print(f"defect-gen {args.command}: error: {fsutil.output_error('output', exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # only the kinds named below are the user's; the rest are bugs
         line = fsutil.remote_error_line(exc)

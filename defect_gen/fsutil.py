@@ -162,3 +162,20 @@ def remote_error_line(exc: BaseException) -> str | None:
     reason = text.split("message=", 1)[-1].split(", request=")[0]
     return (f"remote storage request failed after {REMOTE_TRIES} tries: {reason[:200]}; check the URL "
             f"(data.root), credentials and network")
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Refuse, in one line and before any work, an output path that cannot be created: a file
+    where a folder must go, or a read-only place. Nothing is created here."""
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+    if probe != os.path.abspath(path) and not os.path.isdir(probe):
+        raise DefectGenError(f"{flag} {path}: {probe} is a file, in the way of a folder; remove it or choose "
+                             f"another path")
+    if os.path.isdir(probe) and not os.access(probe, os.W_OK | os.X_OK):
+        raise DefectGenError(f"{flag} {path}: {probe} is not writable (read-only or no permission); choose a "
+                             f"writable folder")

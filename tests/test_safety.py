@@ -420,3 +420,74 @@ def test_a_hand_launch_with_every_rank_trains(train_cfg, tmp_path):
     results = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results[0][1][-1500:] + results[1][1][-1500:]
     assert ckpt_lib.latest(str(tmp_path / "w")).endswith("ckpt_00000001.pt")
+
+
+# -- item 17: outputs that cannot be written; item 22: results.json and --help ---------------
+
+
+def _output_cases(tmp_path, models):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    return {  # argv, and how the message names the output
+        "make-demo-data": (["make-demo-data", str(blocker / "demo")], f"make-demo-data DIR {blocker / 'demo'}"),
+        "export --out": (["export", str(models / "large"), "--out", str(blocker / "m.pt")],
+                         f"--out {blocker / 'm.pt'}"),
+        "evaluate --out": (["evaluate", "--real", "configs/demo_small.yaml", "--synthetic", str(tmp_path),
+                            "--out", str(blocker / "report")], f"--out {blocker / 'report'}"),
+    }
+
+
+@pytest.mark.parametrize("case", ["make-demo-data", "export --out", "evaluate --out"])
+@pytest.mark.parametrize("how", ["file in the way", "read-only"])
+def test_unwritable_outputs_are_one_line(models, tmp_path, capsys, monkeypatch, case, how):
+    argv, named = _output_cases(tmp_path, models)[case]
+    blocker = tmp_path / "blocker"
+    if how == "read-only":
+        blocker.unlink()
+        blocker.mkdir()
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(blocker) else real(p, mode))
+        needle = f"{blocker} is not writable (read-only or no permission); choose a writable folder"
+    else:
+        needle = f"{blocker} is a file, in the way of a folder"
+    code, err, _ = _run(capsys, argv)
+    _one_line(code, err, f"{named}: {needle}")
+
+
+def test_disk_full_while_writing_demo_data_is_one_line(tmp_path, capsys, monkeypatch):
+    def full(path, array):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("defect_gen.datasets.demo.write_png", full)
+    code, err, _ = _run(capsys, ["make-demo-data", str(tmp_path / "d"), "--num_images", "2", "--image_size", "16"])
+    _one_line(code, err, f"cannot write {tmp_path / 'd' / 'images' / 'demo_0000.png'} (make-demo-data DIR): No space "
+                         f"left on device; free some space")
+
+
+def test_results_json_writes_nan_as_null(tmp_path, monkeypatch):
+    from defect_gen.evaluate import report
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    numbers = {"IoU hole": float("nan"), "per_seed": [{"F1": float("inf")}]}
+    monkeypatch.setattr(report, "_json_ready", lambda r: numbers)
+    monkeypatch.setattr(report, "plot_ratio", stop)  # only results.json matters here
+    with pytest.raises(Stop):
+        report.write_report(None, str(tmp_path), "defect-gen evaluate ...")
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"IoU hole": None, "per_seed": [{"F1": None}]}
+
+
+def test_help_lists_every_subcommand(capsys):
+    from defect_gen.cli import COMMANDS
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    summary = text.split("Commands: ", 1)[1].split(";")[0]
+    assert sorted(summary.split(", ")) == sorted(COMMANDS)

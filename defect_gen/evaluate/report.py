@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import numpy as np
 
+from defect_gen import fsutil
 from defect_gen.evaluate.metrics import fmt
 from defect_gen.evaluate.data import class_counts
 from defect_gen.evaluate.run import COPY_PASTE, Results
@@ -158,8 +158,8 @@ def _json_ready(results: Results) -> dict:
 def write_report(results: Results, out_dir: str, command: str) -> str:
     """Write report.md, results.json and the plots into out_dir; return report.md's path."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(_json_ready(results), f, indent=1, allow_nan=True)
+    # NaN (a class absent from a split, an undefined precision) becomes null: JSON has no NaN.
+    fsutil.atomic_write_json(os.path.join(out_dir, "results.json"), _json_ready(results))
     plot_ratio(results, os.path.join(out_dir, "eval_miou_ratio.png"))
     area_files = plot_areas(results, out_dir)
     strips = {}
