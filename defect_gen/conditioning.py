@@ -83,6 +83,10 @@ def _binary_class(path: str, num_defect: int, classes: list[str] | None) -> int:
     folder = os.path.basename(os.path.dirname(path))
     if classes and folder in classes:
         return classes.index(folder) + 1
+    if folder == "combined":  # what `sample --layout mvtec` writes for pairs of several classes
+        raise DataError(f"--mask {path}: a binary 0/255 mask in combined/ (several classes) cannot say which "
+                        f"pixel is which class; use class-index masks (`sample --layout paired` or "
+                        f"defect_spectrum), or move it into a folder named after one class")
     known = f"({', '.join(classes)})" if classes else ""
     raise DataError(f"--mask {path}: a binary 0/255 mask, but its folder '{folder}' is none of the model's "
                     f"{num_defect} classes {known}; put it in a folder named after its class (as in "

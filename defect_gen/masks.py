@@ -242,6 +242,21 @@ def _area_average(values: np.ndarray, size: int, axis: int) -> np.ndarray:
     return np.moveaxis((at_edges[1:] - at_edges[:-1]) / (n / size), 0, axis)
 
 
+def _grow_within(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """The pixels of `allowed` 8-connected to `seed` (a flood fill, one dilation per step)."""
+    reached = seed & allowed
+    while True:
+        padded = np.pad(reached, 1)
+        grown = np.zeros_like(reached)
+        for dy in range(3):
+            for dx in range(3):
+                grown |= padded[dy:dy + reached.shape[0], dx:dx + reached.shape[1]]
+        grown &= allowed
+        if np.array_equal(grown, reached):
+            return reached
+        reached = grown
+
+
 def _keep_vanished_regions(out: np.ndarray, fractions: dict[int, np.ndarray]) -> None:
     """Give each region that the threshold wiped out its most-covered output pixels.
 
@@ -251,13 +266,15 @@ def _keep_vanished_regions(out: np.ndarray, fractions: dict[int, np.ndarray]) ->
     survives as a thin line or a dot instead of vanishing.
     """
     for cls, share in fractions.items():
-        labels, count = connected_components(share > 0)
-        for region in range(1, count + 1):
-            inside = labels == region
-            if (out[inside] == cls).any():
-                continue
-            peak = share[inside].max()
-            out[inside & (share >= 0.5 * peak) & (out == 0)] = cls
+        touched = share > 0
+        # regions holding a pixel of cls are fine; only the rest (usually a few pixels) is labelled
+        lost = touched & ~_grow_within(out == cls, touched)
+        if not lost.any():
+            continue
+        labels, count = connected_components(lost)
+        peaks = np.zeros(count + 1)
+        np.maximum.at(peaks, labels[lost], share[lost])
+        out[lost & (share >= 0.5 * peaks[labels]) & (out == 0)] = cls
 
 
 def resize_mask(index, size_hw: tuple[int, int], threshold: float = MASK_RESIZE_THRESHOLD) -> np.ndarray:
@@ -282,7 +299,8 @@ def resize_mask(index, size_hw: tuple[int, int], threshold: float = MASK_RESIZE_
     out = index
     if (small_h, small_w) != index.shape:
         fractions = {}
-        for cls in np.unique(index).tolist():
+        present = np.bincount(index.ravel()) if index.size else np.zeros(1, np.int64)  # O(N), unlike unique
+        for cls in np.nonzero(present)[0].tolist():
             if cls > 0:
                 share = _area_average((index == cls).astype(np.float64), small_h, 0)
                 fractions[cls] = _area_average(share, small_w, 1)

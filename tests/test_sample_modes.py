@@ -346,6 +346,9 @@ def test_mask_binary_masks_need_a_class_folder(tmp_path):
     with pytest.raises(DataError, match=r"m0.png: a binary 0/255 mask, but its folder 'typo' is none of the "
                                         r"model's 3 classes \(scratch, stain, hole\)"):
         _run(tmp_path, mask_dir=str(tmp_path / "gt"))
+    _write_masks(tmp_path / "gt2" / "combined", [_square(1) * 255])
+    with pytest.raises(DataError, match=r"m0.png: a binary 0/255 mask in combined/ \(several classes\) cannot say"):
+        _run(tmp_path, mask_dir=str(tmp_path / "gt2"))
 
 
 def test_min_defect_pixels_with_mask_names_the_masks_it_drops(tmp_path):
