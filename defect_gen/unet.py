@@ -270,9 +270,10 @@ def build_unet(cfg: ModelConfig, num_defect: int) -> UNetModel:
 
 @dataclass
 class ReceptiveField:
-    """Theoretical receptive field of one output pixel.
+    """Theoretical receptive field of an output pixel.
 
-    `conv_pixels` follows the convolutions along the deepest path (the widest one). Attention
+    `conv_pixels` is the widest region the convolutions connect to any one output pixel, over
+    every path (skips included; see `_conv_extent`). Attention
     (at any used rate, or in the middle block) makes every output depend on every input: then
     `is_global` is True and the effective field is the whole image.
     """
@@ -291,30 +292,49 @@ class ReceptiveField:
         return self.pixels / self.image_size
 
 
-def receptive_field(cfg: ModelConfig) -> ReceptiveField:
-    """Walk the deepest path through the network and grow the field as r += (k - 1) * jump.
+# How each layer widens the input interval [a, b] (at its own resolution) that an output
+# interval depends on: a 3x3 conv by one pixel each side, a ResBlock by two (its 1x1 skip is
+# narrower), a stride-2 3x3 conv with padding 1 maps q to 2q-1..2q+1, and Upsample (nearest x2,
+# then a 3x3 conv) maps fine pixel p to coarse pixel p // 2 after its conv.
+_BACK = {"conv": lambda a, b: (a - 1, b + 1), "res": lambda a, b: (a - 2, b + 2),
+         "down": lambda a, b: (2 * a - 1, 2 * b + 1), "up": lambda a, b: ((a - 1) // 2, (b + 1) // 2)}
 
-    jump is the input-pixel distance between neighbouring units: a stride-2 conv doubles it,
-    a nearest x2 upsample halves it (each fine unit copies one coarse unit). A ResBlock adds two
-    3x3 convs; its 1x1 skip is narrower, so the conv path decides.
+
+def _conv_extent(cfg: ModelConfig, p: int) -> int:
+    """Width of the input region the convolutions connect to output pixel p (unbounded image).
+
+    Follows every path back, the skips included: each decoder block adds the encoder feature
+    it concatenates. With floors and strides the region is not centred on p, so shallower
+    paths can reach past the deepest one on one side, and the width depends on p's position
+    modulo the total down-sampling.
     """
-    r, jump = 1, 1
-    r += 2 * jump  # input conv
-    levels = len(cfg.channel_mult)
-    used_ds, ds = set(), 1
+    levels, n = len(cfg.channel_mult), cfg.num_res_blocks
+    encoder = ["conv"]  # input_blocks, as the layer that sets each one's field
     for level in range(levels):
-        r += cfg.num_res_blocks * 4 * jump
-        used_ds.add(ds)
-        if level != levels - 1:
-            r += 2 * jump  # Downsample: 3x3 stride 2
-            jump, ds = jump * 2, ds * 2
+        encoder += ["res"] * n + (["down"] if level != levels - 1 else [])
+    upsamples = [bool(level) and i == n for level in reversed(range(levels)) for i in range(n + 1)]
+
+    def through_encoder(i: int, iv: tuple[int, int]) -> tuple[int, int]:
+        for kind in reversed(encoder[: i + 1]):
+            iv = _BACK[kind](*iv)
+        return iv
+
+    iv, parts = _BACK["conv"](p, p), []  # the output conv
+    for j in reversed(range(len(upsamples))):  # output_blocks, last first
+        iv = _BACK["res"](*(_BACK["up"](*iv) if upsamples[j] else iv))
+        parts.append(through_encoder(len(encoder) - 1 - j, iv))  # the skip it concatenates
     if cfg.middle_block:
-        r += 2 * 4 * jump
-    for level in reversed(range(levels)):
-        r += (cfg.num_res_blocks + 1) * 4 * jump
-        if level:
-            jump //= 2
-            r += 2 * jump  # Upsample: conv 3x3 at the finer resolution
-    r += 2 * jump  # output conv
+        parts.append(through_encoder(len(encoder) - 1, _BACK["res"](*_BACK["res"](*iv))))
+    return max(hi for _, hi in parts) - min(lo for lo, _ in parts) + 1
+
+
+def receptive_field(cfg: ModelConfig) -> ReceptiveField:
+    """The largest convolutional field of any output pixel, and whether attention makes it global.
+
+    The pattern of widths repeats every 2^(levels-1) pixels, so those positions are enough.
+    """
+    levels = len(cfg.channel_mult)
+    conv = max(_conv_extent(cfg, p) for p in range(2 ** (levels - 1)))
+    used_ds = {2**level for level in range(levels)}
     has_attention = cfg.middle_block or bool(used_ds & set(cfg.attention_downsample))
-    return ReceptiveField(conv_pixels=r, is_global=has_attention, image_size=cfg.image_size)
+    return ReceptiveField(conv_pixels=conv, is_global=has_attention, image_size=cfg.image_size)
