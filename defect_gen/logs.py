@@ -89,3 +89,15 @@ def bar(total: int, initial: int = 0, desc: str = "", unit: str = "it", enabled:
     if live():
         return tqdm(total=total, initial=initial, desc=desc, unit=unit)
     return PlainBar(total, initial, desc, unit)
+
+
+def iterate(items, desc: str, unit: str = "it", enabled: bool = True):
+    """`for x in iterate(items, ...)`: a transient tqdm bar on a terminal, plain lines elsewhere."""
+    items = list(items)
+    if not enabled or live():
+        yield from tqdm(items, desc=desc, unit=unit, disable=not enabled, leave=False)
+        return
+    with PlainBar(len(items), desc=desc, unit=unit) as plain:
+        for item in items:
+            yield item
+            plain.update(1)

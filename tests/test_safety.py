@@ -491,3 +491,9 @@ def test_help_lists_every_subcommand(capsys):
     text = " ".join(capsys.readouterr().out.split())
     summary = text.split("Commands: ", 1)[1].split(";")[0]
     assert sorted(summary.split(", ")) == sorted(COMMANDS)
+
+
+def test_data_bars_are_plain_lines_when_stderr_is_not_a_terminal(train_cfg, capsys):
+    code, err, _ = _run(capsys, ["data", "check", "--config", train_cfg])
+    assert code == 0 and "\r" not in "\n".join(err)
+    assert any(line.startswith("checking data: 4/4 pair (100%)") for line in err), err

@@ -19,8 +19,8 @@ import typing
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from defect_gen import logs
 from defect_gen.config import DataConfig
 from defect_gen.datasets.layouts import Problem, Record, find_records
 from defect_gen.errors import ConfigError, DataError
@@ -194,7 +194,7 @@ def check_dataset(cfg: DataConfig, on_pair: OnPair | None = None, progress: bool
     _check_kind(cfg, kind)
     listing = find_records(cfg)
     report = Report(cfg, kind, problems=list(listing.problems), size=size)
-    for rec in tqdm(listing.records, desc="checking data", disable=not progress, leave=False):
+    for rec in logs.iterate(listing.records, "checking data", "pair", enabled=progress):
         try:
             image, mask = read_pair(rec, cfg, kind, report.notes)
         except DataError as exc:

@@ -27,9 +27,8 @@ import blobfile as bf
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
-from defect_gen import dist_util
+from defect_gen import dist_util, logs
 from defect_gen.config import DataConfig
 from defect_gen.datasets.check import PairStats, Report, check_dataset, read_pair
 from defect_gen.datasets.layouts import Problem
@@ -228,7 +227,7 @@ class DefectDataset:
             + (f"; {len(report.notes)} notes, see `defect-gen data check`" if report.notes else ""))
         report_shrunk(report, self.records, log)
         pairs = []
-        for rec in tqdm(self.records, desc="loading data", disable=not progress, leave=False):
+        for rec in logs.iterate(self.records, "loading data", "pair", enabled=progress):
             pair = cache.get(rec)
             pairs.append(pair if pair is not None else self._prepare(*read_pair(rec, cfg, report.kind)))
         if self.native:  # photos keep their own sizes: one tensor per pair
