@@ -364,3 +364,24 @@ def test_min_defect_pixels_with_mask_names_the_masks_it_drops(tmp_path):
                       f"--mask {folder}: --min-defect-pixels 2 dropped small regions from 2 masks at 16x16 px, "
                       f"1 of them entirely; left out (empty after it, --keep-empty keeps them): m1.png; "
                       f"2 masks are used, in name order"]
+
+
+def test_a_local_large_model_and_a_global_small_one_look_swapped():
+    # Issue 12 item 1: models trained on every timestep pass the window check; their shapes still tell.
+    local = Config(model=ModelConfig(image_size=SIZE, model_channels=32, channel_mult=[1, 2], attention_downsample=[],
+                                     middle_block=False), data=DataConfig(classes=list(CLASSES)))
+    glob = Config(model=ModelConfig(image_size=SIZE), data=DataConfig(classes=list(CLASSES)))
+    small_net, large_net = sample.LoadedModel(None, local, "small.pt"), sample.LoadedModel(None, glob, "large.pt")
+    sample.check_roles(large_net, small_net, [999, 500], [499, 0], 500)
+    with pytest.raises(ConfigError, match="look swapped: small.pt has a local receptive field"):
+        sample.check_roles(small_net, large_net, [999, 500], [499, 0], 500)
+    sample.check_roles(small_net, large_net, [], [999, 0], 1000)  # one model alone serves every step
+
+
+def test_mask_larger_than_the_model_keeps_a_thin_crack(tmp_path):
+    """Issue 12 item 7: --mask masks were resized nearest, so a 1 px crack at 4x vanished."""
+    big = np.zeros((4 * SIZE, 4 * SIZE), np.uint8)
+    big[:, 9] = 2  # nearest at 64 -> 16 samples columns 2, 6, 10, ...: never column 9
+    _write_masks(tmp_path / "given", [big])
+    (given,) = conditioning.read_masks(str(tmp_path / "given"), SIZE, 3, 0, False, classes=list(CLASSES))
+    assert given.index[:, 2].tolist() == [2] * SIZE and int((given.index > 0).sum()) == SIZE
