@@ -113,3 +113,11 @@ def test_info_prints_receptive_field(capsys):
     assert main(["info", "--config", "configs/demo_small.yaml", "--num_defect", "3"]) == 0
     out = capsys.readouterr().out
     assert "receptive field:  45 px" in out and "parameters:" in out and "forward GFLOPs:" in out
+
+
+def test_info_at_the_largest_size_allocates_nothing(capsys):
+    # Issue 12 (A): info ran a real forward pass (2 GB per feature map at 4096 px); now on the meta device.
+    assert main(["info", "--config", "configs/demo_large.yaml", "--num_defect", "3",
+                 "--set", "model.image_size=4096"]) == 0
+    out = capsys.readouterr().out
+    assert "image size:       4096 px" in out and "forward GFLOPs:" in out
