@@ -341,7 +341,6 @@ def cmd_info(args) -> int:
     from defect_gen.unet import build_unet, num_channels, receptive_field
 
     cfg = resolve_num_defect(load_config(args.config, args.overrides), args.num_defect)
-    model = build_unet(cfg.model, cfg.num_defect).eval()
     size = cfg.model.image_size
     # On the meta device: shapes and FLOPs without weights or activations (a 256 px large
     # config in 5 s instead of 22 s and gigabytes, and any size fits).
@@ -350,7 +349,7 @@ def cmd_info(args) -> int:
         x = torch.zeros(1, num_channels(cfg.num_defect), size, size)
         t = torch.zeros(1, dtype=torch.long)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, torch.zeros(1, dtype=torch.long))
+        model(x, t)
     rf = receptive_field(cfg.model)
     params = sum(p.numel() for p in model.parameters())
     scope = "global (attention)" if rf.is_global else f"{rf.pixels} px"
