@@ -239,8 +239,9 @@ def check_roles(large: LoadedModel | None, small: LoadedModel | None, large_step
     flags = "(--allow-model-mismatch to run anyway)"
     bad_large, bad_small = _outside(large, large_steps), _outside(small, small_steps)
     if bad_large and bad_small and not _outside(large, small_steps) and not _outside(small, large_steps):
+        (a, b), (c, d) = _window(large), _window(small)
         raise ConfigError(f"--large_recep and --small_recep look swapped: {large.path} was trained on t in "
-                          f"{list(_window(large))} and {small.path} on {list(_window(small))}; exchange them {flags}")
+                          f"[{a}, {b}) and {small.path} on [{c}, {d}); exchange them {flags}")
     for role, m, steps, bad in (("large", large, large_steps, bad_large), ("small", small, small_steps, bad_small)):
         if bad:
             lo, hi = _window(m)
