@@ -75,14 +75,23 @@ def list_mask_files(folder: str) -> list[str]:
     return sorted(found)
 
 
-def _binary_class(path: str, num_defect: int, classes: list[str] | None) -> int:
+def folder_classes_of(classes: list[str] | None, folder_classes: dict[str, str] | None) -> dict[str, int]:
+    """Folder name -> class index: each class's own name, and the model's data.folder_classes
+    (so MVTec's broken_small/ or magnetic tile's MT_Crack/ name their class as in training)."""
+    classes = classes or []
+    names = {name: i + 1 for i, name in enumerate(classes)}
+    names.update({f: classes.index(c) + 1 for f, c in (folder_classes or {}).items() if c in classes})
+    return names
+
+
+def _binary_class(path: str, num_defect: int, classes: list[str] | None, folders: dict[str, int]) -> int:
     """The class of a binary 0/255 mask: the only one, or the one its folder is named after
     (MVTec's ground_truth/<type>/)."""
     if num_defect == 1:
         return 1
     folder = os.path.basename(os.path.dirname(path))
-    if classes and folder in classes:
-        return classes.index(folder) + 1
+    if folder in folders:
+        return folders[folder]
     if folder == "combined":  # what `sample --layout mvtec` writes for pairs of several classes
         raise DataError(f"--mask {path}: a binary 0/255 mask in combined/ (several classes) cannot say which "
                         f"pixel is which class; use class-index masks (`sample --layout paired` or "
@@ -93,11 +102,13 @@ def _binary_class(path: str, num_defect: int, classes: list[str] | None) -> int:
                     f"ground_truth/<class>/), or give class-index masks (0 background, 1..{num_defect})")
 
 
-def _mask_at_size(path: str, size: int, num_defect: int, classes: list[str] | None = None) -> np.ndarray:
+def _mask_at_size(path: str, size: int, num_defect: int, classes: list[str] | None = None,
+                  folders: dict[str, int] | None = None) -> np.ndarray:
     mask = read_mask(path)
     values = set(np.unique(mask).tolist())
     if values <= {0, 255} and 255 in values:  # a binary mask (MVTec style)
-        mask = (mask > 0).astype(np.uint8) * np.uint8(_binary_class(path, num_defect, classes))
+        folders = folder_classes_of(classes, None) if folders is None else folders
+        mask = (mask > 0).astype(np.uint8) * np.uint8(_binary_class(path, num_defect, classes, folders))
     elif max(values) > num_defect:
         raise DataError(f"--mask {path}: holds value {max(values)}; expected class indices 0..{num_defect} "
                         f"(0 background, 1..{num_defect} the model's classes)")
@@ -116,19 +127,21 @@ def _some(names: list[str]) -> str:
 
 
 def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_empty: bool,
-               classes: list[str] | None = None, log=_stderr) -> list[GivenMask]:
+               classes: list[str] | None = None, folder_classes: dict[str, str] | None = None,
+               log=_stderr) -> list[GivenMask]:
     """The masks of --mask DIR (see `mask_root`), resized (`resize_mask`) to the model's size.
 
     Class-index masks are taken as they are; binary 0/255 masks get the class their folder is
-    named after (`classes`: the model's class names). Regions under `min_pixels` are dropped
+    named after (`classes`: the model's class names, and its data.folder_classes). Regions under `min_pixels` are dropped
     first, so the model is never asked to paint a speck the written mask would not show;
     masks left empty are skipped (and named) unless `keep_empty`, so pair i uses the i-th
     mask that is kept.
     """
     folder = mask_root(folder)
+    folders = folder_classes_of(classes, folder_classes)
     masks, empty, emptied, trimmed = [], [], [], 0
     for path in list_mask_files(folder):
-        raw = _mask_at_size(path, size, num_defect, classes)
+        raw = _mask_at_size(path, size, num_defect, classes, folders)
         index = drop_small_regions(raw, min_pixels)
         trimmed += int(index.any() and not np.array_equal(index, raw))
         if keep_empty or index.any():

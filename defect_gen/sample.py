@@ -381,7 +381,7 @@ def resolve_sampler(s: SampleSettings, large: LoadedModel | None, small: LoadedM
 def make_conditioner(s: SampleSettings, cfg: Config) -> conditioning.Conditioner:
     size, k = cfg.model.image_size, cfg.num_defect
     masks = s.mask_dir and conditioning.read_masks(s.mask_dir, size, k, s.min_defect_pixels, s.keep_empty,
-                                                   classes=cfg.data.classes)
+                                                   classes=cfg.data.classes, folder_classes=cfg.data.folder_classes)
     goods = s.good_dir and conditioning.list_good_images(s.good_dir)
     place = s.place or ("random" if s.good_dir and not s.mask_dir else "as-is")
     return conditioning.Conditioner(masks or None, goods or None, size, k, place)

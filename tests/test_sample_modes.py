@@ -385,3 +385,13 @@ def test_mask_larger_than_the_model_keeps_a_thin_crack(tmp_path):
     _write_masks(tmp_path / "given", [big])
     (given,) = conditioning.read_masks(str(tmp_path / "given"), SIZE, 3, 0, False, classes=list(CLASSES))
     assert given.index[:, 2].tolist() == [2] * SIZE and int((given.index > 0).sum()) == SIZE
+
+
+def test_mask_binary_masks_take_the_class_their_folder_maps_to(tmp_path):
+    """ground_truth/<class>/ by name, or through the model's data.folder_classes (MVTec's broken_small/)."""
+    _write_masks(tmp_path / "ground_truth" / "hole", [_square(1) * 255])
+    _write_masks(tmp_path / "ground_truth" / "MT_Stain", [_square(1, top=8) * 255])
+    masks = conditioning.read_masks(str(tmp_path), SIZE, 3, 0, False, classes=list(CLASSES),
+                                    folder_classes={"MT_Stain": "stain"})
+    assert [(os.path.relpath(m.path, tmp_path), int(m.index.max())) for m in masks] == [
+        ("ground_truth/MT_Stain/m0.png", 2), ("ground_truth/hole/m0.png", 3)]
