@@ -529,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"defect-gen {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"defect-gen {args.command}: interrupted", file=sys.stderr)
+        # What survives the interruption, where there is something to pick up again.
+        hint = {"sample": "; the pairs written so far are kept: add --resume to the same command to finish"}
+        print(f"defect-gen {args.command}: interrupted{hint.get(args.command, '')}", file=sys.stderr)
         return 130
 
 

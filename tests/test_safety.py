@@ -497,3 +497,13 @@ def test_data_bars_are_plain_lines_when_stderr_is_not_a_terminal(train_cfg, caps
     code, err, _ = _run(capsys, ["data", "check", "--config", train_cfg])
     assert code == 0 and "\r" not in "\n".join(err)
     assert any(line.startswith("checking data: 4/4 pair (100%)") for line in err), err
+
+
+def test_interrupted_sampling_says_how_to_finish(models, tmp_path, capsys, monkeypatch):
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writers, "write_png", interrupt)
+    code, err, _ = _run(capsys, _sample(models, tmp_path / "s"))
+    assert code == 130 and err == ["defect-gen sample: interrupted; the pairs written so far are kept: add --resume "
+                                   "to the same command to finish"]
