@@ -132,8 +132,9 @@ def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_em
     """The masks of --mask DIR (see `mask_root`), resized (`resize_mask`) to the model's size.
 
     Class-index masks are taken as they are; binary 0/255 masks get the class their folder is
-    named after (`classes`: the model's class names, and its data.folder_classes). Regions under `min_pixels` are dropped
-    first, so the model is never asked to paint a speck the written mask would not show;
+    named after (`classes`: the model's class names, and its data.folder_classes). Regions
+    under `min_pixels` are dropped first, so the model is never asked to paint a speck the
+    written mask would not show;
     masks left empty are skipped (and named) unless `keep_empty`, so pair i uses the i-th
     mask that is kept.
     """

@@ -80,8 +80,9 @@ def read_mask(path, one_bit_value: int = 1) -> np.ndarray:
 
     'L' and 'P' images keep their stored values (for 'P' the palette *indices*, not colours);
     a 1-bit ('1') image gives 0 / `one_bit_value`: 1 where it holds class indices, 255 where
-    masks are thresholded (0/1 would fall under any threshold). An RGB(A) image is accepted only if its three channels are equal; colour
-    masks must be read with `read_mask_rgb` and mapped to classes through a palette.
+    masks are thresholded (0/1 would fall under any threshold). An RGB(A) image is accepted
+    only if its three channels are equal; colour masks must be read with `read_mask_rgb` and
+    mapped to classes through a palette.
     """
     path = os.fspath(path)
     image = _open_image(path)

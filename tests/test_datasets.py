@@ -305,7 +305,8 @@ def test_defect_spectrum_folder_must_be_a_class_and_its_masks_must_hold_it(tmp_p
     assert left_out.problems[0].message == (
         f"folder {cat / 'image' / 'fray'}: 'fray' is not a class in data.classes ['crack', 'uneven', 'x']; "
         f"map it with data.folder_classes or list it in data.good_folders")
-    swapped = check_dataset(DataConfig(root=str(tmp_path), layout="defect_spectrum", classes=["uneven", "crack", "fray"]))
+    swapped = check_dataset(DataConfig(root=str(tmp_path), layout="defect_spectrum",
+                                       classes=["uneven", "crack", "fray"]))
     assert [p.message for p in swapped.problems] == [
         f"mask {cat / 'mask' / 'crack' / 'a_mask.png'} is in folder 'crack' (class 'crack', mask value 2) but holds "
         f"only 1 ('uneven'); data.classes must list the classes in the order of their mask values (value i = the "
