@@ -103,8 +103,12 @@ def test_cli_errors_are_one_line_with_nonzero_exit(run, tmp_path):
 
 
 def test_small_only_needs_no_large_model(run, tmp_path):
+    # demo_small trains on t < 400: serving every step takes the override (issue 12 item 1)
     assert main(["sample", "--small_recep", str(run / "small"), "--step_inference", "1000", "--sample_dir",
-                 str(tmp_path / "s"), "--num_samples", "1", "--steps", "3", "--no-progress"]) == 0
+                 str(tmp_path / "s"), "--num_samples", "1", "--steps", "3", "--no-progress"]) == 2
+    assert main(["sample", "--small_recep", str(run / "small"), "--step_inference", "1000", "--sample_dir",
+                 str(tmp_path / "s"), "--num_samples", "1", "--steps", "3", "--no-progress",
+                 "--allow-model-mismatch"]) == 0
     assert main(["sample", "--small_recep", str(run / "small"), "--step_inference", "500", "--sample_dir",
                  str(tmp_path / "t"), "--num_samples", "1", "--steps", "3", "--no-progress"]) == 2
 
