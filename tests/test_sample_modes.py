@@ -395,3 +395,12 @@ def test_mask_binary_masks_take_the_class_their_folder_maps_to(tmp_path):
                                     folder_classes={"MT_Stain": "stain"})
     assert [(os.path.relpath(m.path, tmp_path), int(m.index.max())) for m in masks] == [
         ("ground_truth/MT_Stain/m0.png", 2), ("ground_truth/hole/m0.png", 3)]
+
+
+def test_plan_reports_the_steps_added_for_the_hand_over(tmp_path):
+    # Issue 12 item 5: `--steps 10` reported 11 steps without saying why
+    s = sample.SampleSettings(sample_dir=str(tmp_path), step_inference=200, steps=50, sampler="ddpm")
+    plan = sample.make_plan(_model(), _model(), s, torch.device("cpu"))
+    assert plan.description == "52 steps (41 large, 11 small; 200, 199 added to the 50-step grid)"
+    s.steps = 1000
+    assert sample.make_plan(_model(), _model(), s, torch.device("cpu")).description == "1000 steps (800 large, 200 small)"
