@@ -36,7 +36,7 @@ from defect_gen import writers
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.gaussian_diffusion import GaussianDiffusion
 from defect_gen.io import read_image
-from defect_gen.masks import image_to_uint8, one_hot, uint8_to_image
+from defect_gen.masks import image_to_uint8, one_hot, resize_mask, uint8_to_image
 from defect_gen.respace import space_timesteps
 from defect_gen.samplers import KnownRegion, known_region_sampler
 
@@ -139,7 +139,7 @@ def transform_defect(src: Source, rng: np.random.Generator, scale_range: tuple[f
     scale = rng.uniform(*scale_range)
     scale = min(scale, fit[0] / mask.shape[0], fit[1] / mask.shape[1])
     size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
-    mask = np.asarray(Image.fromarray(np.ascontiguousarray(mask)).resize(size, Image.NEAREST))
+    mask = resize_mask(np.ascontiguousarray(mask), (size[1], size[0]))  # thin cracks survive shrinking
     pixels = np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).resize(size, Image.BICUBIC))
     return mask, pixels
 
@@ -280,7 +280,11 @@ def _preview_cell(photo: np.ndarray, rgb: np.ndarray, mask: np.ndarray, size: in
     top = int(min(max(rows.mean() - side / 2, 0), h - side)) if len(rows) else 0
     left = int(min(max(cols.mean() - side / 2, 0), w - side)) if len(cols) else 0
     crop = (slice(top, top + side), slice(left, left + side))
-    return rgb[crop], mask[crop], photo[crop]
+    cells = rgb[crop], mask[crop], photo[crop]
+    if side < size:  # a photo smaller than a cell: enlarge, the grid needs equal cells
+        cells = tuple(np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((size, size), Image.NEAREST))
+                      for c in cells)
+    return cells
 
 
 def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintSettings, log=print) -> int:

@@ -307,7 +307,7 @@ def _crop_origin(centre: list[int], h: int, w: int, s: int) -> tuple[int, int]:
 def scale_pair(image: np.ndarray, mask: np.ndarray, scale: float, min_side: int,
                resample: str) -> tuple[np.ndarray, np.ndarray]:
     """Scale a pair by `scale`, keeping its aspect ratio, and at least enough that its short
-    side holds one min_side crop (area or bicubic for the photo, nearest for the mask)."""
+    side holds one min_side crop (area or bicubic for the photo, `resize_mask` for the mask)."""
     h, w = mask.shape
     scale = max(scale, min_side / min(h, w))
     size = (max(min_side, round(w * scale)), max(min_side, round(h * scale)))
@@ -315,7 +315,7 @@ def scale_pair(image: np.ndarray, mask: np.ndarray, scale: float, min_side: int,
         return image, mask
     method = Image.BOX if resample == "area" and scale < 1 else Image.BICUBIC
     return (np.asarray(Image.fromarray(image).resize(size, method)),
-            np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST)))
+            resize_mask(mask, (size[1], size[0])))
 
 
 def augment(x: torch.Tensor, cfg: DataConfig, generator: torch.Generator) -> torch.Tensor:
