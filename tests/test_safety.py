@@ -362,7 +362,9 @@ def test_unreachable_gs_root_ends_with_one_line(train_cfg):
                           capture_output=True, text=True, timeout=240)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1, proc.stderr[-2000:]
-    assert err[0].startswith("defect-gen data: error: remote storage request failed after 3 tries: "), err
+    # without network (CI sandboxes): the bounded retries; with it, GCS answers that there is no such folder
+    assert err[0].startswith("defect-gen data: error: "), err
+    assert "remote storage request failed after 3 tries: " in err[0] or "gs://defect-gen-no-such-bucket" in err[0], err
     assert time.time() - start < 200
 
 
