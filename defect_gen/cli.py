@@ -234,8 +234,8 @@ def cmd_train(args) -> int:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler stopping the job, `kill`) ends training like Ctrl-C: the message
-    below says where it will resume, and a checkpoint being written is cleaned up."""
+    """SIGTERM (a scheduler stopping the job, `kill`) ends a run like Ctrl-C: the message says
+    how to pick it up again, and a checkpoint or PNG being written is cleaned up."""
     import signal
     import threading
 
@@ -301,7 +301,8 @@ def cmd_sample(args) -> int:
             raise ConfigError(f"--num_defect {args.num_defect} disagrees with {m.path}, "
                               f"which was trained with {m.cfg.num_defect} defect classes")
     try:
-        summary = generate(large, small, settings, device, progress=not args.no_progress)
+        with _sigterm_as_interrupt():  # a stopped job says, like Ctrl-C, how to finish it
+            summary = generate(large, small, settings, device, progress=not args.no_progress)
     finally:
         dist_util.cleanup()
     if dinfo.world_size > 1:

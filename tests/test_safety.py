@@ -509,3 +509,23 @@ def test_interrupted_sampling_says_how_to_finish(models, tmp_path, capsys, monke
     code, err, _ = _run(capsys, _sample(models, tmp_path / "s"))
     assert code == 130 and err == ["defect-gen sample: interrupted; the pairs written so far are kept: add --resume "
                                    "to the same command to finish"]
+
+
+def test_sigterm_during_sampling_says_how_to_finish(models, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "s"
+    argv = [sys.executable, "-m", "defect_gen", *_sample(models, out, "--num_samples", "400", "--batch_size", "1")]
+    proc = subprocess.Popen(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline, manifest = time.time() + 60, out / "manifest.jsonl"
+    while time.time() < deadline and not (manifest.exists() and manifest.stat().st_size):  # a pair is written
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-1500:]
+    assert err.strip().splitlines()[-1] == ("defect-gen sample: interrupted; the pairs written so far are kept: add "
+                                            "--resume to the same command to finish")
