@@ -410,14 +410,16 @@ StrictLoader.add_implicit_resolver(
 def parse_override(text: str) -> tuple[list[str], object]:
     """'section.key=value' -> (['section', 'key'], value); the value is read as YAML."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected section.key=value")
+        raise ConfigError(f"--set {short_repr(text)}: expected section.key=value")
     key, raw = text.split("=", 1)
     try:
         value = yaml.load(raw, Loader=StrictLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+        raise ConfigError(f"--set {short_repr(text)}: value is not valid YAML ({exc.__class__.__name__})") from None
     except ConfigError as exc:
-        raise ConfigError(f"--set {text!r}: {exc}") from None
+        raise ConfigError(f"--set {short_repr(text)}: {exc}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"--set {short_repr(text)}: value nested too deeply for a config") from None
     return key.strip().split("."), value
 
 
@@ -428,7 +430,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {text!r}: '{part}' is not a section")
+                raise ConfigError(f"--set {short_repr(text)}: '{part}' is not a section")
         node[path[-1]] = value
     return data
 

@@ -529,3 +529,13 @@ def test_sigterm_during_sampling_says_how_to_finish(models, tmp_path):
     assert proc.returncode == 130, err[-1500:]
     assert err.strip().splitlines()[-1] == ("defect-gen sample: interrupted; the pairs written so far are kept: add "
                                             "--resume to the same command to finish")
+
+
+@pytest.mark.parametrize("value, needle", [
+    ("[" * 5000 + "]" * 5000, "value nested too deeply for a config"),
+    ("[" + ", ".join(["1.5"] * 20000) + "]", "expected float, got [1.5, 1.5, 1.5, 1.5, 1.5, 1.5, ...]"),
+], ids=["nested 5000 deep", "20000 items"])
+def test_huge_set_values_are_named_briefly(tmp_path, capsys, train_cfg, value, needle):
+    code, err, _ = _run(capsys, ["info", "--config", train_cfg, "--set", f"train.lr={value}"])
+    _one_line(code, err, needle)
+    assert len(err[0]) < 600
