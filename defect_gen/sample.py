@@ -512,8 +512,9 @@ def _check_resumable(s: SampleSettings, num: int, models: str) -> None:
             with open(path, encoding="utf-8") as f:
                 recorded = json.load(f)
         except (ValueError, OSError) as exc:
-            raise ConfigError(f"--resume: {path} is unreadable or cut short ({type(exc).__name__}); it records the "
-                              f"settings the pairs were made with: restore it, or start again with --overwrite") from None
+            raise ConfigError(f"--resume: {path} is unreadable or cut short ({type(exc).__name__}); it records "
+                              f"the settings the pairs were made with: restore it, or start again with --overwrite"
+                              ) from None
         if not isinstance(recorded, dict):
             raise ConfigError(f"--resume: {path}: expected a JSON object of settings, got {short_repr(recorded)}")
         changed = [f"{k} ({recorded.get(k)!r} -> {v!r})" for k, v in current.items() if recorded.get(k) != v]
