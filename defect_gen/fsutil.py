@@ -19,6 +19,7 @@ import json
 import math
 import os
 import stat
+import sys
 from typing import Iterator
 
 from defect_gen.errors import DefectGenError
@@ -72,9 +73,13 @@ def lock_dir(directory: str, what: str, flag: str) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             raise DefectGenError(f"{flag} {directory} is in use by another defect-gen {what} (pid {holder}); "
                                  f"wait for it to finish or choose another {flag}") from None
-        # The holder's pid, only so that the refusal above can name it.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # some network filesystems have no flock: run, but say it is unguarded
+            print(f"warning: cannot lock {directory} ({exc.strerror}); make sure no other defect-gen run uses it",
+                  file=sys.stderr)
+        else:
+            # The holder's pid, only so that the refusal above can name it.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the flock

@@ -91,6 +91,15 @@ def finished_checkpoint(work_dir: str, max_steps: int) -> tuple[str, int] | None
     return (path, step) if step is not None and step >= max_steps else None
 
 
+def _json_row(line: str) -> dict | None:
+    """A metrics.jsonl row, or None for a line that is not one (cut short by a kill)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
 # What a checkpoint needs to continue training (an exported EMA-only file has none of them).
 RESUME_KEYS = ("model", "ema", "optimizer", "rng", "step", "config")
 
@@ -304,9 +313,10 @@ class TrainLoop:
         path = os.path.join(self.work_dir, "metrics.jsonl")
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
+                lines = [line for line in f if line.strip()]
+            rows = [r for r in map(_json_row, lines) if r is not None]  # a kill can cut the last line short
             self.history = [r for r in rows if r.get("step", 0) <= self.step]
-            if len(self.history) < len(rows) and self.dist.is_main:
+            if len(self.history) < len(lines) and self.dist.is_main:
                 # Steps logged after the checkpoint we resume from are trained again: drop their
                 # old lines, or metrics.jsonl would hold those steps twice.
                 fsutil.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
@@ -374,8 +384,7 @@ class TrainLoop:
     def _write_config(self) -> None:
         if self.dist.is_main:
             os.makedirs(self.work_dir, exist_ok=True)
-            with open(os.path.join(self.work_dir, "config.yaml"), "w", encoding="utf-8") as f:
-                f.write(to_yaml(self.cfg))
+            fsutil.atomic_write_text(os.path.join(self.work_dir, "config.yaml"), to_yaml(self.cfg))
 
     def run(self) -> str | None:
         tcfg = self.cfg.train

@@ -539,3 +539,26 @@ def test_huge_set_values_are_named_briefly(tmp_path, capsys, train_cfg, value, n
     code, err, _ = _run(capsys, ["info", "--config", train_cfg, "--set", f"train.lr={value}"])
     _one_line(code, err, needle)
     assert len(err[0]) < 600
+
+
+def test_metrics_line_cut_short_by_a_kill_does_not_stop_resuming(train_cfg, tmp_path):
+    work = tmp_path / "run"
+    assert main(_train(train_cfg, work)) == 0
+    with open(work / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 0.1')  # killed mid-append (step 3 was never saved)
+    assert main(_train(train_cfg, work, "--set", "train.max_steps=4")) == 0
+    steps = [json.loads(line)["step"] for line in open(work / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_filesystem_without_locks_warns_and_runs(tmp_path, capsys, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with fsutil.lock_dir(str(tmp_path / "d"), "sampling run", "--sample_dir"):
+        pass
+    assert capsys.readouterr().err.strip() == (f"warning: cannot lock {tmp_path / 'd'} (No locks available); make "
+                                               f"sure no other defect-gen run uses it")
