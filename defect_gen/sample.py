@@ -607,10 +607,12 @@ def _read_back(s: SampleSettings, cfg: Config, row: dict) -> tuple | None:
 
     files = row.get("files") or writers.pair_files("paired", row["name"], "")
     try:
-        rgb = read_image(os.path.join(s.sample_dir, files["image"]))
+        # Only regular files inside SAMPLE_DIR, whatever the manifest names.
+        inside = {what: fsutil.removable_file(s.sample_dir, rel) for what, rel in files.items()}
+        rgb = read_image(inside["image"])
         index = np.zeros(rgb.shape[:2], np.uint8)
         if "mask" in files:
-            index = read_mask(os.path.join(s.sample_dir, files["mask"]))
+            index = read_mask(inside["mask"])
         if s.layout == "mvtec":  # binary on disk: the row's (first) class names the defect pixels
             names = row.get("classes") or []
             label = cfg.data.classes.index(names[0]) + 1 if names and names[0] in cfg.data.classes else 1
@@ -618,7 +620,7 @@ def _read_back(s: SampleSettings, cfg: Config, row: dict) -> tuple | None:
         given = None
         if row.get("good_source"):
             given = image_to_uint8(conditioning.read_good_image(row["good_source"], rgb.shape[0]))
-    except (DefectGenError, KeyError, OSError):
+    except (DefectGenError, KeyError, OSError, TypeError, ValueError, AttributeError):
         return None  # a pair that cannot be read back is left out of the picture, not an error
     return rgb, index, given
 

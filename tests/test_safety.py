@@ -257,20 +257,22 @@ def test_resume_ignores_and_repairs_a_cut_short_last_manifest_line(models, tmp_p
     assert main(_sample(models, out, "--resume")) == 0  # and a later resume still reads it
 
 
-def test_resume_remakes_a_deleted_pair_and_previews_all_pairs(models, tmp_path, capsys):
+@pytest.mark.parametrize("layout", ["paired", "defect_spectrum"])
+def test_resume_remakes_a_deleted_pair_and_previews_all_pairs(models, tmp_path, capsys, layout):
     out, straight = tmp_path / "s", tmp_path / "straight"
-    assert main(_sample(models, straight)) == 0
-    assert main(_sample(models, out, "--num_samples", "2")) == 0
+    assert main(_sample(models, straight, "--layout", layout)) == 0
+    assert main(_sample(models, out, "--num_samples", "2", "--layout", layout)) == 0
     # a resumed run making pairs 2 and 3, after pair 1 was deleted by hand
     settings = json.loads((out / "sample_settings.json").read_text())
     settings["num_samples"] = 4
     (out / "sample_settings.json").write_text(json.dumps(settings))
-    (out / "images" / "sample_000001.png").unlink()
-    code, err, stdout = _run(capsys, _sample(models, out, "--resume"))
+    deleted = _rows(out)[1]["files"]["image"]
+    (out / deleted).unlink()
+    code, err, stdout = _run(capsys, _sample(models, out, "--resume", "--layout", layout))
     assert code == 0, err
     assert "3 pairs in" in stdout and f"preview: {out / 'preview.png'}" in stdout
     assert [r["name"] for r in _rows(out)] == [f"sample_{i:06d}" for i in range(4)]
-    for name in ("images/sample_000001.png", "preview.png"):  # identical to an uninterrupted run
+    for name in (deleted, "preview.png"):  # identical to an uninterrupted run
         assert (out / name).read_bytes() == (straight / name).read_bytes(), name
 
 
