@@ -165,6 +165,10 @@ def prepare_dir(sample_dir: str, layout: str, overwrite: bool, resume: bool = Fa
     if overwrite and resume:
         raise ConfigError("--overwrite and --resume contradict each other: choose one")
     manifest = os.path.join(sample_dir, MANIFEST)
+    if os.path.lexists(manifest) and fsutil.removable_file(sample_dir, MANIFEST) is None:
+        # It is appended to and repaired in place: a link would have that happen elsewhere.
+        raise DefectGenError(f"{manifest} is not a regular file (a link, a folder?); expected the manifest a "
+                             f"defect-gen run wrote: remove it or choose another --sample_dir")
     if resume:
         if not os.path.exists(manifest):
             raise DefectGenError(f"--resume: {manifest} not found; nothing to resume in {sample_dir}")

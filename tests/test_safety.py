@@ -564,3 +564,16 @@ def test_a_filesystem_without_locks_warns_and_runs(tmp_path, capsys, monkeypatch
         pass
     assert capsys.readouterr().err.strip() == (f"warning: cannot lock {tmp_path / 'd'} (No locks available); make "
                                                f"sure no other defect-gen run uses it")
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_a_manifest_that_is_a_link_is_refused(models, tmp_path, capsys, flag):
+    out, victim = tmp_path / "s", tmp_path / "victim.jsonl"
+    assert main(_sample(models, out)) == 0
+    victim.write_text((out / "manifest.jsonl").read_text() + '{"name": "cut')
+    (out / "manifest.jsonl").unlink()
+    (out / "manifest.jsonl").symlink_to(victim)
+    before = victim.read_bytes()
+    code, err, _ = _run(capsys, _sample(models, out, flag))
+    _one_line(code, err, f"{out / 'manifest.jsonl'} is not a regular file (a link, a folder?)")
+    assert victim.read_bytes() == before  # neither repaired (truncated) nor appended to
