@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 
 import torch
 
@@ -87,7 +86,11 @@ def load(path: str, map_location="cpu") -> dict:
                                   f"tensors and plain data ({detail[:160]})") from None
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a file torch.save wrote: "
                               f"{detail[:120]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except MemoryError:
+        raise  # not the file's fault
+    # Garbage fed to torch's unpickler fails in whatever way it happens to (IndexError,
+    # KeyError, struct.error, ...): for a file, any of them means it is not a checkpoint.
+    except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from None
     if not isinstance(obj, dict):

@@ -577,3 +577,17 @@ def test_a_manifest_that_is_a_link_is_refused(models, tmp_path, capsys, flag):
     code, err, _ = _run(capsys, _sample(models, out, flag))
     _one_line(code, err, f"{out / 'manifest.jsonl'} is not a regular file (a link, a folder?)")
     assert victim.read_bytes() == before  # neither repaired (truncated) nor appended to
+
+
+def test_random_bytes_as_a_checkpoint_are_always_one_line(tmp_path):
+    import random
+
+    from defect_gen.errors import CheckpointError
+
+    rng = random.Random(0)
+    path = str(tmp_path / "garbage.pt")
+    for size in [rng.randrange(1, 8192) for _ in range(300)]:  # random bytes failed with IndexError now and then
+        with open(path, "wb") as f:
+            f.write(rng.randbytes(size))
+        with pytest.raises(CheckpointError, match="is truncated or corrupt"):
+            ckpt_lib.load(path)
