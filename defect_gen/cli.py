@@ -202,14 +202,16 @@ def cmd_train(args) -> int:
         print(to_yaml(cfg), end="")
         return 0
     device = resolve_device(cfg.train.device)
+    dinfo = dist_util.init(device.type)
     # A finished run is said to be finished before the data is loaded (minutes, on a big set).
     finished = finished_checkpoint(args.work_dir, cfg.train.max_steps)
     if finished:
-        print(f"{args.work_dir} has already finished: {finished[0]} is at step {finished[1]} (train.max_steps "
-              f"{cfg.train.max_steps}); to train further raise it, e.g. --set train.max_steps="
-              f"{2 * cfg.train.max_steps}")
+        if dinfo.is_main:
+            print(f"{args.work_dir} has already finished: {finished[0]} is at step {finished[1]} "
+                  f"(train.max_steps {cfg.train.max_steps}); to train further raise it, e.g. --set "
+                  f"train.max_steps={2 * cfg.train.max_steps}")
+        dist_util.cleanup()
         return 0
-    dinfo = dist_util.init(device.type)
     if device.type == "cuda":
         import torch
 
