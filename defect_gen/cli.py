@@ -523,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         # doing, not a bug. Other OSErrors keep their traceback.
         if args.debug or exc.errno not in fsutil.ENVIRONMENT_ERRNOS:
             raise
-        print(f"defect-gen {args.command}: error: {fsutil.output_error('output', exc)}", file=sys.stderr)
+        print(f"defect-gen {args.command}: error: {fsutil.output_error('a file', exc, verb='access')}",
+              file=sys.stderr)
         return 2
     except Exception as exc:  # only the kinds named below are the user's; the rest are bugs
         line = fsutil.remote_error_line(exc)

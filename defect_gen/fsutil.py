@@ -8,7 +8,9 @@
   stay inside the folder they belong to.
 - `atomic_write_text` / `atomic_write_json`: temp file + fsync + rename, so a reader never
   sees half a file; `json_safe` turns NaN/Inf into null (JSON has no NaN).
-- `output_error`: an OSError while writing an output, as one user-facing line.
+- `output_error`, `check_writable`: an output that cannot be written, as one line (checked
+  before any work where possible).
+- `bound_remote_access`, `remote_error_line`: gs:// / az:// requests give up after a few tries.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
                       errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EIO, errno.EFBIG}
 
 
-def output_error(path: str, exc: OSError, flag: str = "") -> DefectGenError:
-    """One line for an OSError met while writing `path` (an output of the run)."""
+def output_error(path: str, exc: OSError, flag: str = "", verb: str = "write") -> DefectGenError:
+    """One line for an OSError met while writing `path` (an output of the run); `verb` says
+    what was being done where that is not known for sure."""
     where = exc.filename if isinstance(getattr(exc, "filename", None), str) else path
     reason = exc.strerror or str(exc) or type(exc).__name__
     hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
@@ -42,7 +45,7 @@ def output_error(path: str, exc: OSError, flag: str = "") -> DefectGenError:
             errno.EEXIST: "a file is in the way of a folder: remove it or choose another path",
             errno.EISDIR: "a folder is in the way of a file"}.get(exc.errno, "check the output path")
     chooser = f" ({flag})" if flag else ""
-    return DefectGenError(f"cannot write {where}{chooser}: {reason}; {hint}")
+    return DefectGenError(f"cannot {verb} {where}{chooser}: {reason}; {hint}")
 
 
 def make_output_dir(path: str, flag: str) -> None:

@@ -591,3 +591,13 @@ def test_random_bytes_as_a_checkpoint_are_always_one_line(tmp_path):
             f.write(rng.randbytes(size))
         with pytest.raises(CheckpointError, match="is truncated or corrupt"):
             ckpt_lib.load(path)
+
+
+def test_an_environment_oserror_anywhere_is_one_line(train_cfg, tmp_path, capsys, monkeypatch):
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "run" / "selected_files.json"))
+
+    monkeypatch.setattr("defect_gen.datasets.dataset.DefectDataset.write_selection", denied)
+    code, err, _ = _run(capsys, _train(train_cfg, tmp_path / "run"))
+    _one_line(code, err, f"cannot access {tmp_path / 'run' / 'selected_files.json'}: Permission denied; choose a "
+                         f"writable folder")
