@@ -30,9 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
-from defect_gen import writers
+from defect_gen import fsutil, logs, writers
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.gaussian_diffusion import GaussianDiffusion
 from defect_gen.io import read_image
@@ -287,7 +286,7 @@ def _preview_cell(photo: np.ndarray, rgb: np.ndarray, mask: np.ndarray, size: in
     return cells
 
 
-def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintSettings, log=print) -> int:
+def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintSettings) -> int:
     """Write `s.num_samples` pairs (paired layout) into s.sample_dir; returns how many."""
     if s.num_samples < 1:
         raise ConfigError(f"--num_samples must be >= 1, got {s.num_samples}")
@@ -296,10 +295,17 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
     if not 0 < s.scale_min <= s.scale_max:
         raise ConfigError(f"--scale must be two factors 0 < min <= max, got {s.scale_min}, {s.scale_max}")
     goods = list_good_images(s.good_dir)
-    writers.prepare_dir(s.sample_dir, "paired", s.overwrite)
+    with fsutil.lock_dir(s.sample_dir, "painting run", "--sample_dir"):  # one run per folder
+        writers.prepare_dir(s.sample_dir, "paired", s.overwrite)
+        _write_pairs(painter, sources, goods, classes, s)
+    return s.num_samples
+
+
+def _write_pairs(painter: Painter, sources: list[Source], goods: list[str], classes: list[str],
+                 s: PaintSettings, log=print) -> None:
     start, previews = time.time(), []
     with open(os.path.join(s.sample_dir, writers.MANIFEST), "a", encoding="utf-8") as manifest:
-        for i in tqdm(range(s.num_samples), desc="painting", disable=not s.progress):
+        for i in logs.iterate(range(s.num_samples), desc="painting", unit="pair", enabled=s.progress):
             seed = s.seed + i
             good = goods[int(np.random.default_rng([seed, 1]).integers(len(goods)))]
             photo, src = read_image(good), sources[i % len(sources)]
@@ -312,9 +318,8 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
             if len(previews) < 12:
                 previews.append(_preview_cell(photo, rgb, mask))
     writers.save_preview(s.sample_dir, previews)
-    with open(os.path.join(s.sample_dir, "paint_settings.json"), "w", encoding="utf-8") as f:
-        json.dump(asdict(s), f, indent=2)
+    # Written last and atomically: its presence says the folder is complete.
+    fsutil.atomic_write_json(os.path.join(s.sample_dir, "paint_settings.json"), asdict(s))
     log(f"{s.num_samples} pairs in {s.sample_dir} ({time.time() - start:.0f} s; "
         f"{'copy-paste' if painter.denoise is None else f'strength {s.strength:g}, {s.steps} steps'}); "
         f"preview: {os.path.join(s.sample_dir, writers.PREVIEW)}")
-    return s.num_samples

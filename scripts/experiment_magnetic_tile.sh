@@ -9,13 +9,14 @@
 #              native-resolution crops of the 40 few-shot pairs, 10 per class, seed 0);
 #              re-running resumes from the latest checkpoint.
 # 2. paint     pairs painted into the 150 defect-free MT_Free photos at their own size, one
-#              folder per variant (strength 1: defects drawn from noise inside the placed
-#              training masks; strength 0.5: the pasted real defect redrawn from t = 500);
-#              a finished folder is kept.
+#              folder per strength (1: defects drawn from noise inside the placed training
+#              masks; 0.3: the pasted real defect redrawn from t = 300); a finished folder
+#              is kept.
 # 3. evaluate  `defect-gen evaluate` at 128 px: real only, real + copy-paste, real + each
 #              folder, at every ratio, 3 segmenter seeds; finished segmenters are cached in
 #              REPORT/segmenters, so a stopped evaluation resumes. Prints the table.
-# Every size is a variable (defaults: what docs/results.md ran on a 2-core CPU, ~2.5 h).
+# Every size is a variable; the defaults are what docs/results.md ran (about 1.5 h on an idle
+# 2-core CPU: training ~15 min, painting ~10 min, 21 segmenters of ~3 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,11 +24,11 @@ PY="${PY:-.venv/bin/python}"
 DATA="${DATA:-../shared/data/magnetic-tile}"
 RUN_DIR="${RUN_DIR:-runs/mt_paint}"
 STAGE="${STAGE:-all}"
-STEPS_TRAIN="${STEPS_TRAIN:-2400}"   # painting-model training steps (batch 16)
+STEPS_TRAIN="${STEPS_TRAIN:-1000}"   # painting-model training steps (batch 16); ~15 min on 2 idle cores
 N_PAINT="${N_PAINT:-160}"            # pairs per variant: ratio 4 of the 40 real pairs
-PAINT_STEPS="${PAINT_STEPS:-50}"     # DDIM steps per painted window
-STRENGTHS="${STRENGTHS:-1 0.5}"      # one folder per strength: paint_s1, paint_s0.5
-RATIOS="${RATIOS:-0.5,1,2,4}"
+PAINT_STEPS="${PAINT_STEPS:-25}"     # DDIM steps per painted window
+STRENGTHS="${STRENGTHS:-1}"          # one folder per strength, e.g. STRENGTHS="1 0.3": paint_s1, paint_s0.3
+RATIOS="${RATIOS:-1,2,4}"
 SEEDS="${SEEDS:-3}"
 SEG_STEPS="${SEG_STEPS:-1000}"
 
