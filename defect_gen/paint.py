@@ -276,8 +276,10 @@ def _preview_cell(photo: np.ndarray, rgb: np.ndarray, mask: np.ndarray, size: in
     rows, cols = np.nonzero(mask)
     h, w = mask.shape
     side = min(size, h, w)
-    top = int(min(max(rows.mean() - side / 2, 0), h - side)) if len(rows) else 0
-    left = int(min(max(cols.mean() - side / 2, 0), w - side)) if len(cols) else 0
+    top = left = 0
+    if len(rows):  # centred on the defect pixel nearest the centroid (a curved crack's centroid misses it)
+        k = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+        top, left = int(min(max(rows[k] - side / 2, 0), h - side)), int(min(max(cols[k] - side / 2, 0), w - side))
     crop = (slice(top, top + side), slice(left, left + side))
     cells = rgb[crop], mask[crop], photo[crop]
     if side < size:  # a photo smaller than a cell: enlarge, the grid needs equal cells
