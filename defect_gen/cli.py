@@ -170,6 +170,9 @@ def _add_paint(sub) -> None:
                    help="1: draw each defect from noise; below 1: redraw the pasted real defect from t = strength*T")
     p.add_argument("--scale", default="0.75,1.25", help="range of the random scale of a placed defect: MIN,MAX")
     p.add_argument("--margin", type=int, default=16, help="photo pixels around the defect in the denoised window")
+    p.add_argument("--place", choices=["random", "source"], default="random",
+                   help="random: anywhere, with quarter turns; source: where the defect was in its own photo "
+                        "(relative, +-5 %%), for defects tied to a place such as breaks at a tile's edge")
     p.add_argument("--copy-paste", action="store_true", help="no model: paste the real defect pixels (the baseline)")
     p.add_argument("--overwrite", action="store_true", help="replace the pairs of an earlier run in --sample_dir")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -486,7 +489,7 @@ def cmd_paint(args) -> int:
     scale = _scale_range(args.scale)
     settings = paint.PaintSettings(args.sample_dir, args.num_samples, args.good_dir, args.seed, args.steps,
                                    args.sampler, args.eta, 0.0 if args.copy_paste else args.strength,
-                                   scale[0], scale[1], args.margin, overwrite=args.overwrite,
+                                   scale[0], scale[1], args.margin, place=args.place, overwrite=args.overwrite,
                                    progress=not args.no_progress)
     if args.copy_paste:
         painter, cfg = paint.Painter(None, None, 0, 1, 0), load_config(args.config, args.overrides)

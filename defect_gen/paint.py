@@ -65,6 +65,7 @@ class PaintSettings:
     scale_max: float = 1.25
     margin: int = 16  # photo pixels around the defect inside the denoised window
     blend: int = 2  # defect region dilated by this many pixels: the border is redrawn too
+    place: str = "random"  # random: anywhere, turned; source: where the defect was in its own photo
     overwrite: bool = False
     progress: bool = True
 
@@ -124,30 +125,48 @@ class Placement:
 
 
 def transform_defect(src: Source, rng: np.random.Generator, scale_range: tuple[float, float],
-                     fit: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The source's defect bounding box, flipped, turned and scaled, shrunk to fit `fit` (h, w)."""
+                     fit: tuple[int, int], turn: bool = True) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """The source's defect bounding box, flipped, turned (when `turn`) and scaled, shrunk to
+    fit `fit` (h, w). Also returns the box's relative (top, left, bottom, right) in its own
+    photo after the same flips, for placing it where it was."""
+    h, w = src.mask.shape
     rows, cols = np.nonzero(src.mask)
-    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-    mask, pixels = src.mask[box], src.image[box]
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    mask, pixels = src.mask[r0:r1, c0:c1], src.image[r0:r1, c0:c1]
+    if rng.random() < 0.5:  # a flip mirrors the whole photo, so the box moves with it
+        mask, pixels, c0, c1 = mask[:, ::-1], pixels[:, ::-1], w - c1, w - c0
     if rng.random() < 0.5:
-        mask, pixels = mask[:, ::-1], pixels[:, ::-1]
-    if rng.random() < 0.5:
-        mask, pixels = mask[::-1], pixels[::-1]
-    turns = int(rng.integers(4))
+        mask, pixels, r0, r1 = mask[::-1], pixels[::-1], h - r1, h - r0
+    turns = int(rng.integers(4)) if turn else 0
     mask, pixels = np.rot90(mask, turns), np.rot90(pixels, turns)
     scale = rng.uniform(*scale_range)
     scale = min(scale, fit[0] / mask.shape[0], fit[1] / mask.shape[1])
     size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
     mask = resize_mask(np.ascontiguousarray(mask), (size[1], size[0]))  # thin cracks survive shrinking
     pixels = np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).resize(size, Image.BICUBIC))
-    return mask, pixels
+    return mask, pixels, (r0 / h, c0 / w, r1 / h, c1 / w)
+
+
+PLACES = ("random", "source")
+SOURCE_JITTER = 0.05  # --place source: shift by up to this share of the photo's height / width
 
 
 def place(src: Source, photo_hw: tuple[int, int], rng: np.random.Generator,
-          scale_range: tuple[float, float]) -> Placement:
-    mask, pixels = transform_defect(src, rng, scale_range, photo_hw)
-    top = int(rng.integers(photo_hw[0] - mask.shape[0] + 1))
-    left = int(rng.integers(photo_hw[1] - mask.shape[1] + 1))
+          scale_range: tuple[float, float], at: str = "random") -> Placement:
+    """Where the transformed defect goes: anywhere (`random`, with quarter turns), or where it
+    was in its own photo, relative to the photo's size, give or take 5 % (`source`, no turns;
+    a defect touching an edge of its photo stays on that edge). Defects tied to a place, such
+    as breaks at a tile's edge, keep their context at `source`."""
+    mask, pixels, rel = transform_defect(src, rng, scale_range, photo_hw, turn=at == "random")
+    room = (photo_hw[0] - mask.shape[0], photo_hw[1] - mask.shape[1])
+    if at == "source":
+        spot = []
+        for lo, hi, size, r in ((rel[0], rel[2], photo_hw[0], room[0]), (rel[1], rel[3], photo_hw[1], room[1])):
+            jitter = rng.uniform(-SOURCE_JITTER, SOURCE_JITTER)
+            spot.append(0 if lo == 0 else r if hi == 1 else int(np.clip(round((lo + jitter) * size), 0, r)))
+        top, left = spot
+    else:
+        top, left = int(rng.integers(room[0] + 1)), int(rng.integers(room[1] + 1))
     return Placement(top, left, mask, pixels)
 
 
@@ -258,7 +277,7 @@ def paint_pair(painter: Painter, s: PaintSettings, photo: np.ndarray, src: Sourc
     """(image, class-index mask, details) of one pair, both at the photo's size."""
     rng = np.random.default_rng(seed)
     hw = photo.shape[:2]
-    p = place(src, hw, rng, (s.scale_min, s.scale_max))
+    p = place(src, hw, rng, (s.scale_min, s.scale_max), s.place)
     composite = copy_paste(photo, p)
     mask = full_mask(p, hw)
     if painter.denoise is None or s.strength <= 0:
@@ -294,6 +313,8 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
         raise ConfigError(f"--num_samples must be >= 1, got {s.num_samples}")
     if not 0.0 <= s.strength <= 1.0:
         raise ConfigError(f"--strength must be in [0, 1] (1 = draw the defect from noise), got {s.strength}")
+    if s.place not in PLACES:
+        raise ConfigError(f"--place must be one of {', '.join(PLACES)}, got {s.place!r}")
     if not 0 < s.scale_min <= s.scale_max:
         raise ConfigError(f"--scale must be two factors 0 < min <= max, got {s.scale_min}, {s.scale_max}")
     goods = list_good_images(s.good_dir)

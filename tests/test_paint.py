@@ -212,3 +212,19 @@ def test_evaluate_with_copy_paste_reuses_finished_runs(tiny, tmp_path, capsys):
     assert main(args) == 0  # the second time every run comes from the cache
     assert {f: os.path.getmtime(tmp_path / "r" / "segmenters" / f) for f in cached} == stamp
     assert json.loads((tmp_path / "r" / "results.json").read_text())["runs"][1]["per_seed"] == res["runs"][1]["per_seed"]
+
+
+def test_source_placement_keeps_the_defect_where_it_was():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[:6, 20:30] = 1  # a break on the top edge of its photo
+    src = paint.Source("s", np.zeros((40, 60, 3), np.uint8), mask)
+    for _ in range(20):
+        p = paint.place(src, (80, 120), rng, (1.0, 1.0), at="source")
+        assert p.mask.shape == (6, 10)  # no quarter turns
+        assert p.top in (0, 80 - 6)  # still on an edge: the top one, or the bottom one after a flip
+        # left at 20/60 of the width, or at (60 - 30)/60 after a mirror, give or take 5 % of 120
+        assert abs(p.left - 40) <= 6 or abs(p.left - 60) <= 6
+    with pytest.raises(ConfigError, match="--place must be one of random, source"):
+        paint.paint(paint.Painter(None, None, 0, 1, 1), [src], ["a"],
+                    paint.PaintSettings("/nonexistent", 1, "/nonexistent", place="edge"))
