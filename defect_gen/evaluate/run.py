@@ -109,10 +109,10 @@ def _score(train: PairSet, results: Results, seed: int):
     evaluation that was stopped, or one that adds a folder, reuses every run already done.
     """
     num_classes = len(results.class_names) + 1
-    model = build_segmenter(results.settings.seg.arch, num_classes, results.settings.seg.width)
     path = os.path.join(results.cache_dir, f"{_run_key(train, results, seed)}.pt") if results.cache_dir else None
     if path and os.path.exists(path):
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_segmenter(results.settings.seg.arch, num_classes, results.settings.seg.width)
         model.load_state_dict(saved["model"])
         return saved["scores"], model.eval()
     model = train_segmenter(train.images, train.masks, num_classes, results.settings.seg, seed)
