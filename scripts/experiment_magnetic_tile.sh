@@ -10,13 +10,15 @@
 #              re-running resumes from the latest checkpoint.
 # 2. paint     pairs painted into the 150 defect-free MT_Free photos at their own size, one
 #              folder per strength (1: defects drawn from noise inside the placed training
-#              masks; 0.3: the pasted real defect redrawn from t = 300); a finished folder
-#              is kept.
+#              masks; 0.3: the pasted real defect redrawn from t = 300) and placement
+#              (random spots, or --place source: where the defect was in its own photo),
+#              plus copy-paste with --place source; a finished folder is kept.
 # 3. evaluate  `defect-gen evaluate` at 128 px: real only, real + copy-paste, real + each
 #              folder, at every ratio, 3 segmenter seeds; finished segmenters are cached in
 #              REPORT/segmenters, so a stopped evaluation resumes. Prints the table.
-# Every size is a variable; the defaults are what docs/results.md ran (about 1.5 h on an idle
-# 2-core CPU: training ~15 min, painting ~10 min, 21 segmenters of ~3 min).
+# Every size is a variable; the defaults are what docs/results.md ran, with the full ratio sweep
+# for every folder (about 2.5 h on an idle 2-core CPU: training ~15 min, painting ~20 min, 39
+# segmenters of ~3 min; docs/results.md skipped some ratios of the new folders for time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,7 @@ STEPS_TRAIN="${STEPS_TRAIN:-1000}"   # painting-model training steps (batch 16);
 N_PAINT="${N_PAINT:-160}"            # pairs per variant: ratio 4 of the 40 real pairs
 PAINT_STEPS="${PAINT_STEPS:-25}"     # DDIM steps per painted window
 STRENGTHS="${STRENGTHS:-1}"          # one folder per strength, e.g. STRENGTHS="1 0.3": paint_s1, paint_s0.3
+PLACES="${PLACES:-random source}"    # paint --place: random -> paint_sS, source -> paint_source_sS
 RATIOS="${RATIOS:-1,2,4}"
 SEEDS="${SEEDS:-3}"
 SEG_STEPS="${SEG_STEPS:-1000}"
@@ -45,18 +48,31 @@ if [ "$STAGE" = all ] || [ "$STAGE" = train ]; then
 fi
 
 if [ "$STAGE" = all ] || [ "$STAGE" = paint ]; then
-  for s in $STRENGTHS; do
-    out="$RUN_DIR/samples/paint_s$s"
-    if [ -f "$out/paint_settings.json" ]; then echo "$out: done"; continue; fi
-    # --overwrite: a folder without paint_settings.json is a run that was stopped midway
-    "$PY" -m defect_gen paint --model "$MODEL" --good "$GOOD" --sample_dir "$out" --num_samples "$N_PAINT" \
-      --strength "$s" --steps "$PAINT_STEPS" --seed 1000 --overwrite --no-progress
+  for place in $PLACES; do
+    tag=""; [ "$place" = source ] && tag="source_"
+    for s in $STRENGTHS; do
+      out="$RUN_DIR/samples/paint_${tag}s$s"
+      if [ -f "$out/paint_settings.json" ]; then echo "$out: done"; continue; fi
+      # --overwrite: a folder without paint_settings.json is a run that was stopped midway
+      "$PY" -m defect_gen paint --model "$MODEL" --good "$GOOD" --sample_dir "$out" --num_samples "$N_PAINT" \
+        --strength "$s" --steps "$PAINT_STEPS" --place "$place" --seed 1000 --overwrite --no-progress
+    done
+    # copy-paste with --place source as a folder (random copy-paste is evaluate's built-in baseline)
+    out="$RUN_DIR/samples/copy_paste_source"
+    if [ "$place" = source ] && [ ! -f "$out/paint_settings.json" ]; then
+      "$PY" -m defect_gen paint --copy-paste --config configs/magnetic_tile_paint.yaml --set "data.root=$DATA" \
+        --good "$GOOD" --sample_dir "$out" --num_samples "$N_PAINT" --place source --seed 1000 --overwrite --no-progress
+    fi
   done
 fi
 
 if [ "$STAGE" = all ] || [ "$STAGE" = evaluate ]; then
   SYN=()
-  for s in $STRENGTHS; do SYN+=("$RUN_DIR/samples/paint_s$s"); done
+  for place in $PLACES; do
+    tag=""; [ "$place" = source ] && tag="source_"
+    for s in $STRENGTHS; do SYN+=("$RUN_DIR/samples/paint_${tag}s$s"); done
+    [ "$place" = source ] && SYN+=("$RUN_DIR/samples/copy_paste_source")
+  done
   # The real split is exactly the generator's: its selected_files.json.
   "$PY" -m defect_gen evaluate --real configs/magnetic_tile_paint.yaml --set "data.root=$DATA" \
     --set "data.selection_file=$MODEL/selected_files.json" --copy-paste "$GOOD" --synthetic "${SYN[@]}" \
