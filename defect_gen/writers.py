@@ -9,9 +9,9 @@ defect_spectrum  image/TYPE/NAME.png, mask/TYPE/NAME_mask.png (class index),
 
 TYPE is the pair's class name when its mask holds one class, "combined" (MVTec's name for
 images with several defects) when it holds more, and "good" for an empty mask (only with
---keep-empty; the image alone is written there, as in MVTec). MVTec masks are binary, so a
-"combined" pair keeps its classes only in the manifest; prefer paired or defect_spectrum
-for several classes.
+--keep-empty; the image alone is written there, as in MVTec). MVTec masks are binary
+(0/255), except in combined/, where they hold class indices so that the pair reads back
+with its classes (the mvtec reader accepts class indices there).
 
 manifest.jsonl has one row per pair: name, seed (the one that made it), tries, classes,
 defect_pixels, files (paths relative to SAMPLE_DIR), and the given mask / good image if any.
@@ -61,8 +61,12 @@ def pair_files(layout: str, name: str, kind: str) -> dict[str, str]:
 def write_pair(sample_dir: str, layout: str, name: str, rgb: np.ndarray, index: np.ndarray,
                classes: list[str]) -> dict:
     """Write one pair in `layout`; returns its manifest row (without seed and sources)."""
-    files = pair_files(layout, name, defect_type(index, classes))
-    mask = (index > 0).astype(np.uint8) * 255 if layout == "mvtec" else index.astype(np.uint8)
+    kind = defect_type(index, classes)
+    files = pair_files(layout, name, kind)
+    # MVTec masks are binary, but a binary combined/ mask would lose which pixel is which
+    # class: those are written as class indices, which the mvtec reader accepts there.
+    binary = layout == "mvtec" and kind != "combined"
+    mask = (index > 0).astype(np.uint8) * 255 if binary else index.astype(np.uint8)
     pictures = {"image": rgb, "mask": mask, "mask_color": colorize(index)}
     for what, rel in files.items():
         # TYPE folders come from class names, which come from configs and checkpoints:

@@ -342,3 +342,20 @@ def test_mvtec_reads_train_good_and_combined_class_index_masks(tmp_path):
     write_png(tmp_path / "ground_truth" / "combined" / "000_mask.png", (blob() > 0).astype(np.uint8) * 255)
     (problem,) = check_dataset(cfg).problems
     assert "is in a combined/ folder (several classes) but holds value 255" in problem.message
+
+
+def test_multi_class_pair_written_in_mvtec_layout_reads_back_with_its_classes(tmp_path):
+    """Issue 12 item 20: a pair with several classes went to combined/ as a 0/255 mask and
+    could not be read back; it is now written as class indices there."""
+    from defect_gen.datasets.check import check_dataset
+    from defect_gen.writers import write_pair
+
+    index = (blob() + 2 * blob(top=10, left=10)).astype(np.uint8)
+    single = blob().astype(np.uint8)
+    rgb = np.full((*index.shape, 3), 120, np.uint8)
+    write_pair(str(tmp_path), "mvtec", "two", rgb, index, ["hole", "crack"])
+    write_pair(str(tmp_path), "mvtec", "one", rgb, single, ["hole", "crack"])
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "ground_truth" / "hole" / "one_mask.png")))) == {0, 255}
+    report = check_dataset(DataConfig(root=str(tmp_path), layout="mvtec", classes=["hole", "crack"]))
+    assert not report.problems
+    assert sorted(p.classes for p in report.pairs) == [[1], [1, 2]]
