@@ -287,6 +287,12 @@ def paint_pair(painter: Painter, s: PaintSettings, photo: np.ndarray, src: Sourc
     rgb = photo.copy()
     rgb[rows, cols] = paint_window(painter.denoise, painter.diffusion, photo[rows, cols], mask[rows, cols],
                                    composite[rows, cols], s, painter.num_defect, generator)
+    # A defect spanning almost the whole photo can reach past the window (whose sides are
+    # multiples of the UNet's down-sampling factor): those few rows keep the real defect's
+    # pixels, so the mask never labels untouched surface.
+    outside = mask > 0
+    outside[rows, cols] = False
+    rgb[outside] = composite[outside]
     return rgb, mask, {"window": [rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start]}
 
 
