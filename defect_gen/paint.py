@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from defect_gen import fsutil, logs, writers
+from defect_gen.conditioning import IMAGE_EXTS
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.gaussian_diffusion import GaussianDiffusion
 from defect_gen.io import read_image
@@ -39,7 +40,6 @@ from defect_gen.masks import image_to_uint8, one_hot, resize_mask, uint8_to_imag
 from defect_gen.respace import space_timesteps
 from defect_gen.samplers import KnownRegion, known_region_sampler
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -319,6 +319,8 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
         raise ConfigError(f"--num_samples must be >= 1, got {s.num_samples}")
     if not 0.0 <= s.strength <= 1.0:
         raise ConfigError(f"--strength must be in [0, 1] (1 = draw the defect from noise), got {s.strength}")
+    if s.steps < 1 or s.margin < 0:
+        raise ConfigError(f"--steps must be >= 1 and --margin >= 0, got {s.steps} and {s.margin}")
     if s.place not in PLACES:
         raise ConfigError(f"--place must be one of {', '.join(PLACES)}, got {s.place!r}")
     if not 0 < s.scale_min <= s.scale_max:
@@ -330,18 +332,25 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
     return s.num_samples
 
 
+def pairs(painter: Painter, sources: list[Source], goods: list[str], s: PaintSettings, desc: str = "painting"):
+    """Pair i (seed + i): a seeded pick of the photos, the i-th source (round robin), painted.
+    Yields (i, photo, its path, source, image, mask, details); `paint` and the evaluation's
+    copy-paste baseline both draw from here, so the same settings give the same pairs."""
+    for i in logs.iterate(range(s.num_samples), desc=desc, unit="pair", enabled=s.progress):
+        seed = s.seed + i
+        good = goods[int(np.random.default_rng([seed, 1]).integers(len(goods)))]
+        photo, src = read_image(good), sources[i % len(sources)]
+        yield (i, photo, good, src, *paint_pair(painter, s, photo, src, seed))
+
+
 def _write_pairs(painter: Painter, sources: list[Source], goods: list[str], classes: list[str],
                  s: PaintSettings, log=print) -> None:
     start, previews = time.time(), []
     with open(os.path.join(s.sample_dir, writers.MANIFEST), "a", encoding="utf-8") as manifest:
-        for i in logs.iterate(range(s.num_samples), desc="painting", unit="pair", enabled=s.progress):
-            seed = s.seed + i
-            good = goods[int(np.random.default_rng([seed, 1]).integers(len(goods)))]
-            photo, src = read_image(good), sources[i % len(sources)]
-            rgb, mask, details = paint_pair(painter, s, photo, src, seed)
+        for i, photo, good, src, rgb, mask, details in pairs(painter, sources, goods, s):
             name = f"paint_{i:05d}"
             row = writers.write_pair(s.sample_dir, "paired", name, rgb, mask, classes)
-            row.update(seed=seed, good=good, source=src.name, **details)
+            row.update(seed=s.seed + i, good=good, source=src.name, **details)
             manifest.write(json.dumps(row) + "\n")
             manifest.flush()
             if len(previews) < 12:

@@ -3,6 +3,7 @@ evaluation's copy-paste baseline and leak check, on a tiny dataset of non-square
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 from defect_gen import paint
 from defect_gen.cli import main
 from defect_gen.config import load_config
-from defect_gen.datasets.dataset import DefectDataset
+from defect_gen.datasets.dataset import DefectDataset, resize_pair
 from defect_gen.errors import ConfigError
 from defect_gen.evaluate.data import check_no_leak, copy_paste_pairs, load_real
 
@@ -184,6 +185,26 @@ def test_copy_paste_baseline_pairs(tiny, tmp_path):
     assert all(bool(m.any()) for m in pairs.masks)
     again = copy_paste_pairs(cfg, str(tiny / "good"), 5, 16)
     assert torch.equal(pairs.images, again.images)  # seeded
+    # the same pairs `paint --copy-paste` writes with the same seed, resized alike
+    out = str(tmp_path / "cp")
+    assert main(["paint", "--copy-paste", "--config", _config(str(tmp_path), str(tiny / "data")), "--good",
+                 str(tiny / "good"), "--sample_dir", out, "--num_samples", "5", "--no-progress"]) == 0
+    written = [resize_pair(_read(out, f"images/paint_{i:05d}.png"), _read(out, f"masks/paint_{i:05d}.png"), 16,
+                           "area") for i in range(5)]
+    assert np.array_equal(pairs.masks.numpy(), np.stack([m for _, m in written]))
+    assert np.array_equal(pairs.images.permute(0, 2, 3, 1).numpy(), np.stack([im for im, _ in written]))
+
+
+@pytest.mark.parametrize("flags, message", [(["--steps", "0"], "--steps must be >= 1"),
+                                            (["--margin", "-1"], "--margin >= 0"),
+                                            (["--num_samples", "0"], "--num_samples must be >= 1"),
+                                            (["--scale", "2,1"], "--scale must be two factors")])
+def test_paint_bad_settings_are_one_line_errors(tiny, tmp_path, capsys, flags, message):
+    cfg = _config(str(tmp_path), str(tiny / "data"))
+    assert main(["paint", "--copy-paste", "--config", cfg, "--good", str(tiny / "good"), "--sample_dir",
+                 str(tmp_path / "o"), "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0])
 
 
 def test_evaluate_refuses_held_out_pairs_the_generator_used(tiny, tmp_path):

@@ -165,16 +165,13 @@ def copy_paste_pairs(cfg: Config, good_dir: str, n: int, size: int, seed: int = 
     (cut out by their masks, flipped, turned, scaled 0.75-1.25x) onto defect-free photos from
     `good_dir` at random spots, at the photos' own resolution, then resized like every pair."""
     from defect_gen import paint
-    from defect_gen.io import read_image
 
-    sources = paint.training_sources(cfg)
-    goods = paint.list_good_images(good_dir)
-    settings = paint.PaintSettings("", n, good_dir, strength=0.0)
+    settings = paint.PaintSettings("", n, good_dir, seed=seed, strength=0.0, progress=progress)
     painter = paint.Painter(None, None, 0, 1, len(cfg.data.classes))
+    goods = paint.list_good_images(good_dir)
     images, masks, names = [], [], []
-    for i in tqdm(range(n), desc="copy-paste pairs", disable=not progress, leave=False):
-        photo = read_image(goods[int(np.random.default_rng([seed + i, 1]).integers(len(goods)))])
-        rgb, mask, _ = paint.paint_pair(painter, settings, photo, sources[i % len(sources)], seed + i)
+    for i, _, _, _, rgb, mask, _ in paint.pairs(painter, paint.training_sources(cfg), goods, settings,
+                                               desc="copy-paste pairs"):
         image, mask = resize_pair(rgb, mask, size, cfg.data.resize)
         images.append(image)
         masks.append(mask)
