@@ -13,6 +13,8 @@ import pytest
 from defect_gen import checkpoint as ckpt_lib
 from defect_gen.datasets.demo import make_demo_data
 
+from conftest import train_tiny_models
+
 
 def _train_args(data, work, max_steps):
     return [sys.executable, "-m", "defect_gen", "train", "--config", "configs/demo_small.yaml", "--work_dir", work,
@@ -52,22 +54,7 @@ def test_kill_during_training_keeps_a_loadable_latest(tmp_path, trial):
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """A 1-step-trained large and small model at 16 px (quality is irrelevant here)."""
-    import torch
-
-    from defect_gen.config import from_dict
-    from defect_gen.train_util import TrainLoop
-
-    root = tmp_path_factory.mktemp("fault_models")
-    make_demo_data(str(root / "data"), num_images=4, image_size=16, seed=0)
-    for name, shape in (("large", {"channel_mult": [1, 2], "attention_downsample": [2]}),
-                        ("small", {"channel_mult": [1], "attention_downsample": [], "middle_block": False})):
-        cfg = from_dict({"model": {"image_size": 16, "model_channels": 32, "num_res_blocks": 1,
-                                   "num_head_channels": 32, **shape},
-                         "diffusion": {"num_timesteps": 100},
-                         "data": {"root": str(root / "data"), "classes": ["scratch", "stain", "hole"]},
-                         "train": {"batch_size": 2, "max_steps": 1}})
-        TrainLoop(cfg, str(root / name), torch.device("cpu"), progress=False).run()
-    return root
+    return train_tiny_models(tmp_path_factory.mktemp("fault_models"), num_timesteps=100)
 
 
 def _sample_args(models, out, *extra):

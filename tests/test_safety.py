@@ -13,24 +13,13 @@ from defect_gen import fsutil, writers
 from defect_gen.cli import main
 from defect_gen.datasets.demo import make_demo_data
 
+from conftest import train_tiny_models
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A 1-step-trained large and small model at 16 px, T = 50 (quality is irrelevant here)."""
-    from defect_gen.config import from_dict
-    from defect_gen.train_util import TrainLoop
-
-    root = tmp_path_factory.mktemp("safety")
-    make_demo_data(str(root / "data"), num_images=4, image_size=16, seed=0)
-    for name, shape in (("large", {"channel_mult": [1, 2], "attention_downsample": [2]}),
-                        ("small", {"channel_mult": [1], "attention_downsample": [], "middle_block": False})):
-        cfg = from_dict({"model": {"image_size": 16, "model_channels": 32, "num_res_blocks": 1,
-                                   "num_head_channels": 32, **shape},
-                         "diffusion": {"num_timesteps": 50},
-                         "data": {"root": str(root / "data"), "classes": ["scratch", "stain", "hole"]},
-                         "train": {"batch_size": 2, "max_steps": 1}})
-        TrainLoop(cfg, str(root / name), torch.device("cpu"), progress=False).run()
-    return root
+    return train_tiny_models(tmp_path_factory.mktemp("safety"), num_timesteps=50)
 
 
 def _sample(models, out, *extra):

@@ -268,7 +268,7 @@ class DefectDataset:
         for i in range(len(self)):
             h, w = self.masks[i].shape
             centre = self._defects[i].float().mean(0).round().int().tolist() if len(self._defects[i]) else None
-            top, left = _crop_origin(centre or [h // 2, w // 2], h, w, s) if self.native else \
+            top, left = crop_origin(centre or [h // 2, w // 2], h, w, s) if self.native else \
                 ((h - s) // 2, (w - s) // 2)
             crops.append((self.images[i][:, top:top + s, left:left + s], self.masks[i][top:top + s, left:left + s]))
         return self._stack(torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops]))
@@ -293,13 +293,13 @@ class DefectDataset:
             defects = self._defects[i]
             if len(defects) and u < share:
                 pick = int(torch.randint(len(defects), (1,), generator=generator))
-                top, left = _crop_origin(defects[pick].tolist(), h, w, s)
+                top, left = crop_origin(defects[pick].tolist(), h, w, s)
             images.append(self.images[i][:, top:top + s, left:left + s])
             masks.append(self.masks[i][top:top + s, left:left + s])
         return torch.stack(images), torch.stack(masks)
 
 
-def _crop_origin(centre: list[int], h: int, w: int, s: int) -> tuple[int, int]:
+def crop_origin(centre: list[int], h: int, w: int, s: int) -> tuple[int, int]:
     """Top-left corner of the s x s crop centred on (row, col), moved inside an h x w image."""
     return min(max(centre[0] - s // 2, 0), h - s), min(max(centre[1] - s // 2, 0), w - s)
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from defect_gen.datasets.dataset import crop_origin
 from defect_gen.errors import ConfigError
 
 SEGMENTERS = ("unet", "deeplabv3")
@@ -144,8 +145,8 @@ def _crops(images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor, setting
         top, left = torch.randint(size - c + 1, (2,), generator=g).tolist()
         defect = torch.nonzero(masks[i])
         if len(defect) and float(torch.rand(1, generator=g)) < settings.defect_crop_share:
-            cy, cx = defect[int(torch.randint(len(defect), (1,), generator=g))].tolist()
-            top, left = min(max(cy - c // 2, 0), size - c), min(max(cx - c // 2, 0), size - c)
+            pick = int(torch.randint(len(defect), (1,), generator=g))
+            top, left = crop_origin(defect[pick].tolist(), size, size, c)
         xs.append(images[i, :, top:top + c, left:left + c])
         ys.append(masks[i, top:top + c, left:left + c])
     return torch.stack(xs), torch.stack(ys)
