@@ -17,7 +17,7 @@
 #              folder, at every ratio, 3 segmenter seeds; finished segmenters are cached in
 #              REPORT/segmenters, so a stopped evaluation resumes. Prints the table.
 # Every size is a variable; the defaults are what docs/results.md ran, with the full ratio sweep
-# for every folder (about 2.5 h on an idle 2-core CPU: training ~15 min, painting ~20 min, 39
+# for every folder (an estimate, about 2.5 h on a 2-core CPU: training ~15 min, painting ~20 min, 39
 # segmenters of ~3 min; docs/results.md skipped some ratios of the new folders for time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ PY="${PY:-.venv/bin/python}"
 DATA="${DATA:-../shared/data/magnetic-tile}"
 RUN_DIR="${RUN_DIR:-runs/mt_paint}"
 STAGE="${STAGE:-all}"
-STEPS_TRAIN="${STEPS_TRAIN:-1000}"   # painting-model training steps (batch 16); ~15 min on 2 idle cores
+STEPS_TRAIN="${STEPS_TRAIN:-1000}"   # painting-model training steps (batch 16); ~15 min at the 18 crops/s measured with 2 threads
 N_PAINT="${N_PAINT:-160}"            # pairs per variant: ratio 4 of the 40 real pairs
 PAINT_STEPS="${PAINT_STEPS:-25}"     # DDIM steps per painted window
 STRENGTHS="${STRENGTHS:-1}"          # one folder per strength, e.g. STRENGTHS="1 0.3": paint_s1, paint_s0.3
