@@ -159,7 +159,11 @@ def _add_paint(sub) -> None:
                    "(default: the model's own training config)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of that config, e.g. --set data.root=DIR (repeatable)")
-    p.add_argument("--good", dest="good_dir", required=True, help="folder of defect-free photos (searched recursively)")
+    p.add_argument("--good", dest="good_dir", help="folder of defect-free photos (searched recursively); "
+                   "needed unless --backgrounds training")
+    p.add_argument("--backgrounds", choices=["good", "training"], default="good",
+                   help="good: paint into the --good photos; training: into the training split's own defect "
+                        "photos, keeping their defects (a second defect per photo, no defect-free photos needed)")
     p.add_argument("--sample_dir", required=True, help="output folder (paired layout, manifest, preview)")
     p.add_argument("--num_samples", type=int, default=80)
     p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i")
@@ -486,11 +490,13 @@ def cmd_paint(args) -> int:
         raise ConfigError("paint: give --model (a small-RF model) or --copy-paste (no model), exactly one")
     if args.copy_paste and not args.config:
         raise ConfigError("paint --copy-paste: --config is needed for the training split the defects come from")
+    if (args.backgrounds == "good") != bool(args.good_dir):
+        raise ConfigError("paint: give --good DIR (defect-free photos) or --backgrounds training, exactly one")
     scale = _scale_range(args.scale)
-    settings = paint.PaintSettings(args.sample_dir, args.num_samples, args.good_dir, args.seed, args.steps,
+    settings = paint.PaintSettings(args.sample_dir, args.num_samples, args.good_dir or "", args.seed, args.steps,
                                    args.sampler, args.eta, 0.0 if args.copy_paste else args.strength,
-                                   scale[0], scale[1], args.margin, place=args.place, overwrite=args.overwrite,
-                                   progress=not args.no_progress)
+                                   scale[0], scale[1], args.margin, place=args.place, backgrounds=args.backgrounds,
+                                   overwrite=args.overwrite, progress=not args.no_progress)
     if args.copy_paste:
         painter, cfg = paint.Painter(None, None, 0, 1, 0), load_config(args.config, args.overrides)
     else:

@@ -66,6 +66,7 @@ class PaintSettings:
     margin: int = 16  # photo pixels around the defect inside the denoised window
     blend: int = 2  # defect region dilated by this many pixels: the border is redrawn too
     place: str = "random"  # random: anywhere, turned; source: where the defect was in its own photo
+    backgrounds: str = "good"  # good: defect-free photos of good_dir; training: the training split's own photos
     overwrite: bool = False
     progress: bool = True
 
@@ -148,6 +149,7 @@ def transform_defect(src: Source, rng: np.random.Generator, scale_range: tuple[f
 
 
 PLACES = ("random", "source")
+BACKGROUNDS = ("good", "training")
 SOURCE_JITTER = 0.05  # --place source: shift by up to this share of the photo's height / width
 
 
@@ -210,16 +212,24 @@ def dilate(binary: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def paint_window(denoise, diffusion: GaussianDiffusion, photo: np.ndarray, mask: np.ndarray, start: np.ndarray,
-                 s: PaintSettings, num_defect: int, generator: torch.Generator) -> np.ndarray:
+                 s: PaintSettings, num_defect: int, generator: torch.Generator,
+                 placed: np.ndarray | None = None) -> np.ndarray:
     """The window's RGB (h, w, 3) uint8 with the defect region generated, the rest as in `photo`.
 
-    `start` is the copy-paste composite the chain starts from when strength < 1.
+    `start` is the copy-paste composite the chain starts from when strength < 1. `placed` is the
+    new defect's own mask when `mask` also holds defects the photo already had: only the new
+    one is redrawn, the photo's own defects are held like the rest of it.
     """
-    region = dilate(mask > 0, s.blend)
+    region = dilate((mask if placed is None else placed) > 0, s.blend)
+    if placed is not None:
+        region &= (mask == 0) | (placed > 0)
     index = torch.from_numpy(mask.astype(np.int64))
     values = torch.cat([uint8_to_image(photo), one_hot(index, num_defect + 1)])[None]
     keep_rgb = torch.from_numpy((~region).astype(np.float32))[None].expand(3, -1, -1)
     keep = torch.cat([keep_rgb, torch.ones(num_defect + 1, *mask.shape)])[None]
+    clean = None
+    if diffusion.clean_mask:  # the model was trained on clean masks: give it the mask as it is
+        clean = torch.cat([torch.zeros(3, 1, 1), torch.ones(num_defect + 1, 1, 1)])[None]
     T = diffusion.num_timesteps
     t_start = T - 1 if s.strength >= 1 else int(round(s.strength * (T - 1)))
     timesteps = [t for t in space_timesteps(T, min(s.steps, T)) if t <= t_start] or [t_start]
@@ -230,7 +240,7 @@ def paint_window(denoise, diffusion: GaussianDiffusion, photo: np.ndarray, mask:
         x0[:, :3] = uint8_to_image(start)
         ab = diffusion.alpha_bar_at(timesteps[0])
         x = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * torch.randn(values.shape, generator=generator)
-    sampler = known_region_sampler(s.sampler, KnownRegion(values, keep))
+    sampler = known_region_sampler(s.sampler, KnownRegion(values, keep, clean))
     out = sampler(denoise, x, timesteps, diffusion, generator=generator, eta=s.eta)
     rgb = photo.copy()
     rgb[region] = image_to_uint8(out[0, :3])[region]
@@ -272,28 +282,55 @@ def painter_from_model(loaded, device: torch.device) -> Painter:
                    2 ** (len(cfg.model.channel_mult) - 1), cfg.num_defect)
 
 
+PLACE_TRIES = 20  # placements tried before a new defect may touch a defect the photo already has
+
+
+def place_clear(src: Source, existing: np.ndarray | None, rng: np.random.Generator, s: PaintSettings) -> tuple:
+    """A placement (see `place`) that keeps clear of the photo's own defects (`existing`, class
+    indices, None for a defect-free photo) by more than the redrawn border. After PLACE_TRIES
+    misses the last one is kept and marked as overlapping: the new defect wins where they meet."""
+    if existing is None or not existing.any():
+        return None, False
+    hw = existing.shape
+    keep_out = dilate(existing > 0, s.blend + 2)
+    for _ in range(PLACE_TRIES):
+        p = place(src, hw, rng, (s.scale_min, s.scale_max), s.place)
+        h, w = p.mask.shape
+        if not (keep_out[p.top:p.top + h, p.left:p.left + w] & (p.mask > 0)).any():
+            return p, False
+    return p, True
+
+
 def paint_pair(painter: Painter, s: PaintSettings, photo: np.ndarray, src: Source,
-               seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(image, class-index mask, details) of one pair, both at the photo's size."""
+               seed: int, existing: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(image, class-index mask, details) of one pair, both at the photo's size. `existing` is
+    the photo's own mask when it already holds defects (`--backgrounds training`): they are kept,
+    in the image and in the mask, and the new defect is placed clear of them."""
     rng = np.random.default_rng(seed)
     hw = photo.shape[:2]
-    p = place(src, hw, rng, (s.scale_min, s.scale_max), s.place)
+    p, overlap = place_clear(src, existing, rng, s)
+    if p is None:  # a defect-free photo: one draw, as always (same seed, same pair)
+        p = place(src, hw, rng, (s.scale_min, s.scale_max), s.place)
     composite = copy_paste(photo, p)
-    mask = full_mask(p, hw)
+    placed = full_mask(p, hw)
+    mask = placed if existing is None else np.where(placed > 0, placed, existing).astype(np.uint8)
+    details = {"window": None} if existing is None else {"window": None, "overlap": overlap}
     if painter.denoise is None or s.strength <= 0:
-        return composite, mask, {"window": None}
+        return composite, mask, details
     rows, cols = window(p, hw, painter.size, s.margin, painter.multiple)
     generator = torch.Generator().manual_seed(seed)
     rgb = photo.copy()
     rgb[rows, cols] = paint_window(painter.denoise, painter.diffusion, photo[rows, cols], mask[rows, cols],
-                                   composite[rows, cols], s, painter.num_defect, generator)
+                                   composite[rows, cols], s, painter.num_defect, generator,
+                                   None if existing is None else placed[rows, cols])
     # A defect spanning almost the whole photo can reach past the window (whose sides are
     # multiples of the UNet's down-sampling factor): those few rows keep the real defect's
     # pixels, so the mask never labels untouched surface.
-    outside = mask > 0
+    outside = placed > 0
     outside[rows, cols] = False
     rgb[outside] = composite[outside]
-    return rgb, mask, {"window": [rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start]}
+    details["window"] = [rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start]
+    return rgb, mask, details
 
 
 def _preview_cell(photo: np.ndarray, rgb: np.ndarray, mask: np.ndarray, size: int = 96) -> tuple:
@@ -323,24 +360,34 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
         raise ConfigError(f"--steps must be >= 1 and --margin >= 0, got {s.steps} and {s.margin}")
     if s.place not in PLACES:
         raise ConfigError(f"--place must be one of {', '.join(PLACES)}, got {s.place!r}")
+    if s.backgrounds not in BACKGROUNDS:
+        raise ConfigError(f"--backgrounds must be one of {', '.join(BACKGROUNDS)}, got {s.backgrounds!r}")
     if not 0 < s.scale_min <= s.scale_max:
         raise ConfigError(f"--scale must be two factors 0 < min <= max, got {s.scale_min}, {s.scale_max}")
-    goods = list_good_images(s.good_dir)
+    goods = list_good_images(s.good_dir) if s.backgrounds == "good" else sources
     with fsutil.lock_dir(s.sample_dir, "painting run", "--sample_dir"):  # one run per folder
         writers.prepare_dir(s.sample_dir, "paired", s.overwrite)
         _write_pairs(painter, sources, goods, classes, s)
     return s.num_samples
 
 
-def pairs(painter: Painter, sources: list[Source], goods: list[str], s: PaintSettings, desc: str = "painting"):
+def pairs(painter: Painter, sources: list[Source], goods: list, s: PaintSettings, desc: str = "painting"):
     """Pair i (seed + i): a seeded pick of the photos, the i-th source (round robin), painted.
-    Yields (i, photo, its path, source, image, mask, details); `paint` and the evaluation's
-    copy-paste baseline both draw from here, so the same settings give the same pairs."""
+    `goods` are paths of defect-free photos, or Sources: the training split's own photos
+    (`--backgrounds training`), whose defects are kept; a defect never goes back into its own
+    photo. Yields (i, photo, its path or name, source, image, mask, details); `paint` and the
+    evaluation's copy-paste baseline both draw from here, so the same settings give the same pairs."""
     for i in logs.iterate(range(s.num_samples), desc=desc, unit="pair", enabled=s.progress):
-        seed = s.seed + i
-        good = goods[int(np.random.default_rng([seed, 1]).integers(len(goods)))]
-        photo, src = read_image(good), sources[i % len(sources)]
-        yield (i, photo, good, src, *paint_pair(painter, s, photo, src, seed))
+        seed, src = s.seed + i, sources[i % len(sources)]
+        pick = np.random.default_rng([seed, 1])
+        if goods and isinstance(goods[0], Source):
+            others = [g for g in goods if g.name != src.name] or goods
+            background = others[int(pick.integers(len(others)))]
+            photo, good, existing = background.image, background.name, background.mask
+        else:
+            good = goods[int(pick.integers(len(goods)))]
+            photo, existing = read_image(good), None
+        yield (i, photo, good, src, *paint_pair(painter, s, photo, src, seed, existing))
 
 
 def _write_pairs(painter: Painter, sources: list[Source], goods: list[str], classes: list[str],
@@ -351,6 +398,8 @@ def _write_pairs(painter: Painter, sources: list[Source], goods: list[str], clas
             name = f"paint_{i:05d}"
             row = writers.write_pair(s.sample_dir, "paired", name, rgb, mask, classes)
             row.update(seed=s.seed + i, good=good, source=src.name, **details)
+            if s.backgrounds == "training":  # the evaluation's leak check reads both names
+                row["background"] = good
             manifest.write(json.dumps(row) + "\n")
             manifest.flush()
             if len(previews) < 12:

@@ -249,3 +249,63 @@ def test_source_placement_keeps_the_defect_where_it_was():
     with pytest.raises(ConfigError, match="--place must be one of random, source"):
         paint.paint(paint.Painter(None, None, 0, 1, 1), [src], ["a"],
                     paint.PaintSettings("/nonexistent", 1, "/nonexistent", place="edge"))
+
+
+# ---------------------------------------------------------------------------------------
+# Painting into the training split's own photos (--backgrounds training)
+
+
+def test_paint_into_training_photos_keeps_their_defects(tiny, model, tmp_path):
+    cfg = _config(str(tmp_path), str(tiny / "data"))
+    sources = {s.name: s for s in paint.training_sources(load_config(cfg))}
+    for flags in (["--copy-paste", "--config", cfg], ["--model", str(model), "--steps", "2", "--margin", "2"]):
+        out = str(tmp_path / flags[0].strip("-"))
+        assert main(["paint", *flags, "--backgrounds", "training", "--sample_dir", out, "--num_samples", "6",
+                     "--no-progress"]) == 0
+        for r in (json.loads(line) for line in open(os.path.join(out, "manifest.jsonl"))):
+            image, mask = _read(out, r["files"]["image"]), _read(out, r["files"]["mask"])
+            bg = sources[r["background"]]
+            assert r["background"] != r["source"]  # never back into its own photo
+            assert image.shape == bg.image.shape and mask.shape == bg.mask.shape
+            own = bg.mask > 0
+            assert np.array_equal(mask[own], bg.mask[own]) and np.array_equal(image[own], bg.image[own])
+            new = (mask > 0) & ~own
+            assert new.any() and not r["overlap"]  # a second defect, clear of the first
+            assert not (paint.dilate(own, 2) & new).any()
+            untouched = ~paint.dilate(new, 2)  # the default blend
+            assert np.array_equal(image[untouched], bg.image[untouched])
+
+
+def test_paint_needs_good_photos_or_training_backgrounds(tiny, tmp_path, capsys):
+    cfg = _config(str(tmp_path), str(tiny / "data"))
+    for extra in ([], ["--good", str(tiny / "good"), "--backgrounds", "training"]):
+        assert main(["paint", "--copy-paste", "--config", cfg, "--sample_dir", str(tmp_path / "o"),
+                     "--no-progress", *extra]) == 2
+        assert "--good DIR (defect-free photos) or --backgrounds training" in capsys.readouterr().err
+
+
+def test_leak_check_reads_the_background_too(tiny, tmp_path):
+    cfg = load_config(_config(str(tmp_path), str(tiny / "data")))
+    _, held, _ = load_real(cfg, "cfg.yaml", 16)
+    folder = tmp_path / "syn"
+    os.makedirs(folder)
+    row = {"name": "a", "source": "images/elsewhere.png", "background": held.names[0]}
+    (folder / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ConfigError, match="1 held-out pair"):
+        check_no_leak(held, [str(folder)], "cfg.yaml")
+
+
+def test_clean_mask_model_paints_and_sample_asks_for_masks(tiny, tmp_path, capsys):
+    cfg = _config(str(tmp_path), str(tiny / "data"), native_scale=1.0)
+    text = open(cfg).read().replace("predict: x0}", "predict: x0, clean_mask: true}")
+    open(cfg, "w").write(text)
+    run = str(tmp_path / "run")
+    assert main(["train", "--config", cfg, "--work_dir", run, "--no-progress"]) == 0
+    out = str(tmp_path / "painted")
+    assert main(["paint", "--model", run, "--good", str(tiny / "good"), "--sample_dir", out,
+                 "--num_samples", "2", "--steps", "2", "--margin", "2", "--no-progress"]) == 0
+    assert len(open(os.path.join(out, "manifest.jsonl")).readlines()) == 2
+    capsys.readouterr()
+    assert main(["sample", "--small_recep", run, "--step_inference", "50", "--sample_dir", str(tmp_path / "s"),
+                 "--num_samples", "1", "--steps", "2", "--no-progress"]) == 2
+    assert "cannot draw masks: pass --mask DIR" in capsys.readouterr().err

@@ -132,7 +132,8 @@ def class_counts(pairs: PairSet, classes: list[str]) -> dict[str, int]:
 
 def generator_training_pairs(folder: str) -> set[str]:
     """The real pairs a synthetic folder's generator took its defects from, where the folder
-    records them (`defect-gen paint` writes each pair's `source`, relative to data.root)."""
+    records them (`defect-gen paint` writes each pair's `source`, relative to data.root, and
+    its `background` when it painted into the training split's own photos)."""
     path = os.path.join(folder, "manifest.jsonl")
     names: set[str] = set()
     if os.path.exists(path):
@@ -142,8 +143,8 @@ def generator_training_pairs(folder: str) -> set[str]:
                     row = json.loads(line)
                 except ValueError:
                     continue  # a cut-short last line of a killed run
-                if isinstance(row, dict) and isinstance(row.get("source"), str):
-                    names.add(row["source"])
+                if isinstance(row, dict):
+                    names.update(row[k] for k in ("source", "background") if isinstance(row.get(k), str))
     return names
 
 
