@@ -48,6 +48,11 @@ class DiffusionConfig:
     schedule: str = "cosine"  # cosine | linear
     predict: str = "x0"  # what the network outputs: x0 (as published) | eps | v
     mask_loss_weight: float = 1.0  # weight of the mask channels' MSE relative to RGB
+    # true: the mask channels enter the network clean at every t (never noised) and only RGB is
+    # learned, so the model draws an image *for a given mask* (`paint`, `sample --mask`) and
+    # cannot ignore the mask; it cannot draw masks of its own. false: image and mask are
+    # denoised together (Defect-Gen).
+    clean_mask: bool = False
     # Train only on timesteps in [t_min, t_max): each model learns the steps it will serve.
     t_min: int = 0
     t_max: typing.Optional[int] = None  # None = num_timesteps

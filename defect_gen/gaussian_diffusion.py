@@ -48,7 +48,8 @@ def make_betas(schedule: str, num_timesteps: int) -> torch.Tensor:
 class GaussianDiffusion:
     """The forward process and the conversions between x0, eps and v for one schedule."""
 
-    def __init__(self, betas: torch.Tensor, predict: str = "x0", mask_loss_weight: float = 1.0):
+    def __init__(self, betas: torch.Tensor, predict: str = "x0", mask_loss_weight: float = 1.0,
+                 clean_mask: bool = False):
         if predict not in ("x0", "eps", "v"):
             raise ValueError(f"predict must be x0, eps or v, got {predict!r}")
         self.betas = betas.to(torch.float64)
@@ -56,10 +57,11 @@ class GaussianDiffusion:
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
         self.predict = predict
         self.mask_loss_weight = mask_loss_weight
+        self.clean_mask = clean_mask  # mask channels given clean, never noised (see DiffusionConfig)
 
     @classmethod
     def from_config(cls, cfg: DiffusionConfig) -> "GaussianDiffusion":
-        return cls(make_betas(cfg.schedule, cfg.num_timesteps), cfg.predict, cfg.mask_loss_weight)
+        return cls(make_betas(cfg.schedule, cfg.num_timesteps), cfg.predict, cfg.mask_loss_weight, cfg.clean_mask)
 
     def alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """alpha_bar at integer timesteps t (B,), shaped to broadcast against `like`.
@@ -118,12 +120,19 @@ class GaussianDiffusion:
 
         The first three channels are RGB, the rest the one-hot mask; the mask's squared
         error is weighted by `mask_loss_weight` (1.0 = plain MSE over all channels, as published).
+        With `clean_mask` the mask channels go in clean and are the condition, not a target:
+        the loss is the RGB error alone (`mse_mask` reads 0).
         """
         if noise is None:
             noise = torch.randn_like(x0)
-        out = model(self.q_sample(x0, t, noise), t)
+        x_t = self.q_sample(x0, t, noise)
+        if self.clean_mask:
+            x_t = torch.cat([x_t[:, :3], x0[:, 3:]], dim=1)
+        out = model(x_t, t)
         sq = (out.float() - self.target(x0, noise, t).float()) ** 2
         mse_rgb = sq[:, :3].mean(dim=(1, 2, 3))
+        if self.clean_mask:
+            return {"loss": mse_rgb, "mse_rgb": mse_rgb, "mse_mask": torch.zeros_like(mse_rgb)}
         mse_mask = sq[:, 3:].mean(dim=(1, 2, 3))
         n_rgb, n_mask = 3, x0.shape[1] - 3
         loss = (n_rgb * mse_rgb + self.mask_loss_weight * n_mask * mse_mask) / (n_rgb + n_mask)

@@ -174,7 +174,8 @@ def check_pair(large: LoadedModel | None, small: LoadedModel | None) -> Config:
                            ("num_defect", ref.cfg.num_defect, other.cfg.num_defect),
                            ("diffusion.num_timesteps", ref.cfg.diffusion.num_timesteps,
                             other.cfg.diffusion.num_timesteps),
-                           ("diffusion.schedule", ref.cfg.diffusion.schedule, other.cfg.diffusion.schedule)):
+                           ("diffusion.schedule", ref.cfg.diffusion.schedule, other.cfg.diffusion.schedule),
+                           ("diffusion.clean_mask", ref.cfg.diffusion.clean_mask, other.cfg.diffusion.clean_mask)):
             if a != b:
                 raise ConfigError(f"the two models disagree on {what}: {a} in {ref.path}, {b} in {other.path}")
     return ref.cfg
@@ -276,6 +277,10 @@ def make_plan(large: LoadedModel | None, small: LoadedModel | None, s: SampleSet
                           f"{'large' if large is None else 'small'}-RF model, which was not given")
     if not s.allow_mismatch:
         check_roles(large, small, large_steps, small_steps, s.step_inference)
+    for m in (large, small):
+        if m is not None and m.cfg.diffusion.clean_mask and not s.mask_dir:
+            raise ConfigError(f"{m.path} draws images for given masks (diffusion.clean_mask: true) and cannot "
+                              f"draw masks: pass --mask DIR, or use it with `defect-gen paint`")
     # Each model gets its own parameterisation (x0 / eps / v); check_pair made the schedules equal.
     networks, denoisers = [], []
     for m in (large, small):
@@ -436,7 +441,11 @@ def _sample_batch(run: _Run, tasks: list[_Task], seeds: list[int]) -> tuple[torc
         masks = [t.paint if t.paint is not None else cond.given_mask(t.index, seed) for t, seed in zip(tasks, seeds)]
         conds = [cond.condition(t.index, mask) for t, mask in zip(tasks, masks)]
         values, keep = (torch.stack([c[j] for c in conds]).to(device) for j in (0, 1))
-        sampler = known_region_sampler(s.sampler, KnownRegion(values, keep), jump_length=s.jump_length,
+        clean = None  # a clean-mask model's mask channels are given as they are at every t
+        if run.plan.diffusion.clean_mask:
+            clean = torch.zeros_like(keep[:1])
+            clean[:, 3:] = 1
+        sampler = known_region_sampler(s.sampler, KnownRegion(values, keep, clean), jump_length=s.jump_length,
                                        resample=s.resample)
         extras = [(c[2], c[3]) for c in conds]
     first_bad = torch.full((), -1, device=device, dtype=torch.long)

@@ -154,10 +154,14 @@ def two_stage_denoiser(large: Denoiser, small: Denoiser, switch: int) -> Denoise
 @dataclass
 class KnownRegion:
     """Part of the clean sample that is given: `values` (B, C, H, W) in model space, and
-    `keep` (same shape, or broadcastable) = 1 where the value is known, 0 where it is generated."""
+    `keep` (same shape, or broadcastable) = 1 where the value is known, 0 where it is generated.
+    `clean` (like `keep`, optional) = 1 where a known value is imposed as it is at every t
+    instead of noised to t: the mask channels of a clean-mask model, which were never noised
+    in training."""
 
     values: torch.Tensor
     keep: torch.Tensor
+    clean: torch.Tensor | None = None
 
     def impose(self, x: torch.Tensor, t: int, diffusion: GaussianDiffusion, generator: Generator) -> torch.Tensor:
         """x with its known part replaced by a fresh draw of q(x_t | values); t = -1: the values."""
@@ -166,6 +170,8 @@ class KnownRegion:
         else:
             ab = diffusion.alpha_bar_at(t)
             noisy = math.sqrt(ab) * self.values + math.sqrt(1.0 - ab) * randn_rows(x, generator)
+            if self.clean is not None:
+                noisy = self.clean * self.values + (1.0 - self.clean) * noisy
         return self.keep * noisy + (1.0 - self.keep) * x
 
 

@@ -34,7 +34,7 @@ from defect_gen.io import save_pair_grid
 from defect_gen.masks import image_to_uint8, mask_to_index, split_image_mask
 from defect_gen.plots import line_plot
 from defect_gen.respace import space_timesteps, window
-from defect_gen.samplers import sample_ddim
+from defect_gen.samplers import KnownRegion, known_region_sampler, sample_ddim
 from defect_gen.unet import build_unet
 
 # Layout of the device-side statistics accumulator.
@@ -118,7 +118,7 @@ def resume_differences(saved: dict | None, cfg: Config) -> list[str]:
     pairs = [(f"model.{k}", v, getattr(cfg.model, k)) for k, v in dataclasses.asdict(old.model).items()
              if k != "use_checkpoint"]
     pairs += [(f"diffusion.{k}", getattr(old.diffusion, k), getattr(cfg.diffusion, k))
-              for k in ("num_timesteps", "schedule", "predict", "mask_loss_weight")]
+              for k in ("num_timesteps", "schedule", "predict", "mask_loss_weight", "clean_mask")]
     windows = [window(c.diffusion.num_timesteps, c.diffusion.t_min, c.diffusion.t_max) for c in (old, cfg)]
     pairs += [("diffusion.t_min/t_max window", list(windows[0]), list(windows[1])),
               ("data.classes", old.data.classes, cfg.data.classes)]
@@ -372,8 +372,15 @@ class TrainLoop:
             noise = noise[: len(real)]
             x = self.diffusion.q_sample(real, torch.full((len(real),), ts[0], device=self.device), noise)
         ema = self.emas[self.cfg.train.ema_rate]
+        sampler = sample_ddim
+        if self.diffusion.clean_mask:  # a mask-to-image model draws the training pairs' own masks
+            real = self.data.data[:len(x)].to(self.device)
+            x = x[:len(real)]
+            keep = torch.zeros_like(real[:1])
+            keep[:, 3:] = 1
+            sampler = known_region_sampler("ddim", KnownRegion(real, keep, clean=keep))
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = sample_ddim(self.diffusion.denoiser(ema), x, ts, self.diffusion, eta=0.0)
+            out = sampler(self.diffusion.denoiser(ema), x, ts, self.diffusion, eta=0.0)
         image, mask = split_image_mask(out.float().cpu())
         path = os.path.join(self.work_dir, "samples", f"step_{self.step:08d}.png")
         save_pair_grid(path, list(image_to_uint8(image)), list(mask_to_index(mask).to(torch.uint8).numpy()))

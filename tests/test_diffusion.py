@@ -73,3 +73,21 @@ def test_switch_hands_over_x_s_minus_1_as_the_full_chain_does(steps, switch):
     large, small = split_at(with_switch(grid, switch, 1000), switch)
     assert large[-1] == switch and small[0] == switch - 1  # large: x_S -> x_{S-1}; small from x_{S-1}
     assert set(grid) <= set(large + small) and len(large + small) - len(grid) == len({switch, switch - 1} - set(grid))
+
+
+def test_clean_mask_training_gives_the_mask_clean_and_learns_rgb_only():
+    d = GaussianDiffusion(cosine_betas(100), predict="x0", clean_mask=True)
+    x0 = torch.rand(3, 6, 8, 8) * 2 - 1
+    seen = {}
+
+    def model(x_t, t):
+        seen["x_t"] = x_t
+        out = x0.clone()
+        out[:, 3:] += 5.0  # a wrong mask output costs nothing: the mask is the condition
+        out[:, :3] += 0.5
+        return out
+
+    losses = d.training_losses(model, x0, torch.tensor([10, 50, 99]))
+    assert torch.equal(seen["x_t"][:, 3:], x0[:, 3:])  # never noised
+    assert not torch.allclose(seen["x_t"][:, :3], x0[:, :3])
+    assert torch.allclose(losses["loss"], torch.full((3,), 0.25)) and torch.equal(losses["mse_mask"], torch.zeros(3))

@@ -113,3 +113,28 @@ def test_ddim_eta0_is_the_published_cold_diffusion_step():
 
         cold = x - degrade(ab) + degrade(ab_prev)
         torch.testing.assert_close(ddim_step(denoise, x, t, t - 1, diffusion, eta=0.0)[0], cold)
+
+
+def test_clean_known_channels_reach_the_network_unnoised_at_every_step():
+    from defect_gen.samplers import KnownRegion, known_region_sampler
+
+    diffusion = GaussianDiffusion(cosine_betas(100))
+    values = torch.rand(2, 5, 8, 8) * 2 - 1
+    keep = torch.zeros(1, 5, 1, 1)
+    keep[:, 3:] = 1
+    inputs = []
+
+    def denoise(x, t):
+        inputs.append(x[:, 3:].clone())
+        return torch.zeros_like(x)
+
+    gen = [torch.Generator().manual_seed(i) for i in range(2)]
+    x = torch.randn(2, 5, 8, 8)
+    out = known_region_sampler("ddim", KnownRegion(values, keep, clean=keep))(
+        denoise, x, space_timesteps(100, 5), diffusion, generator=gen)
+    assert len(inputs) == 5 and all(torch.equal(m, values[:, 3:]) for m in inputs)
+    assert torch.equal(out[:, 3:], values[:, 3:])
+    inputs.clear()  # without `clean` the known channels go in noised, as before
+    known_region_sampler("ddim", KnownRegion(values, keep))(denoise, x, space_timesteps(100, 5), diffusion,
+                                                             generator=gen)
+    assert not torch.equal(inputs[0], values[:, 3:])
