@@ -115,6 +115,8 @@ class TrainConfig:
     # Every N steps (and at the end) WORK_DIR/samples/step_N.png shows the EMA model's
     # output over its timestep window (image | colour mask | overlay); 0 = never.
     sample_every: int = 0
+    # Also write metrics.jsonl's scalars to WORK_DIR/tb/ when the tensorboard package is installed.
+    tensorboard: bool = True
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
