@@ -425,8 +425,8 @@ def _output_cases(tmp_path, models):
     blocker.write_text("a file, not a folder")
     return {  # argv, and how the message names the output
         "make-demo-data": (["make-demo-data", str(blocker / "demo")], f"make-demo-data DIR {blocker / 'demo'}"),
-        "export --out": (["export", str(models / "large"), "--out", str(blocker / "m.pt")],
-                         f"--out {blocker / 'm.pt'}"),
+        "export --out": (["export", str(models / "large"), "--out", str(blocker / "m")],
+                         f"--out {blocker / 'm'}"),
         "evaluate --out": (["evaluate", "--real", "configs/demo_small.yaml", "--synthetic", str(tmp_path),
                             "--out", str(blocker / "report")], f"--out {blocker / 'report'}"),
     }
