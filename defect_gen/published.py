@@ -15,6 +15,8 @@ from a YAML whose `model.target` names a class to import. Here:
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from defect_gen import checkpoint as ckpt_lib
@@ -152,17 +154,13 @@ def published_weights(ckpt: dict, path: str, raw: bool = False) -> dict:
                           f"expected the published {{model, ema, optimizer}} dict")
 
 
-def load_published(path: str, config_path: str | None, raw: bool = False,
-                   flag: str = "--large_recep_config") -> tuple[dict, Config, dict]:
-    """(weights, config, checkpoint) of a published checkpoint file and its YAML."""
-    ckpt = ckpt_lib.load(path)
-    if not is_published(ckpt):
-        raise CheckpointError(f"{path} is not a published Defect-Gen checkpoint (expected {{model, ema, optimizer}} "
-                              f"state_dicts without a format tag; keys: {', '.join(map(str, list(ckpt)[:6]))})")
+def weights_and_config(ckpt: dict, path: str, config_path: str | None, raw: bool = False,
+                       flag: str = "--large_recep_config") -> tuple[dict, Config]:
+    """(weights to sample with, config from its YAML) of a loaded published checkpoint."""
     if not config_path:
         raise ConfigError(f"{path} is a published-implementation checkpoint, which holds no config: pass its "
                           f"YAML with {flag}")
-    return ckpt_lib.strip_ddp_prefix(published_weights(ckpt, path, raw)), from_published_yaml(config_path), ckpt
+    return ckpt_lib.strip_ddp_prefix(published_weights(ckpt, path, raw)), from_published_yaml(config_path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,10 +178,14 @@ def convert(path: str, config_path: str, out: str, force: bool = False) -> str:
     from defect_gen.unet import build_unet
 
     export.refuse_existing(out, force)
-    weights, cfg, ckpt = load_published(path, config_path, flag="--config")
+    ckpt = ckpt_lib.load(path)
+    if not is_published(ckpt):
+        raise CheckpointError(f"{path} is not a published Defect-Gen checkpoint (expected {{model, ema, optimizer}} "
+                              f"state_dicts and no format tag; for our checkpoints use `defect-gen export`)")
+    weights, cfg = weights_and_config(ckpt, path, config_path, flag="--config")
     ckpt_lib.load_weights(build_unet(cfg.model, cfg.num_defect), weights, path)
-    source = {"path": path, "sha256": export.sha256(path), "format": export.SOURCE_PUBLISHED,
-              "config": config_path, "config_sha256": export.sha256(config_path)}
+    source = {"path": os.path.abspath(path), "sha256": export.sha256(path), "format": export.SOURCE_PUBLISHED,
+              "config": os.path.abspath(config_path), "config_sha256": export.sha256(config_path)}
     weights_kind = "ema" if _is_state_dict(ckpt.get("ema")) else "model"
     return export.write_export(out, weights, cfg, step=None, ema_rate=None, source=source,
                                weights_kind=weights_kind, force=force)

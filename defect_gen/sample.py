@@ -161,7 +161,7 @@ def _load_weights_and_config(path: str, raw_weights: bool, config_path: str | No
     path = ckpt_lib.resolve(path)
     ckpt = ckpt_lib.load(path)
     if published.is_published(ckpt):
-        weights, cfg, _ = published.load_published(path, config_path, raw_weights, flag)
+        weights, cfg = published.weights_and_config(ckpt, path, config_path, raw_weights, flag)
         return weights, cfg, path, True
     cfg = _checkpoint_config(ckpt, path, config_path)
     return ckpt_lib.strip_ddp_prefix(ckpt_lib.ema_weights(ckpt, path, raw_weights)), cfg, path, False

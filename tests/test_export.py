@@ -158,3 +158,12 @@ def test_convert_published_round_trip(tmp_path, capsys):
     _one_line(capsys, main(["convert-published", path, "--config", str(bad_config), "--out", str(tmp_path / "b")]),
               "input_blocks.0.0.weight has shape")
     assert not (tmp_path / "b").exists()
+
+
+def test_convert_published_refuses_our_own_checkpoints(models, tmp_path, capsys):
+    from defect_gen import checkpoint as ckpt_lib
+
+    ours = ckpt_lib.latest(str(models / "small"))
+    code = main(["convert-published", ours, "--config", "configs/small.yaml", "--out", str(tmp_path / "c")])
+    _one_line(capsys, code, f"{ours} is not a published Defect-Gen checkpoint", "defect-gen export")
+    assert not (tmp_path / "c").exists()
