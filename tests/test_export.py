@@ -167,3 +167,17 @@ def test_convert_published_refuses_our_own_checkpoints(models, tmp_path, capsys)
     code = main(["convert-published", ours, "--config", "configs/small.yaml", "--out", str(tmp_path / "c")])
     _one_line(capsys, code, f"{ours} is not a published Defect-Gen checkpoint", "defect-gen export")
     assert not (tmp_path / "c").exists()
+
+
+def test_model_card_quotes_an_evaluation_report(models, tmp_path, capsys):
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "results.json").write_text(json.dumps({"runs": [
+        {"label": "real only", "ratio": 0.0, "summary": {"mIoU": [0.412, 0.011]}},
+        {"label": "samples", "ratio": 1.0, "summary": {"mIoU": [0.431, None]}}]}))
+    assert main(["export", str(models / "small"), "--out", str(tmp_path / "e"), "--report", str(report)]) == 0
+    card = (tmp_path / "e" / "MODEL_CARD.md").read_text()
+    assert f"Evaluated in `{report}`" in card and "| real only | 0.0 | 41.2 ± 1.1 |" in card
+    assert "| samples | 1.0 | 43.1 ± n/a |" in card and "Not evaluated" not in card
+    code = main(["export", str(models / "small"), "--out", str(tmp_path / "f"), "--report", str(tmp_path)])
+    _one_line(capsys, code, f"--report {tmp_path}: no results.json in it")
