@@ -139,16 +139,26 @@ def refuse_existing(out: str, force: bool) -> None:
 
 
 def _write_weights(path: str, weights: dict) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     # safetensors stores each tensor's own bytes: no views sharing storage, no gaps.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
-    save_file(tensors, path, metadata={"format": FORMAT})
-
-
-def _fsync_file(path: str) -> None:
+    try:
+        save_file(tensors, path, metadata={"format": FORMAT})
+    except SafetensorError as exc:  # its I/O errors (a full disk) are not OSErrors
+        raise CheckpointError(f"could not write {path}: {str(exc).splitlines()[0][:160]}") from None
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_export(out: str, weights: dict, cfg: Config, step: int | None, ema_rate: str | None, source: dict,
@@ -166,7 +176,6 @@ def write_export(out: str, weights: dict, cfg: Config, step: int | None, ema_rat
     try:
         os.makedirs(tmp)
         _write_weights(os.path.join(tmp, WEIGHTS), weights)
-        _fsync_file(os.path.join(tmp, WEIGHTS))
         fsutil.atomic_write_text(os.path.join(tmp, CONFIG), to_yaml(cfg))
         meta = {"format": FORMAT, "step": step, "ema_rate": ema_rate, "weights": weights_kind, "source": source,
                 "parameters": sum(v.numel() for v in weights.values()),
@@ -198,10 +207,7 @@ def _replace(tmp: str, out: str, force: bool) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        fd = os.open(os.path.dirname(os.path.abspath(out)), os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+    _fsync_dir(os.path.dirname(os.path.abspath(out)))
 
 
 def _run_notes(checkpoint_path: str) -> dict:
