@@ -189,59 +189,10 @@ def ema_weights(ckpt: dict, path: str, raw: bool = False) -> dict:
     return ckpt["ema"][sampling_rate(ckpt, path)]
 
 
-def export_ema(src: str, out: str, rate: str | None = None) -> str:
-    """Write an inference-only checkpoint: config, step and one EMA (a fraction of the size).
-
-    `src` is a checkpoint or a run folder; `rate` picks the EMA (default: the one sampling uses).
-    """
-    path = resolve(src)
-    ckpt = load(path)
-    emas = ckpt.get("ema") or {}
-    if "config" not in ckpt or not emas:
-        raise CheckpointError(f"{path} is not a defect-gen training checkpoint with EMA weights")
-    if rate is None:
-        rate = sampling_rate(ckpt, path)
-    if rate not in emas:
-        raise CheckpointError(f"{path} has no EMA at rate {rate}; it has: {', '.join(emas)}")
-    if os.path.exists(out):
-        raise CheckpointError(f"{out} already exists; choose another --out (nothing was overwritten)")
-    atomic_save({"format": FORMAT, "config": ckpt["config"], "step": ckpt["step"], "ema": {rate: emas[rate]}}, out)
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# Sampling weights from ours or the published implementation's checkpoints
-
-
-def _is_state_dict(obj) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def is_published(ckpt: dict) -> bool:
-    """The published implementation saves {"model": sd, "ema": sd, "optimizer": sd} (no format,
-    no config); a bare state_dict (guided-diffusion names) is accepted as its raw weights too."""
-    if "format" in ckpt:
-        return False
-    return _is_state_dict(ckpt.get("model")) or ("time_embed.0.weight" in ckpt and _is_state_dict(ckpt))
-
-
-def sampling_weights(ckpt: dict, path: str, raw: bool = False) -> dict:
-    """The state_dict to sample with, from either kind of checkpoint: the EMA unless `raw`.
-
-    DistributedDataParallel's "module." prefix is removed, so weights saved from a wrapped
-    model load too.
-    """
-    if "format" in ckpt:
-        weights = ema_weights(ckpt, path, raw)
-    elif _is_state_dict(ckpt.get("model")):
-        weights = ckpt["model"] if raw or not _is_state_dict(ckpt.get("ema")) else ckpt["ema"]
-    elif _is_state_dict(ckpt):
-        weights = ckpt
-    else:
-        raise CheckpointError(f"checkpoint {path}: no weights found (keys: {', '.join(map(str, list(ckpt)[:6]))}); "
-                              f"expected a defect-gen checkpoint or the published {{model, ema, optimizer}} dict")
+def strip_ddp_prefix(weights: dict) -> dict:
+    """DistributedDataParallel's "module." prefix removed, so weights saved from a wrapped model load too."""
     if weights and all(k.startswith("module.") for k in weights):
-        weights = {k[len("module."):]: v for k, v in weights.items()}
+        return {k[len("module."):]: v for k, v in weights.items()}
     return weights
 
 

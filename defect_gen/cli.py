@@ -28,8 +28,8 @@ def _add_train(sub) -> None:
 
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate image + mask pairs with the large and small models")
-    p.add_argument("--large_recep", help="large-RF checkpoint (.pt) or its run folder; ours or the published one")
-    p.add_argument("--small_recep", help="small-RF checkpoint (.pt) or its run folder; ours or the published one")
+    p.add_argument("--large_recep", help="large-RF export folder, .pt checkpoint or run folder; ours or published")
+    p.add_argument("--small_recep", help="small-RF export folder, .pt checkpoint or run folder; ours or published")
     p.add_argument("--large_recep_config", help="YAML for a published checkpoint (optional for ours, which carry one)")
     p.add_argument("--small_recep_config", help="YAML for a published checkpoint (optional for ours, which carry one)")
     p.add_argument("--step_inference", type=int, required=True,
@@ -88,10 +88,23 @@ def _add_demo(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write an EMA-only checkpoint for inference (no optimizer state)")
+    p = sub.add_parser("export", help="write an export folder for sharing and sampling: model.safetensors (the "
+                                      "sampling EMA), config.yaml, export.json, MODEL_CARD.md")
     p.add_argument("src", help="training checkpoint (.pt) or run folder (its latest checkpoint)")
-    p.add_argument("--out", required=True, help="output .pt (never overwritten)")
-    p.add_argument("--rate", default=None, help="which EMA (default: train.ema_rate)")
+    p.add_argument("--out", required=True, help="export folder to create (replaced only with --force)")
+    p.add_argument("--rate", default=None, help="which EMA (default: train.ema_rate, the one sampling uses)")
+    p.add_argument("--report", default=None, help="a `defect-gen evaluate --out` folder whose results go into "
+                                                  "the model card (without it the card says: not evaluated)")
+    p.add_argument("--force", action="store_true", help="replace an existing export folder at --out")
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert-published", help="turn a published Defect-Gen checkpoint + its YAML into an export "
+                                                 "folder (as `export` writes), once")
+    p.add_argument("checkpoint", help="the published implementation's .pt ({model, ema, optimizer})")
+    p.add_argument("--config", required=True, help="its YAML (model.target, model.params, diffusion)")
+    p.add_argument("--out", required=True, help="export folder to create (replaced only with --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing export folder at --out")
 
 
 def _add_data(sub) -> None:
@@ -187,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="defect-gen")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_sample, _add_info, _add_demo, _add_export, _add_data, _add_bench,
+    for add in (_add_train, _add_sample, _add_info, _add_demo, _add_export, _add_convert, _add_data, _add_bench,
                 _add_evaluate, _add_paint):
         add(sub)
     # Built from the subcommands themselves, so the summary never falls behind them.
@@ -386,12 +399,21 @@ def cmd_demo(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from defect_gen.checkpoint import export_ema
+    from defect_gen.export import export_run, refuse_existing
 
     fsutil.check_writable(args.out, "--out")
-    if os.path.isdir(args.out):
-        raise DefectGenError(f"--out {args.out} is a folder; expected the path of the .pt file to write")
-    print(f"wrote {export_ema(args.src, args.out, args.rate)}")
+    refuse_existing(args.out, args.force)  # before the checkpoint is read: a refusal costs nothing
+    print(f"wrote {export_run(args.src, args.out, args.rate, force=args.force, report=args.report)}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from defect_gen.export import refuse_existing
+    from defect_gen.published import convert
+
+    fsutil.check_writable(args.out, "--out")
+    refuse_existing(args.out, args.force)
+    print(f"wrote {convert(args.checkpoint, args.config, args.out, force=args.force)}")
     return 0
 
 
@@ -513,7 +535,7 @@ def cmd_paint(args) -> int:
 
 
 COMMANDS = {"paint": cmd_paint, "train": cmd_train, "sample": cmd_sample, "info": cmd_info, "make-demo-data": cmd_demo,
-            "export": cmd_export, "bench": cmd_bench, "data": cmd_data,
+            "export": cmd_export, "convert-published": cmd_convert, "bench": cmd_bench, "data": cmd_data,
             "evaluate": cmd_evaluate}
 
 

@@ -120,6 +120,8 @@ class TrainConfig:
     # Every N steps (and at the end) WORK_DIR/samples/step_N.png shows the EMA model's
     # output over its timestep window (image | colour mask | overlay); 0 = never.
     sample_every: int = 0
+    # Also write metrics.jsonl's scalars to WORK_DIR/tb/ when the tensorboard package is installed.
+    tensorboard: bool = True
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -494,101 +496,3 @@ def resolve_num_defect(cfg: Config, num_defect: int | None, source: str = "--num
     cfg.data.classes = [f"defect{i}" for i in range(1, num_defect + 1)]
     return cfg
 
-
-# ---------------------------------------------------------------------------------------
-# The published implementation's YAML (github EnVision-Research/Defect_Spectrum)
-
-# Its model.target names a class to import; we only map the two names to our UNet's shapes.
-PUBLISHED_TARGETS = {"models.unet.openaiunet.UNetModel": "large", "models.unet.unet_receptive.UNetModel": "small"}
-PUBLISHED_DIFFUSIONS = ("diffusion.base_diffusion.ColdDiffusion", "diffusion.base_diffusion.GaussianDiffusion")
-# model.params read as our fields of the same name
-_PUBLISHED_SAME = ("image_size", "model_channels", "num_res_blocks", "channel_mult", "dropout",
-                   "num_heads", "num_head_channels", "num_heads_upsample", "use_scale_shift_norm")
-# model.params that change nothing at inference: the small net has no attention to place,
-# use_fp16 is a dtype, use_checkpoint saves training memory.
-_PUBLISHED_IGNORED = ("attention_resolutions", "use_fp16", "use_checkpoint")
-# model.params our UNet supports only at the published default
-_PUBLISHED_FIXED = {"conv_resample": True, "dims": 2, "num_classes": None, "resblock_updown": False,
-                    "use_new_attention_order": False}
-
-
-def _published_model(params: dict, variant: str, resolution) -> tuple[dict, int]:
-    """The published model.params as our `model` section, and the channel count."""
-    known = set(_PUBLISHED_SAME) | set(_PUBLISHED_IGNORED) | set(_PUBLISHED_FIXED) | {
-        "in_channels", "out_channels", "attention_downsample"}
-    for key, value in params.items():
-        if key not in known:
-            raise ConfigError(f"model.params.{key} is not a parameter of the published UNet; known: "
-                              f"{', '.join(sorted(known))}")
-        if key in _PUBLISHED_FIXED and value != _PUBLISHED_FIXED[key]:
-            raise ConfigError(f"model.params.{key}: {short_repr(value)} is not supported, "
-                              f"only {_PUBLISHED_FIXED[key]!r}")
-    channels = params.get("in_channels", 3)
-    if params.get("out_channels", channels) != channels or not isinstance(channels, int) or channels < 5:
-        raise ConfigError(f"model.params.in_channels/out_channels: expected one equal count >= 5 (RGB, background, "
-                          f"defect classes), got {short_repr(channels)} and {short_repr(params.get('out_channels'))}")
-    size = params.get("image_size", resolution)
-    if size is None or (resolution is not None and resolution != size):
-        raise ConfigError(f"model.params.image_size {short_repr(size)} and data.params.resolution "
-                          f"{short_repr(resolution)}: "
-                          f"expected the sampling size, given once or equal")
-    model = {key: params[key] for key in _PUBLISHED_SAME if key in params}
-    # The published defaults where the YAML is silent (openaiunet: scale-shift norm on,
-    # (1, 2, 3, 4) levels; unet_receptive: scale-shift norm off, (1, 2, 4, 8) levels).
-    model.setdefault("use_scale_shift_norm", variant == "large")
-    model.setdefault("channel_mult", [1, 2, 3, 4] if variant == "large" else [1, 2, 4, 8])
-    model.setdefault("num_head_channels", -1)
-    attention = params.get("attention_downsample", "4, 8") if variant == "large" else []
-    if isinstance(attention, str):  # the published default is the string "4, 8"
-        attention = [int(a) for a in attention.replace(",", " ").split()]
-    if "attention_downsample" not in params:  # its default names rates a shallow net lacks: none placed there
-        attention = [a for a in attention if a < 2 ** len(model["channel_mult"])]
-    model.update(image_size=size, attention_downsample=attention, middle_block=variant == "large")
-    return model, channels
-
-
-def _published_diffusion(section) -> dict:
-    """The published diffusion section as our `diffusion` section (x0 or eps, cosine only)."""
-    section = section or {}
-    target = section.get("target", PUBLISHED_DIFFUSIONS[0])
-    if target not in PUBLISHED_DIFFUSIONS:
-        raise ConfigError(f"diffusion.target {short_repr(target)}: expected one of {', '.join(PUBLISHED_DIFFUSIONS)}")
-    params = dict(section.get("params") or {})
-    predict = params.pop("parameterization", "x0")
-    schedule = params.pop("schedule", "cosine")
-    steps = params.pop("num_timestep", 1000)
-    if predict not in ("x0", "eps"):
-        raise ConfigError(f"diffusion.params.parameterization: expected x0 or eps, got {short_repr(predict)}")
-    if schedule != "cosine" or params.get("cosine_s", 8e-3) != 8e-3:
-        # Its "linear" is LDM's squared-sqrt schedule, not ours; refusing beats sampling with the wrong one.
-        raise ConfigError(f"diffusion.params.schedule: only the published cosine schedule (cosine_s 0.008) "
-                          f"is supported, got {short_repr(schedule)}")
-    unknown = sorted(set(params) - {"cosine_s", "linear_start", "linear_end"})
-    if unknown:
-        raise ConfigError(f"diffusion.params.{unknown[0]} is not a parameter of the published diffusion")
-    return {"num_timesteps": steps, "schedule": "cosine", "predict": predict}
-
-
-def from_published_yaml(path: str) -> Config:
-    """A Config for a checkpoint of the published implementation, read from its YAML.
-
-    Only `model.target` (openaiunet = large RF, unet_receptive = small RF), `model.params`
-    and `diffusion.params` matter; data, optimizer and train sections describe its training
-    and are skipped. The classes get generic names defect1..K, K = in_channels - 4.
-    """
-    data = read_yaml(path)
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    target = model.get("target")
-    if target not in PUBLISHED_TARGETS:
-        raise ConfigError(f"{path}: model.target {short_repr(target)} is not a published Defect-Gen network; expected "
-                          f"one of {', '.join(PUBLISHED_TARGETS)}")
-    data_section = data.get("data") if isinstance(data.get("data"), dict) else {}
-    resolution = (data_section.get("params") or {}).get("resolution")
-    try:
-        model_section, channels = _published_model(dict(model.get("params") or {}), PUBLISHED_TARGETS[target],
-                                                   resolution)
-        classes = [f"defect{i}" for i in range(1, channels - 3)]
-        return from_dict({"model": model_section, "diffusion": _published_diffusion(data.get("diffusion")),
-                          "data": {"classes": classes}})
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None

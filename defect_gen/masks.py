@@ -243,18 +243,10 @@ def _area_average(values: np.ndarray, size: int, axis: int) -> np.ndarray:
 
 
 def _grow_within(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """The pixels of `allowed` 8-connected to `seed` (a flood fill, one dilation per step)."""
-    reached = seed & allowed
-    while True:
-        padded = np.pad(reached, 1)
-        grown = np.zeros_like(reached)
-        for dy in range(3):
-            for dx in range(3):
-                grown |= padded[dy:dy + reached.shape[0], dx:dx + reached.shape[1]]
-        grown &= allowed
-        if np.array_equal(grown, reached):
-            return reached
-        reached = grown
+    """The pixels of `allowed` 8-connected to `seed`: the components of `allowed` that hold a seed pixel."""
+    labels, _ = connected_components(allowed)
+    hit = np.unique(labels[seed & allowed])
+    return np.isin(labels, hit[hit > 0])
 
 
 def _keep_vanished_regions(out: np.ndarray, fractions: dict[int, np.ndarray]) -> None:

@@ -12,33 +12,19 @@ from __future__ import annotations
 import numpy as np
 
 
+# 8-connectivity: diagonal neighbours join, so a one-pixel-wide diagonal crack is one region.
+EIGHT = np.ones((3, 3), dtype=bool)
+
+
 def connected_components(binary: np.ndarray) -> tuple[np.ndarray, int]:
     """8-connected components of a boolean HxW array: (labels 1..n with 0 outside, n).
 
-    A depth-first flood fill over the foreground pixels only, so its cost follows the defect
-    area, which is small in defect masks (no scipy needed).
+    Labels are numbered in raster order of each component's first pixel.
     """
-    grid = np.asarray(binary, dtype=bool)
-    h, w = grid.shape
-    cells = grid.tolist()  # Python lists: far faster than numpy scalar indexing in this loop
-    labels = [[0] * w for _ in range(h)]
-    count = 0
-    for y0, x0 in zip(*np.nonzero(grid)):
-        if labels[y0][x0]:
-            continue
-        count += 1
-        labels[y0][x0] = count
-        stack = [(int(y0), int(x0))]
-        while stack:
-            y, x = stack.pop()
-            for ny in (y - 1, y, y + 1):
-                if not 0 <= ny < h:
-                    continue
-                for nx in (x - 1, x, x + 1):
-                    if 0 <= nx < w and cells[ny][nx] and not labels[ny][nx]:
-                        labels[ny][nx] = count
-                        stack.append((ny, nx))
-    return np.asarray(labels, dtype=np.int32).reshape(h, w), count
+    from scipy import ndimage
+
+    labels, count = ndimage.label(np.asarray(binary, dtype=bool), structure=EIGHT)
+    return labels.astype(np.int32, copy=False), int(count)
 
 
 def drop_small_regions(index: np.ndarray, min_pixels: int) -> np.ndarray:

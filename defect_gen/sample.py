@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from defect_gen import checkpoint as ckpt_lib
-from defect_gen import conditioning, dist_util, fsutil, logs, writers
-from defect_gen.config import Config, from_dict, from_published_yaml, load_config, read_yaml
+from defect_gen import conditioning, dist_util, export, fsutil, logs, published, writers
+from defect_gen.config import Config, from_dict, load_config
 from defect_gen.errors import CheckpointError, ConfigError, DefectGenError, short_repr
 from defect_gen.gaussian_diffusion import Denoiser, GaussianDiffusion
 from defect_gen.masks import image_to_uint8, mask_to_index, split_image_mask
@@ -116,10 +116,7 @@ ARCHITECTURE = ("image_size", "model_channels", "channel_mult", "num_res_blocks"
 
 def read_any_config(path: str) -> Config:
     """Our YAML config, or the published implementation's (recognised by its model.target)."""
-    model = read_yaml(path).get("model")
-    if isinstance(model, dict) and "target" in model:
-        return from_published_yaml(path)
-    return load_config(path)
+    return published.from_published_yaml(path) if published.is_published_yaml(path) else load_config(path)
 
 
 def _same_architecture(inside: Config, given: Config, path: str, config_path: str) -> None:
@@ -131,7 +128,8 @@ def _same_architecture(inside: Config, given: Config, path: str, config_path: st
                               f"carry their config, so the config flag can be left out")
 
 
-def _checkpoint_config(ckpt: dict, path: str, config_path: str | None, flag: str) -> Config:
+def _checkpoint_config(ckpt: dict, path: str, config_path: str | None) -> Config:
+    """The config inside one of our checkpoints (checked against `config_path` when one is given)."""
     if ckpt.get("format") == ckpt_lib.FORMAT and "config" in ckpt:
         try:  # the config inside is data like any other (class names become output folders)
             cfg = from_dict(ckpt["config"])
@@ -140,29 +138,47 @@ def _checkpoint_config(ckpt: dict, path: str, config_path: str | None, flag: str
         if config_path:
             _same_architecture(cfg, read_any_config(config_path), path, config_path)
         return cfg
-    if ckpt_lib.is_published(ckpt):
-        if not config_path:
-            raise ConfigError(f"{path} is a published-implementation checkpoint, which holds no config: pass its "
-                              f"YAML with {flag}")
-        return read_any_config(config_path)
     keys = ", ".join(map(str, list(ckpt)[:6]))
     raise CheckpointError(f"{path} is neither a defect-gen checkpoint nor a published Defect-Gen one "
                           f"(top-level keys: {keys})")
 
 
+def _load_export(path: str, raw_weights: bool, config_path: str | None) -> tuple[dict, Config, str, bool]:
+    loaded = export.load(path)
+    if raw_weights:
+        raise ConfigError(f"{loaded.path} holds only the weights sampling uses (an export); --raw-weights needs the "
+                          f"training checkpoint it came from: {loaded.meta.get('source', {}).get('path')}")
+    if config_path:
+        _same_architecture(loaded.cfg, read_any_config(config_path), loaded.path, config_path)
+    return loaded.weights, loaded.cfg, loaded.path, loaded.published
+
+
+def _load_weights_and_config(path: str, raw_weights: bool, config_path: str | None,
+                             flag: str) -> tuple[dict, Config, str, bool]:
+    """(weights, config, the file they came from, published?) for any accepted kind of path."""
+    if export.folder_of(path) is not None:
+        return _load_export(path, raw_weights, config_path)
+    path = ckpt_lib.resolve(path)
+    ckpt = ckpt_lib.load(path)
+    if published.is_published(ckpt):
+        weights, cfg = published.weights_and_config(ckpt, path, config_path, raw_weights, flag)
+        return weights, cfg, path, True
+    cfg = _checkpoint_config(ckpt, path, config_path)
+    return ckpt_lib.strip_ddp_prefix(ckpt_lib.ema_weights(ckpt, path, raw_weights)), cfg, path, False
+
+
 def load_model(path: str, device: torch.device, raw_weights: bool = False, config_path: str | None = None,
                flag: str = "--large_recep_config") -> LoadedModel:
-    """A model from our checkpoint (a .pt file or run folder; config inside) or the published
-    implementation's ({"model", "ema", "optimizer"} with its YAML as `config_path`).
+    """A model from an export folder (`defect-gen export`; or its model.safetensors), our
+    checkpoint (a .pt file or run folder; config inside) or the published implementation's
+    ({"model", "ema", "optimizer"} with its YAML as `config_path`).
 
     EMA weights unless `raw_weights`; keys and shapes must match exactly.
     """
-    path = ckpt_lib.resolve(path)
-    ckpt = ckpt_lib.load(path)
-    cfg = _checkpoint_config(ckpt, path, config_path, flag)
+    weights, cfg, path, is_published = _load_weights_and_config(path, raw_weights, config_path, flag)
     model = build_unet(cfg.model, cfg.num_defect)
-    ckpt_lib.load_weights(model, ckpt_lib.sampling_weights(ckpt, path, raw=raw_weights), path)
-    return LoadedModel(model.to(device).eval(), cfg, path, ckpt_lib.is_published(ckpt))
+    ckpt_lib.load_weights(model, weights, path)
+    return LoadedModel(model.to(device).eval(), cfg, path, is_published)
 
 
 def check_pair(large: LoadedModel | None, small: LoadedModel | None) -> Config:

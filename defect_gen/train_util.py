@@ -33,6 +33,7 @@ from defect_gen.gaussian_diffusion import GaussianDiffusion
 from defect_gen.io import save_pair_grid
 from defect_gen.masks import image_to_uint8, mask_to_index, split_image_mask
 from defect_gen.plots import line_plot
+from defect_gen.tb import ScalarWriter
 from defect_gen.respace import space_timesteps, window
 from defect_gen.samplers import KnownRegion, known_region_sampler, sample_ddim
 from defect_gen.unet import build_unet
@@ -157,6 +158,7 @@ class TrainLoop:
         self.noise_gen = torch.Generator(device).manual_seed(tcfg.seed + 1)
         self.step = 0
         self.history: list[dict] = []
+        self.tb: ScalarWriter | None = None  # optional TensorBoard copy of metrics.jsonl
         self._reset_stats()
         self._resume()
 
@@ -336,6 +338,9 @@ class TrainLoop:
             self.history.append(row)
             with open(os.path.join(self.work_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.tb is None:  # created on the first log, on the main rank only
+                self.tb = ScalarWriter(self.work_dir, self.cfg.train.tensorboard)
+            self.tb.write(row)
             self._plot()
         return row
 

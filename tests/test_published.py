@@ -12,8 +12,8 @@ import yaml
 
 from conftest import reference_file
 from defect_gen.cli import main
-from defect_gen.config import PUBLISHED_TARGETS, from_published_yaml
 from defect_gen.errors import CheckpointError, ConfigError
+from defect_gen.published import PUBLISHED_TARGETS, from_published_yaml
 from defect_gen.sample import load_model
 
 TARGET = {"large": "models.unet.openaiunet.UNetModel", "small": "models.unet.unet_receptive.UNetModel"}

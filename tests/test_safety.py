@@ -195,7 +195,9 @@ def test_exported_ema_file_as_latest_is_refused_on_resume(train_cfg, tmp_path, c
     work = tmp_path / "run"
     assert main(_train(train_cfg, work)) == 0
     ckpt_dir = work / "checkpoint"
-    ckpt_lib.export_ema(str(work), str(ckpt_dir / "ckpt_00000009.pt"))
+    # an EMA-only .pt as `defect-gen export` wrote them before exports became safetensors folders
+    full = ckpt_lib.load(ckpt_lib.latest(str(work)))
+    ckpt_lib.atomic_save({k: full[k] for k in ("format", "config", "step", "ema")}, str(ckpt_dir / "ckpt_00000009.pt"))
     (ckpt_dir / "latest").write_text("ckpt_00000009.pt\n")
     code, err, _ = _run(capsys, _train(train_cfg, work, "--set", "train.max_steps=20"))
     _one_line(code, err, "ckpt_00000009.pt cannot be resumed from: it lacks model, optimizer, rng")
@@ -423,8 +425,8 @@ def _output_cases(tmp_path, models):
     blocker.write_text("a file, not a folder")
     return {  # argv, and how the message names the output
         "make-demo-data": (["make-demo-data", str(blocker / "demo")], f"make-demo-data DIR {blocker / 'demo'}"),
-        "export --out": (["export", str(models / "large"), "--out", str(blocker / "m.pt")],
-                         f"--out {blocker / 'm.pt'}"),
+        "export --out": (["export", str(models / "large"), "--out", str(blocker / "m")],
+                         f"--out {blocker / 'm'}"),
         "evaluate --out": (["evaluate", "--real", "configs/demo_small.yaml", "--synthetic", str(tmp_path),
                             "--out", str(blocker / "report")], f"--out {blocker / 'report'}"),
     }
