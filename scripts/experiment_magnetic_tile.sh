@@ -8,11 +8,13 @@
 # 1. train     the painting model (configs/magnetic_tile_paint.yaml: a small-RF UNet on 64 px
 #              native-resolution crops of the 40 few-shot pairs, 10 per class, seed 0);
 #              re-running resumes from the latest checkpoint.
-# 2. paint     pairs painted into the 150 defect-free MT_Free photos at their own size, one
+# 2. paint     pairs painted into the 150 defect-free MT_Free photos at their own size, and
+#              into the 40 training photos beside their own defects (--backgrounds training), one
 #              folder per strength (1: defects drawn from noise inside the placed training
 #              masks; 0.3: the pasted real defect redrawn from t = 300) and placement
 #              (random spots, or --place source: where the defect was in its own photo),
-#              plus copy-paste with --place source; a finished folder is kept.
+#              plus copy-paste folders (source places; every place on training photos);
+#              a finished folder is kept.
 # 3. evaluate  `defect-gen evaluate` at 128 px: real only, real + copy-paste, real + each
 #              folder, at every ratio, 3 segmenter seeds; finished segmenters are cached in
 #              REPORT/segmenters, so a stopped evaluation resumes. Prints the table.
@@ -31,6 +33,7 @@ N_PAINT="${N_PAINT:-160}"            # pairs per variant: ratio 4 of the 40 real
 PAINT_STEPS="${PAINT_STEPS:-25}"     # DDIM steps per painted window
 STRENGTHS="${STRENGTHS:-1}"          # one folder per strength, e.g. STRENGTHS="1 0.3": paint_s1, paint_s0.3
 PLACES="${PLACES:-random source}"    # paint --place: random -> paint_sS, source -> paint_source_sS
+BACKGROUNDS="${BACKGROUNDS:-good training}"  # good: MT_Free photos; training: the 40 training photos (paint_train_*)
 RATIOS="${RATIOS:-1,2,4}"
 SEEDS="${SEEDS:-3}"
 SEG_STEPS="${SEG_STEPS:-1000}"
@@ -47,31 +50,45 @@ if [ "$STAGE" = all ] || [ "$STAGE" = train ]; then
     --set "data.root=$DATA" --set "train.max_steps=$STEPS_TRAIN" --no-progress
 fi
 
+# Folder names: paint_[train_][source_]sS for painted pairs, copy_paste_source (MT_Free
+# photos) and cp_train_{random,source} (training photos) for copy-paste folders.
+bg_flags() { if [ "$1" = training ]; then echo "--backgrounds training"; else echo "--good $GOOD"; fi; }
+bg_tag() { if [ "$1" = training ]; then echo "train_"; fi; }
+
 if [ "$STAGE" = all ] || [ "$STAGE" = paint ]; then
-  for place in $PLACES; do
-    tag=""; [ "$place" = source ] && tag="source_"
-    for s in $STRENGTHS; do
-      out="$RUN_DIR/samples/paint_${tag}s$s"
-      if [ -f "$out/paint_settings.json" ]; then echo "$out: done"; continue; fi
-      # --overwrite: a folder without paint_settings.json is a run that was stopped midway
-      "$PY" -m defect_gen paint --model "$MODEL" --good "$GOOD" --sample_dir "$out" --num_samples "$N_PAINT" \
-        --strength "$s" --steps "$PAINT_STEPS" --place "$place" --seed 1000 --overwrite --no-progress
+  for bg in $BACKGROUNDS; do
+    for place in $PLACES; do
+      tag="$(bg_tag "$bg")"; [ "$place" = source ] && tag="${tag}source_"
+      for s in $STRENGTHS; do
+        out="$RUN_DIR/samples/paint_${tag}s$s"
+        if [ -f "$out/paint_settings.json" ]; then echo "$out: done"; continue; fi
+        # --overwrite: a folder without paint_settings.json is a run that was stopped midway
+        # shellcheck disable=SC2046
+        "$PY" -m defect_gen paint --model "$MODEL" $(bg_flags "$bg") --sample_dir "$out" --num_samples "$N_PAINT" \
+          --strength "$s" --steps "$PAINT_STEPS" --place "$place" --seed 1000 --overwrite --no-progress
+      done
+      # copy-paste as a folder (random copy-paste onto MT_Free is evaluate's built-in baseline)
+      out="$RUN_DIR/samples/copy_paste_source"
+      [ "$bg" = training ] && out="$RUN_DIR/samples/cp_train_$place"
+      if { [ "$bg" = training ] || [ "$place" = source ]; } && [ ! -f "$out/paint_settings.json" ]; then
+        # shellcheck disable=SC2046
+        "$PY" -m defect_gen paint --copy-paste --config configs/magnetic_tile_paint.yaml --set "data.root=$DATA" \
+          --set "data.selection_file=$MODEL/selected_files.json" $(bg_flags "$bg") --sample_dir "$out" \
+          --num_samples "$N_PAINT" --place "$place" --seed 1000 --overwrite --no-progress
+      fi
     done
-    # copy-paste with --place source as a folder (random copy-paste is evaluate's built-in baseline)
-    out="$RUN_DIR/samples/copy_paste_source"
-    if [ "$place" = source ] && [ ! -f "$out/paint_settings.json" ]; then
-      "$PY" -m defect_gen paint --copy-paste --config configs/magnetic_tile_paint.yaml --set "data.root=$DATA" \
-        --good "$GOOD" --sample_dir "$out" --num_samples "$N_PAINT" --place source --seed 1000 --overwrite --no-progress
-    fi
   done
 fi
 
 if [ "$STAGE" = all ] || [ "$STAGE" = evaluate ]; then
   SYN=()
-  for place in $PLACES; do
-    tag=""; [ "$place" = source ] && tag="source_"
-    for s in $STRENGTHS; do SYN+=("$RUN_DIR/samples/paint_${tag}s$s"); done
-    [ "$place" = source ] && SYN+=("$RUN_DIR/samples/copy_paste_source")
+  for bg in $BACKGROUNDS; do
+    for place in $PLACES; do
+      tag="$(bg_tag "$bg")"; [ "$place" = source ] && tag="${tag}source_"
+      for s in $STRENGTHS; do SYN+=("$RUN_DIR/samples/paint_${tag}s$s"); done
+      if [ "$bg" = training ]; then SYN+=("$RUN_DIR/samples/cp_train_$place")
+      elif [ "$place" = source ]; then SYN+=("$RUN_DIR/samples/copy_paste_source"); fi
+    done
   done
   # The real split is exactly the generator's: its selected_files.json.
   "$PY" -m defect_gen evaluate --real configs/magnetic_tile_paint.yaml --set "data.root=$DATA" \
