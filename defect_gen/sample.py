@@ -1,4 +1,9 @@
-"""Two-stage generation of image + mask pairs, from checkpoints to PNGs and a manifest.
+"""`defect-gen sample`: checkpoints in, PNGs and a manifest out.
+
+This module loads the models (`load_model`) and runs the file job: which pairs to make
+(this rank's slice, less those a resumed run wrote), their files, the manifest, the
+preview. The pairs themselves come from the library, `generator.DefectGenerator.pairs`:
+the plan, one generator of batches, and rejection sampling around it.
 
 The large-RF model denoises from T-1 down to and including `step_inference`; the small-RF
 model continues the same x_t from `step_inference - 1` to 0. With `--steps N` the sequence is
@@ -21,7 +26,10 @@ of pair i has seed --seed + i and no two candidates of one run share a seed. The
 records the seed that made each pair; with the same mode and files it reproduces the pair
 alone. Pair i is always named sample_<--seed + i>, whatever rank or retry made it.
 
-Outputs: see `defect_gen.writers` (layouts, manifest.jsonl, preview.png).
+Outputs: see `defect_gen.writers` (layouts, manifest.jsonl, preview.png). Provenance: the
+weights that made the pairs ({path, step, sha256} per model) are recorded in
+sample_settings.json and in every manifest row (rows get copied between folders and merged;
+each must say what made it). A --resume with other weights is refused.
 """
 
 from __future__ import annotations
@@ -240,6 +248,14 @@ RESUME_KEYS = ("step_inference", "seed", "steps", "sampler", "eta", "raw_weights
                "layout")
 
 
+def _hashes(weights) -> dict | None:
+    """The part of the recorded weights that says whether they are the same: each model's
+    sha256 (a run folder moved elsewhere, or a relative path given from elsewhere, is not a change)."""
+    if not isinstance(weights, dict):
+        return None
+    return {role: w.get("sha256") if isinstance(w, dict) else w for role, w in weights.items()}
+
+
 def _check_resumable(s: SampleSettings, num: int, models: str, weights: dict) -> None:
     """Record this run's settings and weights; with --resume, refuse settings or weights that
     differ from the recorded ones (a run recorded before weights were recorded: settings only)."""
@@ -255,8 +271,10 @@ def _check_resumable(s: SampleSettings, num: int, models: str, weights: dict) ->
                               ) from None
         if not isinstance(recorded, dict):
             raise ConfigError(f"--resume: {path}: expected a JSON object of settings, got {short_repr(recorded)}")
+        # Runs recorded before weights were recorded are checked on their settings alone.
         changed = [f"{k} ({recorded.get(k)!r} -> {v!r})" for k, v in current.items()
-                   if recorded.get(k) != v and (k != "weights" or k in recorded)]
+                   if (k == "weights" and k in recorded and _hashes(recorded[k]) != _hashes(v))
+                   or (k != "weights" and recorded.get(k) != v)]
         if changed:
             raise ConfigError(f"--resume: these settings differ from the run in {s.sample_dir}: "
                               f"{'; '.join(changed)}")
