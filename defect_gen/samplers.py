@@ -118,11 +118,13 @@ class DPMSolverPP2MStep:
     It is multistep: one network call per step, the previous step's x0 supplying the second
     order. So it keeps state, and one instance serves one chain. The first step is first
     order, and so is any step that does not continue from where the previous one ended
-    (after a RePaint jump back up the chain, the history belongs to another x), the step
+    (after a RePaint jump back up the chain, the history belongs to another x), any step
+    more than twice as long in lambda as the one before (the step after the two-stage
+    switch's one-timestep S -> S-1, whose two x0 come from different networks), the step
     into t = 0 (the reference implementation's `lower_order_final`) and the step from t = 0
-    to clean data (lambda = inf), which returns x0 (its `denoise_to_zero`). The history runs
-    straight through the two-stage switch: the denoiser changes networks, the chain of x
-    does not.
+    to clean data (lambda = inf), which returns x0 (its `denoise_to_zero`). Otherwise the
+    history runs straight through the switch: the denoiser changes networks, the chain of
+    x does not.
     """
 
     def __init__(self) -> None:
@@ -139,12 +141,17 @@ class DPMSolverPP2MStep:
         ab, ab_prev = diffusion.alpha_bar_at(t), diffusion.alpha_bar_at(t_prev)
         h = _log_snr(ab_prev) - _log_snr(ab)
         d = x0
-        # Second order only where the previous step ended here, and not into t = 0: that step
-        # crosses a long stretch of lambda (2.3 -> 5 at 20 steps, cosine), over which the
-        # extrapolated x0 overshoots; it is the reference code's lower_order_final (its last
-        # step goes to t_eps, our t = 0, whose x0 our final step to clean data returns).
-        if last is not None and last[0] == t and t_prev > 0:
-            r = last[1] / h
+        # Second order where the previous step ended here, with one exception each way:
+        # - not into t = 0: that step crosses a long stretch of lambda (2.3 -> 5 at 20 steps,
+        #   cosine), over which the extrapolated x0 overshoots; it is the reference code's
+        #   lower_order_final (its last step goes to t_eps, our t = 0, whose x0 our final
+        #   step to clean data returns);
+        # - not after a step much shorter than this one (r < 1/2): the correction scales the
+        #   x0 difference by 1/(2r). That is the step after the switch: S -> S-1 is one
+        #   timestep, its two x0 come from the two networks, and their disagreement,
+        #   amplified 25-fold at 20 steps, swamped the result.
+        r = last[1] / h if last is not None and last[0] == t else 0.0
+        if t_prev > 0 and r >= 0.5:
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * last[2]
         x = math.sqrt((1 - ab_prev) / (1 - ab)) * x - math.sqrt(ab_prev) * math.expm1(-h) * d
         self._last = (t_prev, h, x0)
