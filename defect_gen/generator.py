@@ -616,7 +616,8 @@ class DefectGenerator:
             place (`str`, *optional*): "as-is" or "random" placement of given / generated masks.
             steps (`int`, *optional*): respace the chain to this many steps (default: all T).
             sampler (`str`, *optional*): "ddpm", "ddim" or "dpmpp_2m" (DPM-Solver++(2M),
-                deterministic; 20 steps suffice). Default: ddim for published checkpoints, else ddpm.
+                deterministic, the fast choice at 20 steps). Default: ddim for published
+                checkpoints, else ddpm.
             eta (`float`, *optional*): DDIM noise, ddim only; default 0 (deterministic).
             batch_size (`int`, *optional*): rows per batch; default sized to GPU memory, 8 on CPU.
             max_tries (`int`, defaults to 20): candidates per pair before it is given up.

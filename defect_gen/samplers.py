@@ -11,7 +11,7 @@ sequence is in original timestep units, respacing is just a shorter sequence, an
 two-stage sampling is a denoiser that picks a network by t.
 
 Which to use: `dpmpp_2m` at 20 steps for quick, deterministic results (closer to the
-1000-step DDIM chain than DDIM is at 50 steps, see README), `ddim` at eta 0 to match the
+1000-step DDIM chain than DDIM at 20 steps; README has the figures), `ddim` at eta 0 to match the
 published checkpoints' own step, `ddpm` (ancestral, the default for our checkpoints) over
 the full chain for the most faithful samples.
 
@@ -206,8 +206,8 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int]
                     *, generator: Generator = None, eta: float = 0.0, callback: Callable | None = None,
                     progress: bool = False) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): deterministic, second-order multistep,
-    one network call per timestep; see `DPMSolverPP2MStep`. 20 steps come closer to the
-    1000-step DDIM chain than DDIM does in 50. `eta` must be 0; `generator` is unused.
+    one network call per timestep; see `DPMSolverPP2MStep`. Closer to the 1000-step DDIM
+    chain than DDIM at equal steps (README). `eta` must be 0; `generator` is unused.
     """
     step = DPMSolverPP2MStep()
     for t, t_prev in _steps(timesteps, progress, "dpmpp_2m"):
