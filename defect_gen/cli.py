@@ -41,8 +41,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--batch_size", default="auto", help="pairs per batch, or auto: sized to GPU memory (8 on CPU)")
     p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i (retries: + num_samples each)")
     p.add_argument("--steps", type=int, default=None, help="respace to N steps (default: all T)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None,
-                   help="default: ddim (eta 0) for published checkpoints, as their ColdDiffusion step; else ddpm")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp_2m"], default=None,
+                   help="default: ddim (eta 0) for published checkpoints, as their ColdDiffusion step; else ddpm. "
+                        "dpmpp_2m (DPM-Solver++(2M), deterministic) with --steps 20 is the fast choice")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0 = deterministic); ddim only")
     p.add_argument("--allow-model-mismatch", action="store_true",
                    help="let a model serve timesteps outside its training window (diffusion.t_min/t_max), "

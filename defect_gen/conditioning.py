@@ -32,6 +32,18 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
+class Condition:
+    """What one pair is held to: the known part of its clean sample (`values`, and `keep` = 1
+    where a value is known), where that came from (manifest `sources`: mask_source,
+    good_source, placement), and the defect-free image it was painted into (uint8), if any."""
+
+    values: torch.Tensor
+    keep: torch.Tensor
+    sources: dict
+    good_image: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class GivenMask:
     path: str
     index: torch.Tensor  # (H, W) int64 class indices at the model's size
@@ -162,13 +174,51 @@ def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_em
     return masks
 
 
+def masks_from_arrays(arrays, size: int, num_defect: int, min_pixels: int, keep_empty: bool) -> list[GivenMask]:
+    """Masks given in memory (the Python API's `masks=`): (H, W) class indices 0..num_defect,
+    resized and filtered as `read_masks` does; each is named masks[i] in the metadata."""
+    masks, count = [], 0
+    for i, array in enumerate(arrays):
+        count += 1
+        index = np.asarray(array)
+        if index.ndim != 2 or index.dtype.kind not in "iub":
+            raise DataError(f"masks[{i}]: expected an (H, W) array of class indices, got shape "
+                            f"{index.shape} of {index.dtype}")
+        if index.size and (index.min() < 0 or index.max() > num_defect):
+            bad = int(index.min()) if index.min() < 0 else int(index.max())
+            raise DataError(f"masks[{i}]: holds value {bad}; expected class indices 0..{num_defect}")
+        index = index.astype(np.uint8)
+        if index.shape != (size, size):
+            index = resize_mask(index, (size, size))
+        index = drop_small_regions(index, min_pixels)
+        if keep_empty or index.any():
+            masks.append(GivenMask(f"masks[{i}]", torch.from_numpy(index.astype(np.int64))))
+    if not masks:
+        raise DataError(f"masks: none of the {count} masks holds a defect (after min_defect_pixels "
+                        f"{min_pixels}); pass keep_empty=True to generate defect-free images")
+    return masks
+
+
+def good_images_from_arrays(arrays) -> list[np.ndarray]:
+    """Defect-free images given in memory (the Python API's `good=`): (H, W, 3) uint8 each."""
+    images = [np.asarray(a) for a in arrays]
+    for i, image in enumerate(images):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DataError(f"good[{i}]: expected an (H, W, 3) uint8 RGB array, got shape {image.shape} of "
+                            f"{image.dtype}")
+    if not images:
+        raise DataError("good: no images given")
+    return images
+
+
 def list_good_images(folder: str) -> list[str]:
     return _files(folder, "--good", IMAGE_EXTS)
 
 
-def read_good_image(path: str, size: int) -> torch.Tensor:
-    """A defect-free image as (3, size, size) in [-1, 1] (area-like shrinking, bicubic enlarging)."""
-    image = read_image(path)
+def read_good_image(path: str | np.ndarray, size: int) -> torch.Tensor:
+    """A defect-free image (a file, or an RGB uint8 array) as (3, size, size) in [-1, 1]
+    (area-like shrinking, bicubic enlarging)."""
+    image = read_image(path) if isinstance(path, str) else path
     if image.shape[:2] != (size, size):
         method = Image.BOX if min(image.shape[:2]) > size else Image.BICUBIC
         image = np.array(Image.fromarray(image).resize((size, size), method))  # writable, for torch
@@ -218,7 +268,7 @@ class Conditioner:
     pair's seed, so it is reproduced with the pair.
     """
 
-    def __init__(self, masks: list[GivenMask] | None, goods: list[str] | None, size: int, num_defect: int,
+    def __init__(self, masks: list[GivenMask] | None, goods: list[str | np.ndarray] | None, size: int, num_defect: int,
                  place: str):
         self.masks, self.goods, self.size, self.num_defect, self.place = masks, goods, size, num_defect, place
 
@@ -238,14 +288,15 @@ class Conditioner:
             return None
         return self.placed(self.masks[i % len(self.masks)].index, seed)
 
-    def condition(self, i: int, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict, np.ndarray | None]:
-        """(values, keep, manifest sources, the good image as uint8 or None) for pair i."""
+    def condition(self, i: int, index: torch.Tensor) -> Condition:
+        """Pair i held to the class-index mask `index` (and painted into its good image, if any)."""
         sources = {"mask_source": self.masks[i % len(self.masks)].path} if self.masks else {}
         if self.place == "random":
             sources["placement"] = "random"
         if self.goods is None:
-            return (*mask_condition(index, self.num_defect), sources, None)
-        path = self.goods[i % len(self.goods)]
-        image = read_good_image(path, self.size)
-        return (*inpaint_condition(image, index, self.num_defect), {**sources, "good_source": path},
-                image_to_uint8(image))
+            return Condition(*mask_condition(index, self.num_defect), sources)
+        good = self.goods[i % len(self.goods)]
+        image = read_good_image(good, self.size)
+        source = good if isinstance(good, str) else f"good[{i % len(self.goods)}]"
+        return Condition(*inpaint_condition(image, index, self.num_defect), {**sources, "good_source": source},
+                         image_to_uint8(image))

@@ -153,6 +153,17 @@ def atomic_write_json(path: str, obj, indent: int | None = 1) -> None:
 # blobfile retries a failed request forever by default: without network a gs:// data.root
 # would print retry notes (or nothing) and never end. A few tries with timeouts, then a
 # blobfile error that `cli.main` turns into one line.
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file, read in 1 MiB pieces (checkpoints run to gigabytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(chunk), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
 REMOTE_TRIES = 3
 
 

@@ -1,4 +1,4 @@
-"""Samplers: ancestral DDPM and DDIM over any descending sequence of timesteps.
+"""Samplers: ancestral DDPM, DDIM and DPM-Solver++(2M) over any descending sequence of timesteps.
 
 Every sampler has the same signature (k-diffusion style)
 
@@ -9,6 +9,11 @@ stand-in), `x` is x_t at `timesteps[0]` (pure noise when that is T-1, or a partl
 sample to continue from), and the result is x at "t = -1", the clean sample. Because the
 sequence is in original timestep units, respacing is just a shorter sequence, and
 two-stage sampling is a denoiser that picks a network by t.
+
+Which to use: `dpmpp_2m` at 20 steps for quick, deterministic results (closer to the
+1000-step DDIM chain than DDIM at 20 steps; README has the figures), `ddim` at eta 0 to match the
+published checkpoints' own step, `ddpm` (ancestral, the default for our checkpoints) over
+the full chain for the most faithful samples.
 
 Conditioning builds on the same pieces: `known_region_sampler` returns a sampler with that
 signature which holds part of x to given clean values (replacement, as in RePaint): after
@@ -95,7 +100,73 @@ def ddim_step(denoise: Denoiser, x: torch.Tensor, t: int, t_prev: int, diffusion
     return x, x0
 
 
-STEPS = {"ddpm": ddpm_step, "ddim": ddim_step}
+def _log_snr(ab: float) -> float:
+    """lambda = log(alpha / sigma) for alpha_bar = ab."""
+    return 0.5 * (math.log(ab) - math.log1p(-ab))
+
+
+class DPMSolverPP2MStep:
+    """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Algorithm 2) as a step t -> t_prev.
+
+    Data prediction in log-SNR time lambda = log(alpha / sigma), alpha = sqrt(ab),
+    sigma = sqrt(1 - ab), h = lambda_t' - lambda_t:
+
+        x_{t'} = (sigma_t' / sigma_t) x_t - alpha_t' (e^{-h} - 1) D
+        D = x0_t                                          first order (= DDIM, eta 0)
+        D = (1 + 1/(2r)) x0_t - 1/(2r) x0_{t_last},  r = h_last / h      second order
+
+    It is multistep: one network call per step, the previous step's x0 supplying the second
+    order. So it keeps state, and one instance serves one chain. The first step is first
+    order, and so is any step that does not continue from where the previous one ended
+    (after a RePaint jump back up the chain, the history belongs to another x), any step
+    more than twice as long in lambda as the one before (the step after the two-stage
+    switch's one-timestep S -> S-1, whose two x0 come from different networks), the step
+    into t = 0 (the reference implementation's `lower_order_final`) and the step from t = 0
+    to clean data (lambda = inf), which returns x0 (its `denoise_to_zero`). Otherwise the
+    history runs straight through the switch: the denoiser changes networks, the chain of
+    x does not.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[int, float, torch.Tensor] | None = None  # (t_prev, h, x0) of the previous step
+
+    def __call__(self, denoise: Denoiser, x: torch.Tensor, t: int, t_prev: int, diffusion: GaussianDiffusion,
+                 generator: Generator = None, eta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        if eta != 0:
+            raise ValueError(f"dpmpp_2m is deterministic: eta must be 0, got {eta}")
+        x0 = denoise(x, t)
+        last, self._last = self._last, None
+        if t_prev < 0:  # to clean data: alpha = 1, sigma = 0, e^{-h} = 0
+            return x0, x0
+        ab, ab_prev = diffusion.alpha_bar_at(t), diffusion.alpha_bar_at(t_prev)
+        h = _log_snr(ab_prev) - _log_snr(ab)
+        d = x0
+        # Second order where the previous step ended here, with one exception each way:
+        # - not into t = 0: that step crosses a long stretch of lambda (2.3 -> 5 at 20 steps,
+        #   cosine), over which the extrapolated x0 overshoots; it is the reference code's
+        #   lower_order_final (its last step goes to t_eps, our t = 0, whose x0 our final
+        #   step to clean data returns);
+        # - not after a step much shorter than this one (r < 1/2): the correction scales the
+        #   x0 difference by 1/(2r). That is the step after the switch: S -> S-1 is one
+        #   timestep, its two x0 come from the two networks, and their disagreement,
+        #   amplified 25-fold at 20 steps, swamped the result.
+        r = last[1] / h if last is not None and last[0] == t else 0.0
+        if t_prev > 0 and r >= 0.5:
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * last[2]
+        x = math.sqrt((1 - ab_prev) / (1 - ab)) * x - math.sqrt(ab_prev) * math.expm1(-h) * d
+        self._last = (t_prev, h, x0)
+        return x, x0
+
+
+STEP_NAMES = ("ddpm", "ddim", "dpmpp_2m")
+
+
+def make_step(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """A fresh step function for one chain: ddpm_step, ddim_step, or a DPMSolverPP2MStep
+    (which keeps the previous x0, so it is never shared between chains)."""
+    if name not in STEP_NAMES:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(STEP_NAMES)}")
+    return DPMSolverPP2MStep() if name == "dpmpp_2m" else {"ddpm": ddpm_step, "ddim": ddim_step}[name]
 
 
 @torch.no_grad()
@@ -130,7 +201,25 @@ def sample_ddim(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int], di
     return x
 
 
-SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+@torch.no_grad()
+def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int], diffusion: GaussianDiffusion,
+                    *, generator: Generator = None, eta: float = 0.0, callback: Callable | None = None,
+                    progress: bool = False) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): deterministic, second-order multistep,
+    one network call per timestep; see `DPMSolverPP2MStep`. Closer to the 1000-step DDIM
+    chain than DDIM at equal steps (README). `eta` must be 0; `generator` is unused.
+    """
+    step = DPMSolverPP2MStep()
+    for t, t_prev in _steps(timesteps, progress, "dpmpp_2m"):
+        if not 0 <= t < diffusion.num_timesteps:
+            raise ValueError(f"timestep {t} is outside [0, {diffusion.num_timesteps})")
+        x, x0 = step(denoise, x, t, t_prev, diffusion, generator, eta)
+        if callback is not None:
+            callback(t=t, x=x, x0=x0)
+    return x
+
+
+SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}
 
 
 def two_stage_denoiser(large: Denoiser, small: Denoiser, switch: int) -> Denoiser:
@@ -207,13 +296,13 @@ def repaint_path(n: int, jump_length: int = 10, resample: int = 1) -> list[int]:
 def known_region_sampler(step: str, known: KnownRegion, *, jump_length: int = 10, resample: int = 1):
     """A sampler with the uniform signature that keeps `known` (replacement, RePaint resampling).
 
-    `step` names the update (ddpm or ddim, see STEPS). The known part starts as q(x_T | known)
+    `step` names the update (ddpm, ddim or dpmpp_2m, see `make_step`). The known part starts as q(x_T | known)
     and is replaced after every denoising step, so at t = -1 it equals the given values
     exactly; the rest is generated in harmony with it. Forward jumps (resample > 1) noise the
     whole sample, as in RePaint. Every row draws the same amount of noise from its own
     generator whatever the batch, so a row still depends only on its own seed.
     """
-    step_fn = STEPS[step]
+    make_step(step)  # an unknown name fails here, not at the first batch
 
     @torch.no_grad()
     def sample(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int], diffusion: GaussianDiffusion,
@@ -226,6 +315,7 @@ def known_region_sampler(step: str, known: KnownRegion, *, jump_length: int = 10
             return ts[n - 1 - k] if k >= 0 else -1
 
         path = repaint_path(n, jump_length, resample)
+        step_fn = make_step(step)  # per chain: a multistep solver's history is this chain's
         x = known.impose(x, ts[0], diffusion, generator)
         moves = tqdm(list(zip(path, path[1:])), desc=f"{step}+known", disable=not progress, leave=False)
         for k, k_next in moves:

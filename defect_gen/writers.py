@@ -14,7 +14,8 @@ images with several defects) when it holds more, and "good" for an empty mask (o
 with its classes (the mvtec reader accepts class indices there).
 
 manifest.jsonl has one row per pair: name, seed (the one that made it), tries, classes,
-defect_pixels, files (paths relative to SAMPLE_DIR), and the given mask / good image if any.
+defect_pixels, files (paths relative to SAMPLE_DIR), the given mask / good image if any, and
+weights (path, step, sha256 of each model's checkpoint).
 """
 
 from __future__ import annotations

@@ -399,8 +399,7 @@ def test_mask_binary_masks_take_the_class_their_folder_maps_to(tmp_path):
 
 def test_plan_reports_the_steps_added_for_the_hand_over(tmp_path):
     # Issue 12 item 5: `--steps 10` reported 11 steps without saying why
-    s = sample.SampleSettings(sample_dir=str(tmp_path), step_inference=200, steps=50, sampler="ddpm")
-    plan = sample.make_plan(_model(), _model(), s, torch.device("cpu"))
+    plan = sample.make_plan(_model(), _model(), 200, 50, torch.device("cpu"))
     assert plan.description == "52 steps (41 large, 11 small; 200, 199 added to the 50-step grid)"
-    s.steps = 1000
-    assert sample.make_plan(_model(), _model(), s, torch.device("cpu")).description == "1000 steps (800 large, 200 small)"
+    assert sample.make_plan(_model(), _model(), 200, 1000, torch.device("cpu")).description == \
+        "1000 steps (800 large, 200 small)"

@@ -138,3 +138,93 @@ def test_clean_known_channels_reach_the_network_unnoised_at_every_step():
     known_region_sampler("ddim", KnownRegion(values, keep))(denoise, x, space_timesteps(100, 5), diffusion,
                                                              generator=gen)
     assert not torch.equal(inputs[0], values[:, 3:])
+
+
+# ---------------------------------------------------------------------------------------
+# DPM-Solver++(2M) on Gaussian data, where the exact x0 and the exact ODE end point are known
+
+
+def _gaussian(mu: float = 0.3, s: float = 0.5):
+    """Data ~ N(mu, s^2): the exact x0 predictor, and where the probability-flow ODE that
+    starts at x_T ends (each x_t stays at the same quantile of q(x_t), std sqrt(ab s^2 + 1 - ab))."""
+    diffusion = GaussianDiffusion(cosine_betas(1000))
+
+    def exact_x0(x, t):
+        ab = diffusion.alpha_bar_at(t)
+        return mu + (ab**0.5 * s**2) / (ab * s**2 + 1 - ab) * (x - ab**0.5 * mu)
+
+    def ode_end(x, t_start):
+        ab = diffusion.alpha_bar_at(t_start)
+        return mu + (x - ab**0.5 * mu) * s / (ab * s**2 + 1 - ab) ** 0.5
+
+    return diffusion, exact_x0, ode_end
+
+
+def _rms(a, b) -> float:
+    return float(((a - b) ** 2).mean().sqrt())
+
+
+def test_dpmpp_2m_converges_and_beats_ddim_at_equal_steps():
+    from defect_gen.samplers import sample_dpmpp_2m
+
+    diffusion, exact_x0, ode_end = _gaussian()
+    x = torch.randn(256, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    errors = {}
+    for steps in (5, 10, 20, 50):
+        ts = space_timesteps(1000, steps)
+        target = ode_end(x, ts[0])
+        errors[steps] = (_rms(sample_dpmpp_2m(exact_x0, x, ts, diffusion), target),
+                         _rms(sample_ddim(exact_x0, x, ts, diffusion, eta=0.0), target))
+    for steps, (dpm, ddim) in errors.items():
+        assert dpm < (ddim if steps == 5 else ddim / 2), (steps, dpm, ddim)
+    assert errors[10][0] < errors[5][0] / 2 and errors[20][0] < errors[10][0] / 10  # second order: fast decay
+    assert errors[20][0] < errors[50][1] / 5  # 20 DPM-Solver++ steps beat 50 DDIM steps
+
+
+def test_dpmpp_2m_first_step_is_ddim_and_history_runs_through_the_switch():
+    from defect_gen.samplers import DPMSolverPP2MStep, ddim_step, sample_dpmpp_2m
+
+    diffusion, exact_x0, _ = _gaussian()
+    x = torch.randn(4, 5, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(DPMSolverPP2MStep()(exact_x0, x, 999, 900, diffusion)[0],
+                               ddim_step(exact_x0, x, 999, 900, diffusion, eta=0.0)[0])
+    ts = with_switch(space_timesteps(1000, 12), 400, 1000)
+    large, small = Recorder(0.0), Recorder(0.0)
+
+    def recorded(rec):
+        return lambda x, t: (rec(x, t), exact_x0(x, t))[1]
+
+    two = sample_dpmpp_2m(two_stage_denoiser(recorded(large), recorded(small), 400), x, ts, diffusion)
+    torch.testing.assert_close(two, sample_dpmpp_2m(exact_x0, x, ts, diffusion))  # no restart at the switch
+    assert large.seen == [t for t in ts if t >= 400] and small.seen == [t for t in ts if t < 400]
+
+
+def test_dpmpp_2m_in_known_region_mode_keeps_the_known_part_and_resamples():
+    from defect_gen.samplers import KnownRegion, known_region_sampler
+
+    diffusion, exact_x0, _ = _gaussian()
+    values = torch.rand(2, 5, 4, 4, dtype=torch.float64) * 2 - 1
+    keep = torch.zeros_like(values)
+    keep[:, 3:] = 1
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    x = torch.randn(2, 5, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for resample in (1, 3):
+        out = known_region_sampler("dpmpp_2m", KnownRegion(values, keep), jump_length=3, resample=resample)(
+            exact_x0, x, space_timesteps(1000, 15), diffusion, generator=gens)
+        torch.testing.assert_close(out[keep.bool()], values[keep.bool()])
+        assert torch.isfinite(out).all()
+
+
+def test_dpmpp_2m_refuses_bad_arguments():
+    from defect_gen.samplers import make_step, sample_dpmpp_2m
+
+    diffusion, exact_x0, _ = _gaussian()
+    x = torch.zeros(1, 5, 2, 2)
+    with pytest.raises(ValueError, match="strictly descending"):
+        sample_dpmpp_2m(exact_x0, x, [100, 300], diffusion)
+    with pytest.raises(ValueError, match="eta must be 0"):
+        sample_dpmpp_2m(exact_x0, x, [300, 100], diffusion, eta=0.5)
+    with pytest.raises(ValueError, match=r"timestep 1000 is outside \[0, 1000\)"):
+        sample_dpmpp_2m(exact_x0, x, [1000, 10], diffusion)
+    with pytest.raises(ValueError, match="unknown sampler 'dpm'"):
+        make_step("dpm")
