@@ -48,8 +48,11 @@ def _add_sample(sub) -> None:
                    help="let a model serve timesteps outside its training window (diffusion.t_min/t_max), "
                         "or the two models swapped roles")
     g = p.add_argument_group("control")
-    g.add_argument("--classes", default="", help="comma-separated classes (names or 1..K) every pair must contain; "
-                   "rejection sampling")
+    g.add_argument("--classes", default="", help="comma-separated classes (names or 1..K) every pair must contain: "
+                   "class-conditional models are asked for them; candidates without them are rejected")
+    g.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance weight for class-conditional models (default 1 = plain "
+                        "conditional; 2-4 hold the asked-for classes more often, at twice the compute)")
     g.add_argument("--max-tries", type=int, default=20, help="candidates per pair before it is given up (--classes)")
     g.add_argument("--mask", dest="mask_dir", help="folder of class-index masks: generate an image for each")
     g.add_argument("--good", dest="good_dir", help="folder of defect-free images to paint defects into")
@@ -288,7 +291,7 @@ def cmd_sample(args) -> int:
         mask_dir=args.mask_dir, good_dir=args.good_dir, place=args.place, resample=args.resample,
         jump_length=args.jump, min_defect_pixels=args.min_defect_pixels, keep_empty=args.keep_empty,
         layout=args.layout, precision=args.precision, resume=args.resume,
-        allow_mismatch=args.allow_model_mismatch)
+        allow_mismatch=args.allow_model_mismatch, guidance=args.guidance)
     check_settings(settings)
     device = resolve_device(args.device)
     dinfo = dist_util.init(device.type)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from defect_gen import checkpoint as ckpt_lib
-from defect_gen import conditioning, dist_util, fsutil, logs, writers
+from defect_gen import conditioning, dist_util, fsutil, guidance, logs, writers
 from defect_gen.config import Config, from_dict, from_published_yaml, load_config, read_yaml
 from defect_gen.errors import CheckpointError, ConfigError, DefectGenError, short_repr
 from defect_gen.gaussian_diffusion import Denoiser, GaussianDiffusion
@@ -76,6 +76,9 @@ class SampleSettings:
     layout: str = "paired"
     precision: str = "auto"  # auto (bf16 on CUDA) | fp32 | bf16
     resume: bool = False  # finish a killed run in sample_dir: only the pairs its manifest lacks
+    # Classifier-free guidance weight for class-conditional models (None: 1, plain conditional).
+    # Such models are conditioned on --classes, or on each pair's mask with --mask / --good.
+    guidance: float | None = None
 
 
 @dataclass
@@ -111,7 +114,7 @@ class Summary:
 
 # The fields that decide whether weights fit a network (dropout and checkpointing do not).
 ARCHITECTURE = ("image_size", "model_channels", "channel_mult", "num_res_blocks", "attention_downsample",
-                "middle_block", "use_scale_shift_norm")
+                "middle_block", "use_scale_shift_norm", "class_cond")
 
 
 def read_any_config(path: str) -> Config:
@@ -192,11 +195,11 @@ def _network(model: torch.nn.Module, device: torch.device, precision: str) -> Ca
     if cuda:
         model.to(memory_format=torch.channels_last)
 
-    def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return model(x, t).float()
+            return model(x, t, *y).float()
 
     return forward
 
@@ -215,6 +218,9 @@ class Plan:
     networks: list[Callable]
     shape: tuple[int, int, int]
     description: str
+    # The denoiser held to a class condition y (B, K + 1) (None: unconditional): each
+    # class-conditional model is guided (defect_gen.guidance), unconditional ones ignore y.
+    denoise_for: Callable[[torch.Tensor | None], Denoiser] | None = None
 
 
 def _window(m: LoadedModel) -> tuple[int, int]:
@@ -277,17 +283,22 @@ def make_plan(large: LoadedModel | None, small: LoadedModel | None, s: SampleSet
     if not s.allow_mismatch:
         check_roles(large, small, large_steps, small_steps, s.step_inference)
     # Each model gets its own parameterisation (x0 / eps / v); check_pair made the schedules equal.
-    networks, denoisers = [], []
-    for m in (large, small):
-        net = m and _network(m.model, device, s.precision)
-        networks += [net] if net else []
-        denoisers.append(m and GaussianDiffusion.from_config(m.cfg.diffusion).denoiser(net))
-    denoise = two_stage_denoiser(denoisers[0], denoisers[1], s.step_inference)
+    models = [m for m in (large, small) if m is not None]
+    weight = guidance.check_guidance(s.guidance, [m.cfg.model.class_cond for m in models])
+    nets = [m and _network(m.model, device, s.precision) for m in (large, small)]
+    networks = [net for net in nets if net]
+
+    def denoise_for(y: torch.Tensor | None) -> Denoiser:
+        denoisers = [m and GaussianDiffusion.from_config(m.cfg.diffusion).denoiser(
+            guidance.guided(net, y, weight) if m.cfg.model.class_cond else net) for m, net in zip((large, small), nets)]
+        return two_stage_denoiser(denoisers[0], denoisers[1], s.step_inference)
+
+    denoise = denoise_for(None)
     shape = (3 + cfg.num_defect + 1, cfg.model.image_size, cfg.model.image_size)
     added = sorted(set(timesteps) - set(space_timesteps(T, s.steps)), reverse=True)
     extra = f"; {', '.join(map(str, added))} added to the {len(timesteps) - len(added)}-step grid" if added else ""
     return Plan(GaussianDiffusion.from_config(cfg.diffusion), timesteps, denoise, networks, shape,
-                f"{len(timesteps)} steps ({len(large_steps)} large, {len(small_steps)} small{extra})")
+                f"{len(timesteps)} steps ({len(large_steps)} large, {len(small_steps)} small{extra})", denoise_for)
 
 
 def auto_batch_size(plan: Plan, device: torch.device, limit: int) -> int:
@@ -334,6 +345,9 @@ def check_settings(s: SampleSettings) -> None:
     if s.classes and s.mask_dir:
         raise ConfigError("--classes picks among generated masks, but with --mask the masks are given; "
                           "choose the mask files instead")
+    if s.guidance is not None and not (s.classes or s.mask_dir or s.good_dir):
+        raise ConfigError("--guidance steers towards a condition: give --classes (or --mask / --good, whose masks "
+                          "are the condition)")
     if s.place not in (None, "as-is", "random"):
         raise ConfigError(f"--place must be as-is or random, got {s.place!r}")
     if s.place is not None and not (s.mask_dir or s.good_dir):
@@ -430,10 +444,14 @@ def _sample_batch(run: _Run, tasks: list[_Task], seeds: list[int]) -> tuple[torc
     gens = [torch.Generator(device).manual_seed(seed) for seed in seeds]
     x = randn_rows(torch.empty((len(tasks), *run.plan.shape), device=device), gens)
     extras = [({}, None)] * len(tasks)
+    y = (guidance.wanted_condition(run.required, run.plan.shape[0] - 4, len(tasks), device)
+         if run.required else None)
     if cond.masks is None and tasks[0].paint is None:
         sampler = SAMPLERS[s.sampler]
     else:
         masks = [t.paint if t.paint is not None else cond.given_mask(t.index, seed) for t, seed in zip(tasks, seeds)]
+        # A known mask is the condition: the classes it holds.
+        y = guidance.mask_condition(torch.stack(masks).to(device), run.plan.shape[0] - 4)
         conds = [cond.condition(t.index, mask) for t, mask in zip(tasks, masks)]
         values, keep = (torch.stack([c[j] for c in conds]).to(device) for j in (0, 1))
         sampler = known_region_sampler(s.sampler, KnownRegion(values, keep), jump_length=s.jump_length,
@@ -445,7 +463,8 @@ def _sample_batch(run: _Run, tasks: list[_Task], seeds: list[int]) -> tuple[torc
         # The first timestep whose x_t holds NaN/Inf, kept on the device: no sync per step.
         first_bad.copy_(torch.where((first_bad < 0) & ~torch.isfinite(x).all(), t, first_bad))
 
-    x = sampler(run.plan.denoise, x, run.plan.timesteps, run.plan.diffusion, generator=gens, eta=s.eta,
+    denoise = run.plan.denoise_for(y) if run.plan.denoise_for is not None else run.plan.denoise
+    x = sampler(denoise, x, run.plan.timesteps, run.plan.diffusion, generator=gens, eta=s.eta,
                 progress=run.progress, callback=track)
     if int(first_bad) >= 0:
         names = ", ".join(_name(s, t.index) for t in tasks)
@@ -500,7 +519,7 @@ def _name(s: SampleSettings, index: int) -> str:
 # Settings that decide which pair a name stands for: a resumed run must keep them.
 RESUME_KEYS = ("step_inference", "seed", "steps", "sampler", "eta", "raw_weights", "classes", "max_tries",
                "mask_dir", "good_dir", "place", "resample", "jump_length", "min_defect_pixels", "keep_empty",
-               "layout")
+               "layout", "guidance")
 
 
 def _check_resumable(s: SampleSettings, num: int, models: str) -> None:
