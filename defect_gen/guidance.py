@@ -64,7 +64,7 @@ def guided(network: Network, y: torch.Tensor | None, weight: float) -> Callable:
     y None: the unconditional prediction. weight 1: one conditional pass; otherwise the
     conditional and unconditional rows go through one batched pass (twice the batch).
     """
-    if y is None:
+    if y is None or weight == 0.0:  # W = 0 is the unconditional prediction: one pass, no condition
         return lambda x, t: network(x, t)
     if weight == 1.0:
         return lambda x, t: network(x, t, y)

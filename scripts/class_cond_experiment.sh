@@ -7,7 +7,8 @@
 #            (as configs/demo_*.yaml) and class-conditional (model.class_cond: true,
 #            train.class_dropout 0.15), STEPS_TRAIN steps each, same seed. Re-running resumes.
 # 2. sample  for every class, N pairs with `--classes CLASS` (--max-tries TRIES): the
-#            unconditional pair by rejection, the conditional pair at each guidance weight.
+#            unconditional pair by rejection, the conditional pair at each guidance weight,
+#            and the conditional pair unconditioned (--guidance 0) by rejection.
 #            A finished folder is kept; a stopped one resumes (--resume).
 # 3. table   scripts/class_cond_table.py: share of first candidates holding the class, and
 #            candidates per accepted pair, per class and setting.
@@ -59,9 +60,12 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sample ]; then
       sample cond "$RUN_DIR/samples/cond_w$w/$cls" --classes "$cls" --guidance "$w"
     done
     sample uncond "$RUN_DIR/samples/rejection/$cls" --classes "$cls"
+    # The conditional pair unconditioned (guidance 0): rejection with the very same weights.
+    sample cond "$RUN_DIR/samples/rejection_cond/$cls" --classes "$cls" --guidance 0
   done
 fi
 
 if [ "$STAGE" = all ] || [ "$STAGE" = table ]; then
-  PYTHONPATH="$PWD" "$PY" scripts/class_cond_table.py "$RUN_DIR/samples" --num_samples "$N" --classes $CLASSES
+  PYTHONPATH="$PWD" "$PY" scripts/class_cond_table.py "$RUN_DIR/samples" --num_samples "$N" --classes $CLASSES \
+    --real "$RUN_DIR/data"
 fi

@@ -1,0 +1,119 @@
+"""The class-conditioning table (issue 16) from the folders scripts/class_cond_experiment.sh wrote.
+
+    python scripts/class_cond_table.py runs/classcond/samples --num_samples 16 --classes scratch stain hole \
+        [--real runs/classcond/data]
+
+SAMPLES/<setting>/<class>/ is one `defect-gen sample --classes <class>` run (settings: rejection,
+rejection_cond, cond_w1, cond_w2, ...). Per class and setting it prints
+
+- first: share of the pairs whose first candidate (seed + i) held the class: the pairs with
+  tries == 1 in manifest.jsonl, out of the pairs asked for;
+- per pair: candidates drawn per accepted pair (a pair given up after --max-tries counts all
+  its tries and no pair);
+
+and, with --real (the real pairs, paired layout), the evaluate report's quality columns for
+each setting over all classes: diversity (mean pairwise RMS distance at 32 px) and mask
+consistency (mIoU / defect F1 of a segmenter trained on the real pairs, on the generated
+images against their masks), with the real pairs' own diversity as the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from defect_gen.evaluate import quality
+from defect_gen.evaluate.data import concat, load_synthetic
+from defect_gen.evaluate.segmenter import SegSettings, train_segmenter
+
+
+def _count(folder: str, num_samples: int) -> tuple[int, int, int] | None:
+    """(pairs kept, pairs whose first candidate was kept, candidates drawn) of one run."""
+    manifest = os.path.join(folder, "manifest.jsonl")
+    settings = os.path.join(folder, "sample_settings.json")
+    if not os.path.isfile(settings):
+        return None
+    with open(settings, encoding="utf-8") as f:
+        max_tries = json.load(f)["max_tries"]
+    rows = []
+    if os.path.isfile(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    failed = num_samples - len(rows)
+    return len(rows), sum(r["tries"] == 1 for r in rows), sum(r["tries"] for r in rows) + failed * max_tries
+
+
+def _quality(folders: list[str], classes: list[str], size: int, seg) -> dict:
+    sets = [load_synthetic(f, classes, size) for f in folders if os.path.isfile(os.path.join(f, "manifest.jsonl"))
+            and os.listdir(os.path.join(f, "images"))]
+    if not sets:
+        return {}
+    pairs = sets[0]
+    for other in sets[1:]:
+        pairs = concat(pairs, other)
+    consistency = quality.mask_consistency(seg, pairs, classes)
+    return {"n": len(pairs), "diversity": quality.diversity(quality.features(pairs.images)),
+            "mIoU": consistency["mIoU"], "F1": consistency["F1"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("samples")
+    p.add_argument("--num_samples", type=int, required=True)
+    p.add_argument("--classes", nargs="+", required=True)
+    p.add_argument("--settings", nargs="+", default=["rejection", "rejection_cond", "cond_w1", "cond_w2", "cond_w4"])
+    p.add_argument("--real", default=None, help="real pairs (paired layout) for the quality columns")
+    p.add_argument("--seg_steps", type=int, default=400)
+    args = p.parse_args(argv)
+    settings = [s for s in args.settings if os.path.isdir(os.path.join(args.samples, s))]
+    head = "| setting | " + " | ".join(f"{c}: first / per pair" for c in args.classes) + " | all: first / per pair |"
+    print(head)
+    print("|---" * (len(args.classes) + 2) + "|")
+    for setting in settings:
+        cells, total = [], [0, 0, 0]
+        for c in args.classes:
+            got = _count(os.path.join(args.samples, setting, c), args.num_samples)
+            if got is None:
+                cells.append("-")
+                continue
+            kept, first, tries = got
+            total = [a + b for a, b in zip(total, got)]
+            per = f"{tries / kept:.2f}" if kept else f"∞ ({tries} drawn, 0 kept)"
+            cells.append(f"{first / args.num_samples:.0%} / {per}")
+        n = args.num_samples * sum(cell != "-" for cell in cells)
+        all_cell = f"{total[1] / n:.0%} / {total[2] / max(total[0], 1):.2f}" if n else "-"
+        print(f"| {setting} | " + " | ".join(cells) + f" | {all_cell} |")
+    if args.real:
+        _print_quality(args, settings)
+    return 0
+
+
+def _print_quality(args, settings: list[str]) -> None:
+    real = load_synthetic(args.real, args.classes, _size(args.real))
+    size = real.images.shape[-1]
+    seg = train_segmenter(real.images, real.masks, len(args.classes) + 1,
+                          SegSettings(steps=args.seg_steps, crop=min(64, size)), seed=0)
+    print()
+    print(f"real pairs: n = {len(real)}, diversity {quality.diversity(quality.features(real.images)):.4f}")
+    print("| setting | pairs | diversity | mask consistency mIoU | consistency F1 |")
+    print("|---|---|---|---|---|")
+    for setting in settings:
+        q = _quality([os.path.join(args.samples, setting, c) for c in args.classes], args.classes, size, seg)
+        if q:
+            print(f"| {setting} | {q['n']} | {q['diversity']:.4f} | {q['mIoU']:.3f} | {q['F1']:.3f} |")
+
+
+def _size(folder: str) -> int:
+    from defect_gen.io import read_image
+
+    images = os.path.join(folder, "images")
+    return read_image(os.path.join(images, sorted(os.listdir(images))[0])).shape[0]
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    sys.exit(main())
