@@ -176,6 +176,9 @@ def _add_paint(sub) -> None:
     p.add_argument("--place", choices=["random", "source"], default="random",
                    help="random: anywhere, with quarter turns; source: where the defect was in its own photo "
                         "(relative, +-5 %%), for defects tied to a place such as breaks at a tile's edge")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="class-conditional models: classifier-free guidance towards each window's mask classes "
+                        "(default 1 = plain conditional)")
     p.add_argument("--copy-paste", action="store_true", help="no model: paste the real defect pixels (the baseline)")
     p.add_argument("--overwrite", action="store_true", help="replace the pairs of an earlier run in --sample_dir")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -487,6 +490,8 @@ def cmd_paint(args) -> int:
 
     if args.copy_paste == bool(args.model):
         raise ConfigError("paint: give --model (a small-RF model) or --copy-paste (no model), exactly one")
+    if args.copy_paste and args.guidance is not None:
+        raise ConfigError("paint --copy-paste has no model to guide: drop --guidance")
     if args.copy_paste and not args.config:
         raise ConfigError("paint --copy-paste: --config is needed for the training split the defects come from")
     scale = _scale_range(args.scale)
@@ -498,7 +503,7 @@ def cmd_paint(args) -> int:
         painter, cfg = paint.Painter(None, None, 0, 1, 0), load_config(args.config, args.overrides)
     else:
         loaded = load_model(args.model, resolve_device(args.device))
-        painter = paint.painter_from_model(loaded, resolve_device(args.device))
+        painter = paint.painter_from_model(loaded, resolve_device(args.device), args.guidance)
         cfg = load_config(args.config, args.overrides) if args.config else loaded.cfg
         if cfg.data.classes != loaded.cfg.data.classes:
             raise ConfigError(f"--config {args.config}: classes {cfg.data.classes} differ from the model's "

@@ -4,12 +4,13 @@ import json
 import os
 import types
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from defect_gen import checkpoint as ckpt_lib
-from defect_gen import guidance, sample
+from defect_gen import guidance, paint, sample
 from defect_gen.cli import main
 from defect_gen.config import Config, DataConfig, ModelConfig, from_dict, to_dict
 from defect_gen.errors import ConfigError
@@ -162,3 +163,24 @@ def test_old_checkpoints_without_the_key_load_as_unconditional(tmp_path):
     with pytest.raises(ConfigError, match="class-conditional"):
         sample.make_plan(loaded, None, sample.SampleSettings(sample_dir=str(tmp_path / "o"), step_inference=0,
                                                              sampler="ddpm", guidance=2.0), torch.device("cpu"))
+
+
+def test_paint_conditions_each_window_on_its_mask_classes():
+    seen = []
+
+    class Net(nn.Module):
+        def forward(self, x, t, y=None):
+            seen.append(y)
+            return torch.zeros_like(x)
+
+    cfg = from_dict({"model": {**SMALL, "class_cond": True}, "data": {"classes": CLASSES}})
+    loaded = types.SimpleNamespace(cfg=cfg, path="run", model=Net())
+    painter = paint.painter_from_model(loaded, torch.device("cpu"), 2.0)
+    index = np.zeros((8, 8), np.uint8)
+    index[2, 2] = 3
+    painter.conditioned(index)(torch.zeros(1, 7, 8, 8), 5)
+    assert torch.equal(seen[-1], torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]))  # cond | null
+    loaded.cfg = from_dict({"model": SMALL, "data": {"classes": CLASSES}})
+    assert paint.painter_from_model(loaded, torch.device("cpu")).conditioned is None
+    with pytest.raises(ConfigError, match="class-conditional"):
+        paint.painter_from_model(loaded, torch.device("cpu"), 2.0)
