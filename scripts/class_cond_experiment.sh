@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Class conditioning against rejection sampling on the built-in demo data, CPU size (issue 16).
+# Class conditioning against rejection sampling at CPU size (issue 16).
 #
-#   bash scripts/class_cond_experiment.sh     # every stage; finished work is kept (re-run resumes)
+#   bash scripts/class_cond_experiment.sh                  # built-in demo data, every stage
+#   DATASET=mt bash scripts/class_cond_experiment.sh       # magnetic tile (../shared/data/magnetic-tile)
+#   STAGE=sample bash scripts/class_cond_experiment.sh     # one stage: train | sample | table
 #
-# 1. train   the demo large/small pair twice on 32 px demo data (48 pairs): unconditional
-#            (as configs/demo_*.yaml) and class-conditional (model.class_cond: true,
-#            train.class_dropout 0.15), STEPS_TRAIN steps each, same seed. Re-running resumes.
+# Finished work is kept: re-running resumes training and skips finished sample folders.
+# 1. train   the large/small pair (configs/demo_*.yaml, or configs/magnetic_tile_*.yaml with
+#            its 10 few-shot photos per class) at SIZE px, for each of KINDS: unconditional
+#            as configured, and class-conditional (model.class_cond: true, train.class_dropout
+#            0.15); STEPS_TRAIN steps each, same seed. The demo data is 48 generated pairs.
 # 2. sample  for every class, N pairs with `--classes CLASS` (--max-tries TRIES): the
 #            unconditional pair by rejection, the conditional pair at each guidance weight,
 #            and the conditional pair unconditioned (--guidance 0) by rejection.
@@ -17,27 +21,37 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY="${PY:-.venv/bin/python}"
-RUN_DIR="${RUN_DIR:-runs/classcond}"
+DATASET="${DATASET:-demo}"
+if [ "$DATASET" = mt ]; then
+  RUN_DIR="${RUN_DIR:-runs/classcond_mt}"
+  CONFIGS=magnetic_tile; DATA="${DATA:-../shared/data/magnetic-tile}"; NUM_DEFECT=4
+  CLASSES="${CLASSES:-Blowhole Break Crack Uneven}"
+  KINDS="${KINDS:-cond}"   # the rejection baseline: the same weights unconditioned (guidance 0)
+else
+  RUN_DIR="${RUN_DIR:-runs/classcond}"
+  CONFIGS=demo; DATA="$RUN_DIR/data"; NUM_DEFECT=3
+  CLASSES="${CLASSES:-scratch stain hole}"
+  KINDS="${KINDS:-uncond cond}"
+fi
 SIZE="${SIZE:-32}"
 STEPS_TRAIN="${STEPS_TRAIN:-300}"
 N="${N:-16}"                  # pairs per class and setting
 TRIES="${TRIES:-10}"          # --max-tries
 SAMPLE_STEPS="${SAMPLE_STEPS:-50}"
 GUIDANCE="${GUIDANCE:-1 2 4}"
-CLASSES="${CLASSES:-scratch stain hole}"
 STAGE="${STAGE:-all}"
 export OMP_NUM_THREADS=1
 
 run() { PYTHONPATH="$PWD" "$PY" -m defect_gen "$@"; }
 
 if [ "$STAGE" = all ] || [ "$STAGE" = train ]; then
-  [ -d "$RUN_DIR/data/images" ] || run make-demo-data "$RUN_DIR/data" --image_size "$SIZE"
-  for kind in uncond cond; do
+  if [ "$DATASET" != mt ] && [ ! -d "$DATA/images" ]; then run make-demo-data "$DATA" --image_size "$SIZE"; fi
+  for kind in $KINDS; do
     extra=()
     [ "$kind" = cond ] && extra=(--set model.class_cond=true --set train.class_dropout=0.15)
     for role in large small; do
-      run train --config "configs/demo_$role.yaml" --work_dir "$RUN_DIR/$kind/$role" --num_defect 3 \
-        --set "data.root=$RUN_DIR/data" --set "model.image_size=$SIZE" --set "train.max_steps=$STEPS_TRAIN" \
+      run train --config "configs/${CONFIGS}_$role.yaml" --work_dir "$RUN_DIR/$kind/$role" \
+        --num_defect "$NUM_DEFECT" --set "data.root=$DATA" --set "model.image_size=$SIZE" --set "train.max_steps=$STEPS_TRAIN" \
         --set train.sample_every=0 --set train.save_every=100 --no-progress "${extra[@]}"
     done
   done
@@ -49,7 +63,7 @@ sample() {  # sample KIND OUT [extra flags...]
   local resume=()
   [ -f "$out/manifest.jsonl" ] && resume=(--resume)
   run sample --large_recep "$RUN_DIR/$kind/large" --small_recep "$RUN_DIR/$kind/small" --step_inference 200 \
-    --num_defect 3 --sample_dir "$out" --num_samples "$N" --batch_size "$N" --steps "$SAMPLE_STEPS" \
+    --num_defect "$NUM_DEFECT" --sample_dir "$out" --num_samples "$N" --batch_size "$N" --steps "$SAMPLE_STEPS" \
     --max-tries "$TRIES" --no-progress "${resume[@]}" "$@" || true   # a class with no accepted pair is a result
   touch "$out/.done"
 }
@@ -59,7 +73,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sample ]; then
     for w in $GUIDANCE; do
       sample cond "$RUN_DIR/samples/cond_w$w/$cls" --classes "$cls" --guidance "$w"
     done
-    sample uncond "$RUN_DIR/samples/rejection/$cls" --classes "$cls"
+    if [[ " $KINDS " == *" uncond "* ]]; then sample uncond "$RUN_DIR/samples/rejection/$cls" --classes "$cls"; fi
     # The conditional pair unconditioned (guidance 0): rejection with the very same weights.
     sample cond "$RUN_DIR/samples/rejection_cond/$cls" --classes "$cls" --guidance 0
   done
@@ -67,5 +81,5 @@ fi
 
 if [ "$STAGE" = all ] || [ "$STAGE" = table ]; then
   PYTHONPATH="$PWD" "$PY" scripts/class_cond_table.py "$RUN_DIR/samples" --num_samples "$N" --classes $CLASSES \
-    --real "$RUN_DIR/data"
+    --real_config "$RUN_DIR/cond/large/config.yaml"
 fi

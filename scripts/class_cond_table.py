@@ -1,7 +1,7 @@
 """The class-conditioning table (issue 16) from the folders scripts/class_cond_experiment.sh wrote.
 
     python scripts/class_cond_table.py runs/classcond/samples --num_samples 16 --classes scratch stain hole \
-        [--real runs/classcond/data]
+        [--real_config runs/classcond/cond/large/config.yaml]
 
 SAMPLES/<setting>/<class>/ is one `defect-gen sample --classes <class>` run (settings: rejection,
 rejection_cond, cond_w1, cond_w2, ...). Per class and setting it prints
@@ -11,10 +11,11 @@ rejection_cond, cond_w1, cond_w2, ...). Per class and setting it prints
 - per pair: candidates drawn per accepted pair (a pair given up after --max-tries counts all
   its tries and no pair);
 
-and, with --real (the real pairs, paired layout), the evaluate report's quality columns for
-each setting over all classes: diversity (mean pairwise RMS distance at 32 px) and mask
-consistency (mIoU / defect F1 of a segmenter trained on the real pairs, on the generated
-images against their masks), with the real pairs' own diversity as the reference.
+and, with --real_config (a trained model's config.yaml: its data and few-shot selection are
+the real pairs it learnt from), the evaluate report's quality columns for each setting over
+all classes: diversity (mean pairwise RMS distance at 32 px) and mask consistency (mIoU /
+defect F1 of a segmenter trained on those real pairs, on the generated images against their
+masks), with the real pairs' own diversity as the reference.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ import sys
 
 import torch
 
+from defect_gen.config import load_config
+from defect_gen.datasets.check import check_dataset
+from defect_gen.datasets.dataset import select_pairs
 from defect_gen.evaluate import quality
-from defect_gen.evaluate.data import concat, load_synthetic
+from defect_gen.evaluate.data import _load, concat, load_synthetic
 from defect_gen.evaluate.segmenter import SegSettings, train_segmenter
 
 
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num_samples", type=int, required=True)
     p.add_argument("--classes", nargs="+", required=True)
     p.add_argument("--settings", nargs="+", default=["rejection", "rejection_cond", "cond_w1", "cond_w2", "cond_w4"])
-    p.add_argument("--real", default=None, help="real pairs (paired layout) for the quality columns")
+    p.add_argument("--real_config", default=None, help="a trained model's config.yaml: its real pairs, for the "
+                   "quality columns")
     p.add_argument("--seg_steps", type=int, default=400)
     args = p.parse_args(argv)
     settings = [s for s in args.settings if os.path.isdir(os.path.join(args.samples, s))]
@@ -87,14 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         n = args.num_samples * sum(cell != "-" for cell in cells)
         all_cell = f"{total[1] / n:.0%} / {total[2] / max(total[0], 1):.2f}" if n else "-"
         print(f"| {setting} | " + " | ".join(cells) + f" | {all_cell} |")
-    if args.real:
+    if args.real_config:
         _print_quality(args, settings)
     return 0
 
 
 def _print_quality(args, settings: list[str]) -> None:
-    real = load_synthetic(args.real, args.classes, _size(args.real))
-    size = real.images.shape[-1]
+    cfg = load_config(args.real_config)
+    size = cfg.model.image_size
+    report = check_dataset(cfg.data, progress=False)
+    train = [p for p in select_pairs(report).train if p.class_pixels]
+    real = _load(train, cfg.data, report.kind, size, "real", False)
     seg = train_segmenter(real.images, real.masks, len(args.classes) + 1,
                           SegSettings(steps=args.seg_steps, crop=min(64, size)), seed=0)
     print()
@@ -105,13 +113,6 @@ def _print_quality(args, settings: list[str]) -> None:
         q = _quality([os.path.join(args.samples, setting, c) for c in args.classes], args.classes, size, seg)
         if q:
             print(f"| {setting} | {q['n']} | {q['diversity']:.4f} | {q['mIoU']:.3f} | {q['F1']:.3f} |")
-
-
-def _size(folder: str) -> int:
-    from defect_gen.io import read_image
-
-    images = os.path.join(folder, "images")
-    return read_image(os.path.join(images, sorted(os.listdir(images))[0])).shape[0]
 
 
 if __name__ == "__main__":
