@@ -184,3 +184,12 @@ def test_paint_conditions_each_window_on_its_mask_classes():
     assert paint.painter_from_model(loaded, torch.device("cpu")).conditioned is None
     with pytest.raises(ConfigError, match="class-conditional"):
         paint.painter_from_model(loaded, torch.device("cpu"), 2.0)
+
+
+def test_resuming_with_class_cond_switched_is_refused():
+    from defect_gen.train_util import resume_differences
+
+    plain = from_dict({"model": SMALL, "data": {"classes": CLASSES}})
+    cond = from_dict({"model": {**SMALL, "class_cond": True}, "data": {"classes": CLASSES}})
+    assert resume_differences(to_dict(plain), cond) == ["model.class_cond (False -> True)"]
+    assert resume_differences(to_dict(cond), cond) == []
