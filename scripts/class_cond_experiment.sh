@@ -80,6 +80,6 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sample ]; then
 fi
 
 if [ "$STAGE" = all ] || [ "$STAGE" = table ]; then
-  PYTHONPATH="$PWD" "$PY" scripts/class_cond_table.py "$RUN_DIR/samples" --num_samples "$N" --classes $CLASSES \
+  PYTHONPATH="$PWD" "$PY" scripts/class_cond_table.py "$RUN_DIR/samples" --classes $CLASSES \
     --real_config "$RUN_DIR/cond/large/config.yaml"
 fi

@@ -1,13 +1,13 @@
 """The class-conditioning table (issue 16) from the folders scripts/class_cond_experiment.sh wrote.
 
-    python scripts/class_cond_table.py runs/classcond/samples --num_samples 16 --classes scratch stain hole \
+    python scripts/class_cond_table.py runs/classcond/samples --classes scratch stain hole \
         [--real_config runs/classcond/cond/large/config.yaml]
 
 SAMPLES/<setting>/<class>/ is one `defect-gen sample --classes <class>` run (settings: rejection,
 rejection_cond, cond_w1, cond_w2, ...). Per class and setting it prints
 
 - first: share of the pairs whose first candidate (seed + i) held the class: the pairs with
-  tries == 1 in manifest.jsonl, out of the pairs asked for;
+  tries == 1 in manifest.jsonl, out of the pairs asked for (sample_settings.json);
 - per pair: candidates drawn per accepted pair (a pair given up after --max-tries counts all
   its tries and no pair);
 
@@ -35,20 +35,21 @@ from defect_gen.evaluate.data import _load, concat, load_synthetic
 from defect_gen.evaluate.segmenter import SegSettings, train_segmenter
 
 
-def _count(folder: str, num_samples: int) -> tuple[int, int, int] | None:
-    """(pairs kept, pairs whose first candidate was kept, candidates drawn) of one run."""
+def _count(folder: str) -> tuple[int, int, int, int] | None:
+    """(pairs asked for, pairs kept, pairs whose first candidate was kept, candidates drawn) of one run."""
     manifest = os.path.join(folder, "manifest.jsonl")
     settings = os.path.join(folder, "sample_settings.json")
     if not os.path.isfile(settings):
         return None
     with open(settings, encoding="utf-8") as f:
-        max_tries = json.load(f)["max_tries"]
+        recorded = json.load(f)
+    max_tries, num_samples = recorded["max_tries"], recorded["num_samples"]
     rows = []
     if os.path.isfile(manifest):
         with open(manifest, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
     failed = num_samples - len(rows)
-    return len(rows), sum(r["tries"] == 1 for r in rows), sum(r["tries"] for r in rows) + failed * max_tries
+    return num_samples, len(rows), sum(r["tries"] == 1 for r in rows), sum(r["tries"] for r in rows) + failed * max_tries
 
 
 def _quality(folders: list[str], classes: list[str], size: int, seg) -> dict:
@@ -67,7 +68,6 @@ def _quality(folders: list[str], classes: list[str], size: int, seg) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("samples")
-    p.add_argument("--num_samples", type=int, required=True)
     p.add_argument("--classes", nargs="+", required=True)
     p.add_argument("--settings", nargs="+", default=["rejection", "rejection_cond", "cond_w1", "cond_w2", "cond_w4"])
     p.add_argument("--real_config", default=None, help="a trained model's config.yaml: its real pairs, for the "
@@ -79,18 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     print(head)
     print("|---" * (len(args.classes) + 2) + "|")
     for setting in settings:
-        cells, total = [], [0, 0, 0]
+        cells, total = [], [0, 0, 0, 0]
         for c in args.classes:
-            got = _count(os.path.join(args.samples, setting, c), args.num_samples)
+            got = _count(os.path.join(args.samples, setting, c))
             if got is None:
                 cells.append("-")
                 continue
-            kept, first, tries = got
+            asked, kept, first, tries = got
             total = [a + b for a, b in zip(total, got)]
             per = f"{tries / kept:.2f}" if kept else f"∞ ({tries} drawn, 0 kept)"
-            cells.append(f"{first / args.num_samples:.0%} / {per}")
-        n = args.num_samples * sum(cell != "-" for cell in cells)
-        all_cell = f"{total[1] / n:.0%} / {total[2] / max(total[0], 1):.2f}" if n else "-"
+            cells.append(f"{first / asked:.0%} / {per}")
+        all_cell = f"{total[2] / total[0]:.0%} / {total[3] / max(total[1], 1):.2f}" if total[0] else "-"
         print(f"| {setting} | " + " | ".join(cells) + f" | {all_cell} |")
     if args.real_config:
         _print_quality(args, settings)
