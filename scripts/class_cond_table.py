@@ -73,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real_config", default=None, help="a trained model's config.yaml: its real pairs, for the "
                    "quality columns")
     p.add_argument("--seg_steps", type=int, default=400)
+    p.add_argument("--pictures", default=None, metavar="PREFIX",
+                   help="write PREFIX_<class>.png: the first 8 pairs of each class's preview in --picture_setting")
+    p.add_argument("--picture_setting", default="cond_w2")
     args = p.parse_args(argv)
+    if args.pictures:
+        _pictures(args)
     settings = [s for s in args.settings if os.path.isdir(os.path.join(args.samples, s))]
     head = "| setting | " + " | ".join(f"{c}: first / per pair" for c in args.classes) + " | all: first / per pair |"
     print(head)
@@ -112,6 +117,17 @@ def _print_quality(args, settings: list[str]) -> None:
         q = _quality([os.path.join(args.samples, setting, c) for c in args.classes], args.classes, size, seg)
         if q:
             print(f"| {setting} | {q['n']} | {q['diversity']:.4f} | {q['mIoU']:.3f} | {q['F1']:.3f} |")
+
+
+def _pictures(args) -> None:
+    """The top half of each class's preview.png (4 x 4 pairs: the first two rows, 8 pairs)."""
+    from PIL import Image
+
+    for c in args.classes:
+        path = os.path.join(args.samples, args.picture_setting, c, "preview.png")
+        if os.path.isfile(path):
+            with Image.open(path) as im:
+                im.crop((0, 0, im.width, im.height // 2)).save(f"{args.pictures}_{c}.png", optimize=True)
 
 
 if __name__ == "__main__":
