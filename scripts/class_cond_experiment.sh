@@ -3,6 +3,7 @@
 #
 #   bash scripts/class_cond_experiment.sh                  # built-in demo data, every stage
 #   DATASET=mt bash scripts/class_cond_experiment.sh       # magnetic tile (../shared/data/magnetic-tile)
+#   DATASET=mt_crops bash scripts/class_cond_experiment.sh # magnetic-tile crops, one small-RF model
 #   STAGE=sample bash scripts/class_cond_experiment.sh     # one stage: train | sample | table
 #
 # Finished work is kept: re-running resumes training and skips finished sample folders.
@@ -10,6 +11,9 @@
 #            its 10 few-shot photos per class) at SIZE px, for each of KINDS: unconditional
 #            as configured, and class-conditional (model.class_cond: true, train.class_dropout
 #            0.15); STEPS_TRAIN steps each, same seed. The demo data is 48 generated pairs.
+#            mt_crops: one small-RF model on the whole chain (configs/magnetic_tile_paint.yaml:
+#            native-resolution SIZE px crops, 80 % centred on a defect, EMA 0.99 for the short run),
+#            sampled alone (--step_inference 1000): whole photos shrunk to 32 px lose most defects.
 # 2. sample  for every class, N pairs with `--classes CLASS` (--max-tries TRIES): the
 #            unconditional pair by rejection, the conditional pair at each guidance weight,
 #            and the conditional pair unconditioned (--guidance 0) by rejection.
@@ -22,7 +26,14 @@ cd "$(dirname "$0")/.."
 
 PY="${PY:-.venv/bin/python}"
 DATASET="${DATASET:-demo}"
-if [ "$DATASET" = mt ]; then
+ROLES="large small"
+if [ "$DATASET" = mt_crops ]; then
+  RUN_DIR="${RUN_DIR:-runs/classcond_mt_crops}"
+  CONFIGS=magnetic_tile; DATA="${DATA:-../shared/data/magnetic-tile}"; NUM_DEFECT=4
+  CLASSES="${CLASSES:-Blowhole Break Crack Uneven}"
+  KINDS="${KINDS:-cond}"
+  ROLES=paint
+elif [ "$DATASET" = mt ]; then
   RUN_DIR="${RUN_DIR:-runs/classcond_mt}"
   CONFIGS=magnetic_tile; DATA="${DATA:-../shared/data/magnetic-tile}"; NUM_DEFECT=4
   CLASSES="${CLASSES:-Blowhole Break Crack Uneven}"
@@ -45,11 +56,12 @@ export OMP_NUM_THREADS=1
 run() { PYTHONPATH="$PWD" "$PY" -m defect_gen "$@"; }
 
 if [ "$STAGE" = all ] || [ "$STAGE" = train ]; then
-  if [ "$DATASET" != mt ] && [ ! -d "$DATA/images" ]; then run make-demo-data "$DATA" --image_size "$SIZE"; fi
+  if [ "$CONFIGS" = demo ] && [ ! -d "$DATA/images" ]; then run make-demo-data "$DATA" --image_size "$SIZE"; fi
   for kind in $KINDS; do
     extra=()
     [ "$kind" = cond ] && extra=(--set model.class_cond=true --set train.class_dropout=0.15)
-    for role in large small; do
+    [ "$ROLES" = paint ] && extra+=(--set train.ema_rate=0.99 --set train.warmup_steps=50 --set train.log_every=25)
+    for role in $ROLES; do
       run train --config "configs/${CONFIGS}_$role.yaml" --work_dir "$RUN_DIR/$kind/$role" \
         --num_defect "$NUM_DEFECT" --set "data.root=$DATA" --set "model.image_size=$SIZE" --set "train.max_steps=$STEPS_TRAIN" \
         --set train.sample_every=0 --set train.save_every=100 --no-progress "${extra[@]}"
@@ -62,7 +74,9 @@ sample() {  # sample KIND OUT [extra flags...]
   if [ -f "$out/.done" ]; then return; fi
   local resume=()
   [ -f "$out/manifest.jsonl" ] && resume=(--resume)
-  run sample --large_recep "$RUN_DIR/$kind/large" --small_recep "$RUN_DIR/$kind/small" --step_inference 200 \
+  local models=(--large_recep "$RUN_DIR/$kind/large" --small_recep "$RUN_DIR/$kind/small" --step_inference 200)
+  [ "$ROLES" = paint ] && models=(--small_recep "$RUN_DIR/$kind/paint" --step_inference 1000)
+  run sample "${models[@]}" \
     --num_defect "$NUM_DEFECT" --sample_dir "$out" --num_samples "$N" --batch_size "$N" --steps "$SAMPLE_STEPS" \
     --max-tries "$TRIES" --no-progress "${resume[@]}" "$@" || true   # a class with no accepted pair is a result
   touch "$out/.done"
@@ -81,5 +95,5 @@ fi
 
 if [ "$STAGE" = all ] || [ "$STAGE" = table ]; then
   PYTHONPATH="$PWD" "$PY" scripts/class_cond_table.py "$RUN_DIR/samples" --classes $CLASSES \
-    --real_config "$RUN_DIR/cond/large/config.yaml"
+    --real_config "$RUN_DIR/cond/${ROLES%% *}/config.yaml"
 fi
