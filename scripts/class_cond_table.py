@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             total = [a + b for a, b in zip(total, got)]
             per = f"{tries / kept:.2f}" if kept else f"∞ ({tries} drawn, 0 kept)"
             cells.append(f"{first / asked:.0%} / {per}")
-        all_cell = f"{total[2] / total[0]:.0%} / {total[3] / max(total[1], 1):.2f}" if total[0] else "-"
+        per = f"{total[3] / total[1]:.2f}" if total[1] else f"∞ ({total[3]} drawn, 0 kept)"
+        all_cell = f"{total[2] / total[0]:.0%} / {per}" if total[0] else "-"
         print(f"| {setting} | " + " | ".join(cells) + f" | {all_cell} |")
     if args.real_config:
         _print_quality(args, settings)
