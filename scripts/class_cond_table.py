@@ -39,8 +39,8 @@ def _count(folder: str) -> tuple[int, int, int, int] | None:
     """(pairs asked for, pairs kept, pairs whose first candidate was kept, candidates drawn) of one run."""
     manifest = os.path.join(folder, "manifest.jsonl")
     settings = os.path.join(folder, "sample_settings.json")
-    if not os.path.isfile(settings):
-        return None
+    if not os.path.isfile(settings) or not os.path.isfile(os.path.join(folder, ".done")):
+        return None  # not run yet, or still running (class_cond_experiment.sh marks finished runs .done)
     with open(settings, encoding="utf-8") as f:
         recorded = json.load(f)
     max_tries, num_samples = recorded["max_tries"], recorded["num_samples"]
