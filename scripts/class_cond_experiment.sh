@@ -94,6 +94,9 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sample ]; then
 fi
 
 if [ "$STAGE" = all ] || [ "$STAGE" = table ]; then
-  PYTHONPATH="$PWD" "$PY" scripts/class_cond_table.py "$RUN_DIR/samples" --classes $CLASSES \
-    --real_config "$RUN_DIR/cond/${ROLES%% *}/config.yaml"
+  # Quality columns only for whole-image models: the real pairs load as whole photos, which a
+  # model of native-resolution crops (mt_crops) is not comparable with.
+  quality=(--real_config "$RUN_DIR/cond/large/config.yaml")
+  [ "$ROLES" = paint ] && quality=()
+  PYTHONPATH="$PWD" "$PY" scripts/class_cond_table.py "$RUN_DIR/samples" --classes $CLASSES "${quality[@]}"
 fi
