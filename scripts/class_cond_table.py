@@ -48,13 +48,14 @@ def _count(folder: str) -> tuple[int, int, int, int] | None:
     if os.path.isfile(manifest):
         with open(manifest, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
-    failed = num_samples - len(rows)
-    return num_samples, len(rows), sum(r["tries"] == 1 for r in rows), sum(r["tries"] for r in rows) + failed * max_tries
+    drawn = sum(r["tries"] for r in rows) + (num_samples - len(rows)) * max_tries
+    return num_samples, len(rows), sum(r["tries"] == 1 for r in rows), drawn
 
 
 def _quality(folders: list[str], classes: list[str], size: int, seg) -> dict:
-    sets = [load_synthetic(f, classes, size) for f in folders if os.path.isfile(os.path.join(f, "manifest.jsonl"))
+    done = [f for f in folders if os.path.isfile(os.path.join(f, ".done")) and os.path.isdir(os.path.join(f, "images"))
             and os.listdir(os.path.join(f, "images"))]
+    sets = [load_synthetic(f, classes, size) for f in done]
     if not sets:
         return {}
     pairs = sets[0]

@@ -129,7 +129,8 @@ def test_tiny_conditional_train_and_sample_end_to_end(tmp_path, capsys):
     sets = [f"model.{k}={json.dumps(v)}" for k, v in SMALL.items()] + [
         f"data.root={data}", "model.class_cond=true", "train.max_steps=2", "train.batch_size=2",
         "train.sample_every=0", "diffusion.num_timesteps=50", "diffusion.t_max=null"]
-    assert main(["train", "--config", os.path.join(ROOT, "configs", "demo_small.yaml"), "--work_dir", run, "--num_defect", "3",
+    config = os.path.join(ROOT, "configs", "demo_small.yaml")
+    assert main(["train", "--config", config, "--work_dir", run, "--num_defect", "3",
                  *sum((["--set", s] for s in sets), []), "--no-progress"]) == 0
     common = ["sample", "--small_recep", run, "--step_inference", "50", "--num_samples", "2", "--steps", "3",
               "--allow-model-mismatch", "--no-progress"]
