@@ -49,8 +49,11 @@ def _add_sample(sub) -> None:
                    help="let a model serve timesteps outside its training window (diffusion.t_min/t_max), "
                         "or the two models swapped roles")
     g = p.add_argument_group("control")
-    g.add_argument("--classes", default="", help="comma-separated classes (names or 1..K) every pair must contain; "
-                   "rejection sampling")
+    g.add_argument("--classes", default="", help="comma-separated classes (names or 1..K) every pair must contain: "
+                   "class-conditional models are asked for them; candidates without them are rejected")
+    g.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance weight for class-conditional models (default 1 = plain "
+                        "conditional; 2-4 hold the asked-for classes more often, at twice the compute)")
     g.add_argument("--max-tries", type=int, default=20, help="candidates per pair before it is given up (--classes)")
     g.add_argument("--mask", dest="mask_dir", help="folder of class-index masks: generate an image for each")
     g.add_argument("--good", dest="good_dir", help="folder of defect-free images to paint defects into")
@@ -191,6 +194,9 @@ def _add_paint(sub) -> None:
     p.add_argument("--place", choices=["random", "source"], default="random",
                    help="random: anywhere, with quarter turns; source: where the defect was in its own photo "
                         "(relative, +-5 %%), for defects tied to a place such as breaks at a tile's edge")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="class-conditional models: classifier-free guidance towards each window's mask classes "
+                        "(default 1 = plain conditional)")
     p.add_argument("--copy-paste", action="store_true", help="no model: paste the real defect pixels (the baseline)")
     p.add_argument("--overwrite", action="store_true", help="replace the pairs of an earlier run in --sample_dir")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -306,7 +312,7 @@ def cmd_sample(args) -> int:
         mask_dir=args.mask_dir, good_dir=args.good_dir, place=args.place, resample=args.resample,
         jump_length=args.jump, min_defect_pixels=args.min_defect_pixels, keep_empty=args.keep_empty,
         layout=args.layout, precision=args.precision, resume=args.resume,
-        allow_mismatch=args.allow_model_mismatch)
+        allow_mismatch=args.allow_model_mismatch, guidance=args.guidance)
     check_settings(settings)
     device = resolve_device(args.device)
     dinfo = dist_util.init(device.type)
@@ -511,6 +517,8 @@ def cmd_paint(args) -> int:
 
     if args.copy_paste == bool(args.model):
         raise ConfigError("paint: give --model (a small-RF model) or --copy-paste (no model), exactly one")
+    if args.copy_paste and args.guidance is not None:
+        raise ConfigError("paint --copy-paste has no model to guide: drop --guidance")
     if args.copy_paste and not args.config:
         raise ConfigError("paint --copy-paste: --config is needed for the training split the defects come from")
     if (args.backgrounds == "good") != bool(args.good_dir):
@@ -524,7 +532,7 @@ def cmd_paint(args) -> int:
         painter, cfg = paint.Painter(None, None, 0, 1, 0), load_config(args.config, args.overrides)
     else:
         loaded = load_model(args.model, resolve_device(args.device))
-        painter = paint.painter_from_model(loaded, resolve_device(args.device))
+        painter = paint.painter_from_model(loaded, resolve_device(args.device), args.guidance)
         cfg = load_config(args.config, args.overrides) if args.config else loaded.cfg
         if cfg.data.classes != loaded.cfg.data.classes:
             raise ConfigError(f"--config {args.config}: classes {cfg.data.classes} differ from the model's "

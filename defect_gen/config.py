@@ -40,6 +40,11 @@ class ModelConfig:
     use_scale_shift_norm: bool = True
     dropout: float = 0.0
     use_checkpoint: bool = False  # gradient checkpointing: less memory, ~30 % more compute
+    # Class conditioning: the classes present in a pair (multi-hot) are embedded and added to
+    # the timestep embedding, so `sample --classes` asks for them instead of rejecting the
+    # rest. Trained with train.class_dropout, one model samples with and without a condition.
+    # false (and configs or checkpoints without the key): the unconditional, published network.
+    class_cond: bool = False
 
 
 @dataclass
@@ -124,6 +129,10 @@ class TrainConfig:
     tensorboard: bool = True
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # model.class_cond: share of training pairs whose condition is dropped (shown as
+    # "unconditional"), so the model also learns the unconditional prediction that
+    # classifier-free guidance (`sample --guidance`) contrasts with. Ignored otherwise.
+    class_dropout: float = 0.15
 
 
 @dataclass
@@ -368,6 +377,8 @@ def validate(cfg: Config) -> Config:
     if t.microbatch < 0 or (t.microbatch and t.batch_size % t.microbatch):
         raise ConfigError(f"config key 'train.microbatch': expected 0 or a divisor of train.batch_size "
                           f"({t.batch_size}), got {t.microbatch}")
+    if not 0.0 <= t.class_dropout < 1.0:
+        raise ConfigError(f"config key 'train.class_dropout': expected a share in [0, 1), got {t.class_dropout}")
     if t.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"config key 'train.precision': expected auto, fp32, bf16 or fp16, got {t.precision!r}")
     _validate_data_values(cfg)

@@ -115,8 +115,9 @@ class GaussianDiffusion:
         return torch.randint(t_min, t_max, (batch,), device=device, generator=generator)
 
     def training_losses(self, model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor,
-                        noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Per-sample MSE between the network output and its target.
+                        noise: torch.Tensor | None = None, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-sample MSE between the network output and its target (y: a class condition,
+        for class-conditional networks; see `unet.class_condition`).
 
         The first three channels are RGB, the rest the one-hot mask; the mask's squared
         error is weighted by `mask_loss_weight` (1.0 = plain MSE over all channels, as published).
@@ -128,7 +129,7 @@ class GaussianDiffusion:
         x_t = self.q_sample(x0, t, noise)
         if self.clean_mask:
             x_t = torch.cat([x_t[:, :3], x0[:, 3:]], dim=1)
-        out = model(x_t, t)
+        out = model(x_t, t) if y is None else model(x_t, t, y)
         sq = (out.float() - self.target(x0, noise, t).float()) ** 2
         mse_rgb = sq[:, :3].mean(dim=(1, 2, 3))
         if self.clean_mask:

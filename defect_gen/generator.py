@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from defect_gen import conditioning
+from defect_gen import guidance as guidance_lib
 from defect_gen.config import Config
 from defect_gen.errors import ConfigError, DefectGenError
 from defect_gen.gaussian_diffusion import Denoiser, GaussianDiffusion
@@ -130,11 +131,11 @@ def _network(model: torch.nn.Module, device: torch.device, precision: str) -> Ca
     if cuda:
         model.to(memory_format=torch.channels_last)
 
-    def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return model(x, t).float()
+            return model(x, t, *y).float()
 
     return forward
 
@@ -153,11 +154,16 @@ class Plan:
     networks: list[Callable]
     shape: tuple[int, int, int]
     description: str
+    # The denoiser held to a class condition y (B, K + 1) (None: unconditional): each
+    # class-conditional model is guided (defect_gen.guidance), unconditional ones ignore y.
+    denoise_for: Callable[[torch.Tensor | None], Denoiser] | None = None
 
 
 def make_plan(large: LoadedModel | None, small: LoadedModel | None, step_inference: int, steps: int | None,
-              device: torch.device, precision: str = "auto", allow_mismatch: bool = False) -> Plan:
-    """The timesteps (`steps` respaced, S and S-1 added) and the denoiser that hands over at S."""
+              device: torch.device, precision: str = "auto", allow_mismatch: bool = False,
+              guidance: float | None = None) -> Plan:
+    """The timesteps (`steps` respaced, S and S-1 added) and the denoiser that hands over at S;
+    class-conditional models are guided with weight `guidance` (None: 1, plain conditional)."""
     cfg = check_pair(large, small)
     T = cfg.diffusion.num_timesteps
     if not 0 <= step_inference <= T:
@@ -172,17 +178,21 @@ def make_plan(large: LoadedModel | None, small: LoadedModel | None, step_inferen
     if not allow_mismatch:
         check_roles(large, small, large_steps, small_steps, step_inference)
     # Each model gets its own parameterisation (x0 / eps / v); check_pair made the schedules equal.
-    networks, denoisers = [], []
-    for m in (large, small):
-        net = m and _network(m.model, device, precision)
-        networks += [net] if net else []
-        denoisers.append(m and GaussianDiffusion.from_config(m.cfg.diffusion).denoiser(net))
-    denoise = two_stage_denoiser(denoisers[0], denoisers[1], step_inference)
+    weight = guidance_lib.check_guidance(guidance, [m.cfg.model.class_cond for m in (large, small) if m])
+    nets = [m and _network(m.model, device, precision) for m in (large, small)]
+    networks = [net for net in nets if net]
+
+    def denoise_for(y: torch.Tensor | None) -> Denoiser:
+        denoisers = [m and GaussianDiffusion.from_config(m.cfg.diffusion).denoiser(
+            guidance_lib.guided(net, y, weight) if m.cfg.model.class_cond else net) for m, net in zip((large, small), nets)]
+        return two_stage_denoiser(denoisers[0], denoisers[1], step_inference)
+
+    denoise = denoise_for(None)
     shape = (3 + cfg.num_defect + 1, cfg.model.image_size, cfg.model.image_size)
     added = sorted(set(timesteps) - set(space_timesteps(T, steps)), reverse=True)
     extra = f"; {', '.join(map(str, added))} added to the {len(timesteps) - len(added)}-step grid" if added else ""
     return Plan(GaussianDiffusion.from_config(cfg.diffusion), timesteps, denoise, networks, shape,
-                f"{len(timesteps)} steps ({len(large_steps)} large, {len(small_steps)} small{extra})")
+                f"{len(timesteps)} steps ({len(large_steps)} large, {len(small_steps)} small{extra})", denoise_for)
 
 
 def auto_batch_size(plan: Plan, device: torch.device, limit: int) -> int:
@@ -217,7 +227,8 @@ MAX_SAMPLES = 10_000_000
 
 def check_options(*, n: int | None, batch_size: int | None, seed: int, steps: int | None, sampler: str | None,
                   eta: float | None, classes: Sequence[str], masks, good, place: str | None, resample: int,
-                  jump: int, max_tries: int, min_defect_pixels: int, names: dict[str, str] | None = None) -> None:
+                  jump: int, max_tries: int, min_defect_pixels: int, names: dict[str, str] | None = None,
+                  guidance: float | None = None) -> None:
     """Combinations that cannot work, each as one line naming the value (API keywords, or the
     CLI's flags through `names`). `sampler` None is the models' default (`default_sampler`)."""
     names = names or {}
@@ -225,6 +236,9 @@ def check_options(*, n: int | None, batch_size: int | None, seed: int, steps: in
     def name(key: str) -> str:
         return names.get(key, key)
 
+    if guidance is not None and not (classes or masks is not None or good is not None):
+        raise ConfigError(f"{name('guidance')} steers towards a condition: give {name('classes')} (or "
+                          f"{name('masks')} / {name('good')}, whose masks are the condition)")
     if classes and masks is not None:
         raise ConfigError(f"{name('classes')} picks among generated masks, but with {name('masks')} the masks are "
                           f"given; choose the mask files instead")
@@ -329,10 +343,14 @@ def sample_batch(plan: Plan, cond: conditioning.Conditioner, options: PairOption
     gens = [torch.Generator(device).manual_seed(seed) for seed in seeds]
     x = randn_rows(torch.empty((len(candidates), *plan.shape), device=device), gens)
     conditions = [None] * len(candidates)
+    num_defect = plan.shape[0] - 4
+    y = guidance_lib.wanted_condition(list(options.required), num_defect, len(candidates), device) \
+        if options.required else None
     if cond.masks is None and candidates[0].paint is None:
         sampler = SAMPLERS[options.sampler]
     else:
         masks = [c.paint if c.paint is not None else cond.given_mask(c.index, seed) for c, seed in zip(candidates, seeds)]
+        y = guidance_lib.mask_condition(torch.stack(masks).to(device), num_defect)  # a known mask is the condition
         conditions = [cond.condition(c.index, mask) for c, mask in zip(candidates, masks)]
         known = KnownRegion(*(torch.stack([getattr(c, k) for c in conditions]).to(device) for k in ("values", "keep")))
         if plan.diffusion.clean_mask:  # a clean-mask model's mask channels are given as they are at every t
@@ -347,7 +365,8 @@ def sample_batch(plan: Plan, cond: conditioning.Conditioner, options: PairOption
         first_bad.copy_(torch.where((first_bad < 0) & ~torch.isfinite(x).all(), t, first_bad))
 
     with torch.inference_mode():  # no autograd graph: sampling only ever reads the weights
-        x = sampler(plan.denoise, x, plan.timesteps, plan.diffusion, generator=gens, eta=options.eta,
+        denoise = plan.denoise_for(y) if plan.denoise_for is not None else plan.denoise
+        x = sampler(denoise, x, plan.timesteps, plan.diffusion, generator=gens, eta=options.eta,
                     progress=progress, callback=track)
     if int(first_bad) >= 0:
         names = ", ".join(pair_name(options.seed, c.index) for c in candidates)
@@ -553,20 +572,22 @@ class DefectGenerator:
         """Which weights this generator samples with: {"large"/"small": {path, step, sha256}}."""
         return {role: m.provenance() for role, m in (("large", self.large), ("small", self.small)) if m is not None}
 
-    def plan(self, steps: int | None) -> Plan:
-        """The chain for `steps` (None: all T), with S and S-1 added for the hand-over."""
+    def plan(self, steps: int | None, guidance: float | None = None) -> Plan:
+        """The chain for `steps` (None: all T), with S and S-1 added for the hand-over;
+        class-conditional models guided with weight `guidance` (None: 1)."""
         return make_plan(self.large, self.small, self.step_inference, steps, self.device, self.precision,
-                         self.allow_model_mismatch)
+                         self.allow_model_mismatch, guidance)
 
     def prepare(self, n: int | None = None, *, seed: int = 0, classes: Sequence[str] = (), masks=None, good=None,
                 place: str | None = None, steps: int | None = None, sampler: str | None = None,
                 eta: float | None = None, max_tries: int = 20, min_defect_pixels: int = 0, keep_empty: bool = False,
-                resample: int = 1, jump: int = 10, names: dict[str, str] | None = None) -> Request:
+                resample: int = 1, jump: int = 10, names: dict[str, str] | None = None,
+                guidance: float | None = None) -> Request:
         """Check and resolve the arguments of `generate` (see there) into a `Request`;
         `names` maps argument names to the CLI's flags for its error messages."""
         check_options(n=n, batch_size=None, seed=seed, steps=steps, sampler=sampler, eta=eta, classes=classes,
                       masks=masks, good=good, place=place, resample=resample, jump=jump, max_tries=max_tries,
-                      min_defect_pixels=min_defect_pixels, names=names)
+                      min_defect_pixels=min_defect_pixels, names=names, guidance=guidance)
         if self.config.diffusion.clean_mask and masks is None:
             flag = (names or {}).get("masks", "masks")
             raise ConfigError(f"{(self.small or self.large).path} draws images for given masks (diffusion.clean_mask: "
@@ -577,7 +598,7 @@ class DefectGenerator:
         num = n or len(cond.masks or cond.goods or [None] * 16)
         options = PairOptions(num, seed, sampler, 0.0 if eta is None else float(eta), tuple(required), max_tries,
                               min_defect_pixels, keep_empty, resample, jump)
-        return Request(self.plan(steps), cond, options)
+        return Request(self.plan(steps, guidance), cond, options)
 
     def _conditioner(self, masks, good, place: str | None, min_pixels: int, keep_empty: bool):
         size, k, data = self.config.model.image_size, self.config.num_defect, self.config.data
@@ -606,7 +627,7 @@ class DefectGenerator:
                  place: str | None = None, steps: int | None = None, sampler: str | None = None,
                  eta: float | None = None, batch_size: int | None = None, max_tries: int = 20,
                  min_defect_pixels: int = 0, keep_empty: bool = False, resample: int = 1, jump: int = 10,
-                 output_type: str = "np", progress: bool = False) -> GeneratedPairs:
+                 guidance: float | None = None, output_type: str = "np", progress: bool = False) -> GeneratedPairs:
         """Generate pairs in memory; nothing is written.
 
         Args:
@@ -632,6 +653,9 @@ class DefectGenerator:
             min_defect_pixels (`int`, defaults to 0): defect regions smaller than this are dropped.
             keep_empty (`bool`, defaults to False): keep pairs whose mask has no defect.
             resample, jump (`int`): RePaint resampling with `masks` / `good`.
+            guidance (`float`, *optional*): classifier-free guidance weight for class-conditional
+                models (model.class_cond), which are then asked for `classes` (or each given
+                mask's classes) instead of only filtering; default 1 (plain conditional).
             output_type (`str`, defaults to "np"): "np" for stacked uint8 arrays, "pil" for PIL images.
             progress (`bool`, defaults to False): per-step progress bars.
 
@@ -644,7 +668,7 @@ class DefectGenerator:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         request = self.prepare(n, seed=seed, classes=classes, masks=masks, good=good, place=place, steps=steps,
                                sampler=sampler, eta=eta, max_tries=max_tries, min_defect_pixels=min_defect_pixels,
-                               keep_empty=keep_empty, resample=resample, jump=jump)
+                               keep_empty=keep_empty, resample=resample, jump=jump, guidance=guidance)
         tally = Tally()
         done = sorted(self.pairs(request, range(request.num_samples), batch_size=batch_size, tally=tally,
                                  progress=progress), key=lambda p: p.index)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from defect_gen import fsutil, logs, writers
+from defect_gen import fsutil, guidance, logs, writers
 from defect_gen.conditioning import IMAGE_EXTS
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.gaussian_diffusion import GaussianDiffusion
@@ -260,11 +260,15 @@ class Painter:
     size: int  # smallest window: the model's training crop size
     multiple: int  # window sides are multiples of this (2 ** down-sampling levels)
     num_defect: int
+    # Class-conditional models: the denoiser held to the classes of a window's mask (H, W).
+    conditioned: object | None = None
 
 
-def painter_from_model(loaded, device: torch.device) -> Painter:
+def painter_from_model(loaded, device: torch.device, guidance_weight: float | None = None) -> Painter:
     """A Painter for a `sample.load_model` result. Models with attention are refused: attention
-    over a whole window has no fixed receptive field and costs quadratically in its size."""
+    over a whole window has no fixed receptive field and costs quadratically in its size.
+    A class-conditional model paints each window conditioned on the classes of its placed mask
+    (guidance_weight: classifier-free guidance, None = 1)."""
     cfg = loaded.cfg
     if cfg.model.attention_downsample:
         raise ConfigError(f"{loaded.path}: paint needs a model without attention (a small-RF config such as "
@@ -275,11 +279,18 @@ def painter_from_model(loaded, device: torch.device) -> Painter:
                           f"this model was trained on t < {cfg.diffusion.t_max}; train it with diffusion.t_max="
                           f"{diffusion.num_timesteps} (configs/magnetic_tile_paint.yaml does)")
 
-    def net(x, t):
-        return loaded.model(x.to(device), t.to(device)).float().cpu()
+    weight = guidance.check_guidance(guidance_weight, [cfg.model.class_cond])
+
+    def net(x, t, *y):
+        return loaded.model(x.to(device), t.to(device), *(c.to(device) for c in y)).float().cpu()
+
+    def conditioned(index: np.ndarray):
+        y = guidance.mask_condition(torch.from_numpy(np.ascontiguousarray(index)).long()[None], cfg.num_defect)
+        return diffusion.denoiser(guidance.guided(net, y, weight))
 
     return Painter(diffusion.denoiser(net), diffusion, cfg.model.image_size,
-                   2 ** (len(cfg.model.channel_mult) - 1), cfg.num_defect)
+                   2 ** (len(cfg.model.channel_mult) - 1), cfg.num_defect,
+                   conditioned if cfg.model.class_cond else None)
 
 
 PLACE_TRIES = 20  # placements tried before a new defect may touch a defect the photo already has
@@ -320,7 +331,8 @@ def paint_pair(painter: Painter, s: PaintSettings, photo: np.ndarray, src: Sourc
     rows, cols = window(p, hw, painter.size, s.margin, painter.multiple)
     generator = torch.Generator().manual_seed(seed)
     rgb = photo.copy()
-    rgb[rows, cols] = paint_window(painter.denoise, painter.diffusion, photo[rows, cols], mask[rows, cols],
+    denoise = painter.denoise if painter.conditioned is None else painter.conditioned(mask[rows, cols])
+    rgb[rows, cols] = paint_window(denoise, painter.diffusion, photo[rows, cols], mask[rows, cols],
                                    composite[rows, cols], s, painter.num_defect, generator,
                                    None if existing is None else placed[rows, cols])
     # A defect spanning almost the whole photo can reach past the window (whose sides are

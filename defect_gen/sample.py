@@ -90,6 +90,9 @@ class SampleSettings:
     layout: str = "paired"
     precision: str = "auto"  # auto (bf16 on CUDA) | fp32 | bf16
     resume: bool = False  # finish a killed run in sample_dir: only the pairs its manifest lacks
+    # Classifier-free guidance weight for class-conditional models (None: 1, plain conditional).
+    # Such models are conditioned on --classes, or on each pair's mask with --mask / --good.
+    guidance: float | None = None
 
 
 @dataclass
@@ -135,7 +138,7 @@ class Summary:
 
 # The fields that decide whether weights fit a network (dropout and checkpointing do not).
 ARCHITECTURE = ("image_size", "model_channels", "channel_mult", "num_res_blocks", "attention_downsample",
-                "middle_block", "use_scale_shift_norm")
+                "middle_block", "use_scale_shift_norm", "class_cond")
 
 
 def read_any_config(path: str) -> Config:
@@ -214,7 +217,7 @@ def load_model(path: str, device: torch.device, raw_weights: bool = False, confi
 FLAGS = {"n": "--num_samples", "batch_size": "--batch_size", "seed": "--seed", "steps": "--steps",
          "sampler": "--sampler", "eta": "--eta", "classes": "--classes", "masks": "--mask", "good": "--good",
          "place": "--place", "resample": "--resample", "jump": "--jump", "max_tries": "--max-tries",
-         "min_defect_pixels": "--min-defect-pixels"}
+         "min_defect_pixels": "--min-defect-pixels", "guidance": "--guidance"}
 
 
 def check_settings(s: SampleSettings) -> None:
@@ -222,7 +225,7 @@ def check_settings(s: SampleSettings) -> None:
     check_options(n=s.num_samples, batch_size=s.batch_size, seed=s.seed, steps=s.steps, sampler=s.sampler,
                   eta=s.eta, classes=s.classes, masks=s.mask_dir, good=s.good_dir, place=s.place,
                   resample=s.resample, jump=s.jump_length, max_tries=s.max_tries,
-                  min_defect_pixels=s.min_defect_pixels, names=FLAGS)
+                  min_defect_pixels=s.min_defect_pixels, names=FLAGS, guidance=s.guidance)
     if s.layout not in writers.LAYOUTS:
         raise ConfigError(f"--layout must be one of {', '.join(writers.LAYOUTS)}, got {s.layout!r}")
 
@@ -241,7 +244,7 @@ def prepare(gen: DefectGenerator, s: SampleSettings) -> Request:
     return gen.prepare(s.num_samples, seed=s.seed, classes=s.classes, masks=s.mask_dir, good=s.good_dir,
                        place=s.place, steps=s.steps, sampler=s.sampler, eta=s.eta if s.sampler == "ddim" else None,
                        max_tries=s.max_tries, min_defect_pixels=s.min_defect_pixels, keep_empty=s.keep_empty,
-                       resample=s.resample, jump=s.jump_length, names=FLAGS)
+                       resample=s.resample, jump=s.jump_length, names=FLAGS, guidance=s.guidance)
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,7 +258,7 @@ def _name(s: SampleSettings, index: int) -> str:
 # Settings that decide which pair a name stands for: a resumed run must keep them.
 RESUME_KEYS = ("step_inference", "seed", "steps", "sampler", "eta", "raw_weights", "classes", "max_tries",
                "mask_dir", "good_dir", "place", "resample", "jump_length", "min_defect_pixels", "keep_empty",
-               "layout")
+               "layout", "guidance")
 
 
 def _hashes(weights) -> dict | None:

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from defect_gen import checkpoint as ckpt_lib
-from defect_gen import dist_util, fsutil, logs
+from defect_gen import dist_util, fsutil, guidance, logs
 from defect_gen.config import Config, from_dict, to_dict, to_yaml
 from defect_gen.datasets.dataset import DefectDataset
 from defect_gen.errors import CheckpointError, DefectGenError, short_repr
@@ -260,6 +260,7 @@ class TrainLoop:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         t = self.diffusion.sample_t(b * world, *self.t_window, self.device, generator=self.noise_gen)[mine]
         noise = torch.randn((b * world, *x0.shape[1:]), generator=self.noise_gen, device=self.device)[mine]
+        y = self._class_condition(x0, b * world, mine)
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
         self.opt.zero_grad(set_to_none=True)
@@ -270,7 +271,8 @@ class TrainLoop:
             last = i + chunk >= tcfg.batch_size
             sync = contextlib.nullcontext() if last or self.ddp is self.model else self.ddp.no_sync()
             with sync, torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                losses = self.diffusion.training_losses(self.forward, x0[sl], t[sl], noise[sl])
+                losses = self.diffusion.training_losses(self.forward, x0[sl], t[sl], noise[sl],
+                                                        None if y is None else y[sl])
             self.scaler.scale(losses["loss"].sum() / tcfg.batch_size).backward()
             for k in per_sample:
                 per_sample[k].append(losses[k].detach())
@@ -282,6 +284,16 @@ class TrainLoop:
         self._update_emas()
         self.step += 1
         self._accumulate({k: torch.cat(v) for k, v in per_sample.items()}, t, grad_norm)
+
+    def _class_condition(self, x0: torch.Tensor, global_batch: int, mine: slice) -> torch.Tensor | None:
+        """The classes in each pair of this rank's batch, a train.class_dropout share dropped
+        (None for an unconditional model). The drop draw is for the whole global batch, from
+        the data stream, so it is the same on every rank and resumes exactly; unconditional
+        models draw nothing, and their batches stay what they were."""
+        if not self.cfg.model.class_cond:
+            return None
+        drop = torch.rand(global_batch, generator=self.data_gen)[mine] < self.cfg.train.class_dropout
+        return guidance.data_condition(x0, self.cfg.num_defect, drop.to(x0.device))
 
     def _accumulate(self, per_sample: dict, t: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Add this step's statistics to the device accumulator (no host sync)."""

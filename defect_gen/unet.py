@@ -10,7 +10,7 @@ One class serves both of Defect-Gen's networks; the config picks the shape:
 Module names follow guided-diffusion (`time_embed`, `input_blocks`, `middle_block`,
 `output_blocks`, `out`), so the published implementation's state_dicts load with
 strict=True. The network knows nothing of diffusion: it maps (x_t, t) to a tensor of the
-same shape.
+same shape, optionally given the classes a pair should hold (`class_cond`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,20 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+def class_condition(present: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
+    """The class-conditional UNet's input y: (B, K + 1) = [multi-hot of the K classes | given].
+
+    `present` (B, K) says which defect classes the pair holds; `given` (B,) says whether the
+    row is conditioned at all (default: all rows). A dropped row (given = 0) is all zeros.
+    The extra "given" bit is there because an all-zero multi-hot already means something:
+    "no defect" (a defect-free pair, data.good_share). Without it, "unconditional" and "a
+    clean surface" would be the same input and guidance towards a clean pair would be lost.
+    """
+    present = present.float()
+    given = torch.ones(present.shape[0], device=present.device) if given is None else given.float()
+    return torch.cat([present * given[:, None], given[:, None]], dim=1)
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -178,13 +192,21 @@ class UNetModel(nn.Module):
                  num_res_blocks: int, attention_downsample=(), num_heads: int = 4,
                  num_head_channels: int = -1, middle_block: bool = True,
                  use_scale_shift_norm: bool = True, dropout: float = 0.0, use_checkpoint: bool = False,
-                 num_heads_upsample: int = -1):
+                 num_heads_upsample: int = -1, num_classes: int | None = None):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.has_middle = middle_block
         emb_ch = 4 * model_channels
         self.model_channels = model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        # Class conditioning (num_classes = K): y = [multi-hot | given] (see class_condition)
+        # through one Linear, added to the timestep embedding. An unconditional row (all zeros)
+        # gets the bias alone: a learned "null" embedding. Zero-initialised, so the network
+        # starts out as the unconditional one. Absent when unconditional: the state_dict keeps
+        # the published names.
+        self.num_classes = num_classes
+        if num_classes is not None:
+            self.class_embed = zero_module(nn.Linear(num_classes + 1, emb_ch))
 
         def res(cin, cout):
             return ResBlock(cin, emb_ch, cout, dropout, use_scale_shift_norm, use_checkpoint)
@@ -232,9 +254,17 @@ class UNetModel(nn.Module):
 
         self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) noisy sample; t: (B,) timesteps. Returns (B, out_channels, H, W)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) noisy sample; t: (B,) timesteps; y: (B, K + 1) class condition
+        (class_condition; None = unconditional), for class-conditional networks only.
+        Returns (B, out_channels, H, W)."""
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))
+        if self.num_classes is not None:
+            if y is None:
+                y = torch.zeros(x.shape[0], self.num_classes + 1, device=x.device)
+            emb = emb + self.class_embed(y.to(emb.dtype))
+        elif y is not None:
+            raise ValueError("this UNet is unconditional (model.class_cond false): it takes no class condition")
         hs, h = [], x
         for block in self.input_blocks:
             h = block(h, emb)
@@ -260,7 +290,7 @@ def build_unet(cfg: ModelConfig, num_defect: int) -> UNetModel:
         num_res_blocks=cfg.num_res_blocks, attention_downsample=cfg.attention_downsample,
         num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels, middle_block=cfg.middle_block,
         use_scale_shift_norm=cfg.use_scale_shift_norm, dropout=cfg.dropout, use_checkpoint=cfg.use_checkpoint,
-        num_heads_upsample=cfg.num_heads_upsample,
+        num_heads_upsample=cfg.num_heads_upsample, num_classes=num_defect if cfg.class_cond else None,
     )
 
 
