@@ -177,10 +177,11 @@ def _add_paint(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of that config, e.g. --set data.root=DIR (repeatable)")
     p.add_argument("--good", dest="good_dir", help="folder of defect-free photos (searched recursively); "
-                   "needed unless --backgrounds training")
-    p.add_argument("--backgrounds", choices=["good", "training"], default="good",
+                   "needed only with --backgrounds good")
+    p.add_argument("--backgrounds", choices=["good", "training", "same_class"], default="good",
                    help="good: paint into the --good photos; training: into the training split's own defect "
-                        "photos, keeping their defects (a second defect per photo, no defect-free photos needed)")
+                        "photos, keeping their defects (a second defect per photo, no defect-free photos needed); "
+                        "same_class: only into training photos of the pasted defect's class")
     p.add_argument("--sample_dir", required=True, help="output folder (paired layout, manifest, preview)")
     p.add_argument("--num_samples", type=int, default=80)
     p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i")
@@ -522,7 +523,8 @@ def cmd_paint(args) -> int:
     if args.copy_paste and not args.config:
         raise ConfigError("paint --copy-paste: --config is needed for the training split the defects come from")
     if (args.backgrounds == "good") != bool(args.good_dir):
-        raise ConfigError("paint: give --good DIR (defect-free photos) or --backgrounds training, exactly one")
+        raise ConfigError("paint: give --good DIR (defect-free photos) or --backgrounds training/same_class, "
+                          "exactly one")
     scale = _scale_range(args.scale)
     settings = paint.PaintSettings(args.sample_dir, args.num_samples, args.good_dir or "", args.seed, args.steps,
                                    args.sampler, args.eta, 0.0 if args.copy_paste else args.strength,

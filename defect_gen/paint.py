@@ -66,7 +66,9 @@ class PaintSettings:
     margin: int = 16  # photo pixels around the defect inside the denoised window
     blend: int = 2  # defect region dilated by this many pixels: the border is redrawn too
     place: str = "random"  # random: anywhere, turned; source: where the defect was in its own photo
-    backgrounds: str = "good"  # good: defect-free photos of good_dir; training: the training split's own photos
+    # good: defect-free photos of good_dir; training: the training split's own photos;
+    # same_class: those of them that hold a defect of the pasted defect's class
+    backgrounds: str = "good"
     overwrite: bool = False
     progress: bool = True
 
@@ -149,7 +151,7 @@ def transform_defect(src: Source, rng: np.random.Generator, scale_range: tuple[f
 
 
 PLACES = ("random", "source")
-BACKGROUNDS = ("good", "training")
+BACKGROUNDS = ("good", "training", "same_class")
 SOURCE_JITTER = 0.05  # --place source: shift by up to this share of the photo's height / width
 
 
@@ -383,6 +385,19 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
     return s.num_samples
 
 
+def background_choices(src: Source, photos: list[Source], same_class: bool) -> list[Source]:
+    """The training photos `src`'s defect may go into: never its own photo; with
+    `same_class` only photos that already hold a defect of one of its classes, so that
+    the pair keeps the tile type, lighting and texture that go with the class in real
+    photos (falls back to every other photo where no such photo exists)."""
+    others = [g for g in photos if g.name != src.name] or photos
+    if not same_class:
+        return others
+    mine = set(np.unique(src.mask).tolist()) - {0}
+    same = [g for g in others if mine & set(np.unique(g.mask).tolist())]
+    return same or others
+
+
 def pairs(painter: Painter, sources: list[Source], goods: list, s: PaintSettings, desc: str = "painting"):
     """Pair i (seed + i): a seeded pick of the photos, the i-th source (round robin), painted.
     `goods` are paths of defect-free photos, or Sources: the training split's own photos
@@ -393,7 +408,7 @@ def pairs(painter: Painter, sources: list[Source], goods: list, s: PaintSettings
         seed, src = s.seed + i, sources[i % len(sources)]
         pick = np.random.default_rng([seed, 1])
         if goods and isinstance(goods[0], Source):
-            others = [g for g in goods if g.name != src.name] or goods
+            others = background_choices(src, goods, s.backgrounds == "same_class")
             background = others[int(pick.integers(len(others)))]
             photo, good, existing = background.image, background.name, background.mask
         else:
@@ -410,7 +425,7 @@ def _write_pairs(painter: Painter, sources: list[Source], goods: list[str], clas
             name = f"paint_{i:05d}"
             row = writers.write_pair(s.sample_dir, "paired", name, rgb, mask, classes)
             row.update(seed=s.seed + i, good=good, source=src.name, **details)
-            if s.backgrounds == "training":  # the evaluation's leak check reads both names
+            if s.backgrounds != "good":  # a training photo: the evaluation's leak check reads both names
                 row["background"] = good
             manifest.write(json.dumps(row) + "\n")
             manifest.flush()

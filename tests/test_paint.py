@@ -309,3 +309,16 @@ def test_clean_mask_model_paints_and_sample_asks_for_masks(tiny, tmp_path, capsy
     assert main(["sample", "--small_recep", run, "--step_inference", "50", "--sample_dir", str(tmp_path / "s"),
                  "--num_samples", "1", "--steps", "2", "--no-progress"]) == 2
     assert "cannot draw masks: pass --mask," in capsys.readouterr().err
+
+
+def test_same_class_backgrounds_hold_a_defect_of_the_pasted_class():
+    def src(name, cls):
+        mask = np.zeros((8, 8), np.uint8)
+        mask[2:4, 2:4] = cls
+        return paint.Source(name, np.zeros((8, 8, 3), np.uint8), mask)
+
+    photos = [src("a1", 1), src("a2", 1), src("b1", 2), src("c1", 3)]
+    assert [p.name for p in paint.background_choices(photos[0], photos, same_class=True)] == ["a2"]
+    assert [p.name for p in paint.background_choices(photos[0], photos, same_class=False)] == ["a2", "b1", "c1"]
+    # no other photo of class 3: every other photo rather than none
+    assert [p.name for p in paint.background_choices(photos[3], photos, same_class=True)] == ["a1", "a2", "b1"]
