@@ -133,6 +133,11 @@ def _add_bench(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
     p.add_argument("--channels_last", choices=["auto", "on", "off"], default="auto", help="auto: on for CUDA")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 where it is faster (GPUs with bf16; CPUs with AMX/AVX512-BF16), else fp32")
+    p.add_argument("--reference", action="store_true",
+                   help="also time the published training step re-created on the same network, taking turns "
+                        "with this project's step in the same run, and print the ratio")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -456,7 +461,7 @@ def cmd_bench(args) -> int:
         raise ConfigError(f"--batch_size and --iters must be >= 1, got {args.batch_size} and {args.iters}")
     channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
     result = run_bench(cfg, small, resolve_device(args.device), args.batch_size, args.iters, args.compile,
-                       channels_last)
+                       channels_last, precision=args.precision, reference=args.reference)
     print(to_json(result) if args.json else format_table(result))
     return 0
 

@@ -137,6 +137,14 @@ def max_across_ranks(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def broadcast_from_main(value: torch.Tensor) -> torch.Tensor:
+    """Rank 0's value on every rank (e.g. a choice each rank measured for itself)."""
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.broadcast(value, src=0)
+    return value
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -36,7 +36,8 @@ from defect_gen.plots import line_plot
 from defect_gen.tb import ScalarWriter
 from defect_gen.respace import space_timesteps, window
 from defect_gen.samplers import KnownRegion, known_region_sampler, sample_ddim
-from defect_gen.unet import build_unet
+from defect_gen.precision import resolve_autocast, time_forward_backward
+from defect_gen.unet import build_unet, num_channels
 
 # Layout of the device-side statistics accumulator.
 STATS = ("loss", "mse_rgb", "mse_mask", "grad_norm")
@@ -58,17 +59,6 @@ def resolve_device(name: str) -> torch.device:
         raise DefectGenError(f"device {name!r} was asked for, but only {torch.cuda.device_count()} CUDA GPU(s) "
                              f"are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
     return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. CPU always trains in fp32."""
-    if device.type != "cuda" or name == "fp32":
-        return None
-    if name == "fp16":
-        return torch.float16
-    if name == "bf16" and not torch.cuda.is_bf16_supported():
-        raise DefectGenError("train.precision bf16 was asked for, but this GPU does not support bfloat16 (use fp16)")
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
@@ -127,7 +117,10 @@ def resume_differences(saved: dict | None, cfg: Config) -> list[str]:
 
 
 class TrainLoop:
-    def __init__(self, cfg: Config, work_dir: str, device: torch.device, progress: bool = True):
+    def __init__(self, cfg: Config, work_dir: str, device: torch.device, progress: bool = True,
+                 data: DefectDataset | None = None):
+        """data: the training pairs; by default read from cfg.data. A stand-in needs `batch`,
+        `write_selection` and `data`, as DefectDataset has (the benchmark passes random pairs)."""
         self.cfg, self.work_dir, self.device = cfg, work_dir, device
         self.dist = dist_util.info()
         self.progress = progress and self.dist.is_main
@@ -142,12 +135,13 @@ class TrainLoop:
                     if self.dist.world_size > 1 else self.model)
         self.forward = torch.compile(self.ddp) if tcfg.compile else self.ddp
         self.opt = make_optimizer(self.model, tcfg.lr, tcfg.weight_decay, device)
-        self.amp_dtype = resolve_precision(tcfg.precision, device)
+        self.amp_dtype = self._resolve_precision()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
         self.t_window = window(cfg.diffusion.num_timesteps, cfg.diffusion.t_min, cfg.diffusion.t_max)
         self._refuse_changed_config()
-        self.data = DefectDataset(cfg.data, cfg.model.image_size, progress=self.progress)
+        self.data = data if data is not None else DefectDataset(cfg.data, cfg.model.image_size,
+                                                                progress=self.progress)
         if self.dist.is_main:  # which files were trained on, so the rest can be held out for testing
             os.makedirs(work_dir, exist_ok=True)
             self.data.write_selection(os.path.join(work_dir, "selected_files.json"))
@@ -161,6 +155,21 @@ class TrainLoop:
         self.tb: ScalarWriter | None = None  # optional TensorBoard copy of metrics.jsonl
         self._reset_stats()
         self._resume()
+
+    def _resolve_precision(self) -> torch.dtype | None:
+        """train.precision as an autocast dtype; `auto` on a CPU with bf16 instructions times
+        one forward + backward of this network at this batch size in both precisions. Every
+        rank takes rank 0's choice, so DDP never mixes precisions."""
+        tcfg, size = self.cfg.train, self.cfg.model.image_size
+        x = torch.randn(tcfg.microbatch or tcfg.batch_size, num_channels(self.cfg.num_defect), size, size,
+                        device=self.device)
+        t = torch.full((len(x),), self.cfg.diffusion.num_timesteps // 2, device=self.device)
+        dtype, why = resolve_autocast(tcfg.precision, self.device, time_forward_backward(self.model, x, t))
+        code = torch.tensor([{None: 0, torch.bfloat16: 1, torch.float16: 2}[dtype]], device=self.device)
+        dtype = [None, torch.bfloat16, torch.float16][int(dist_util.broadcast_from_main(code))]
+        if self.progress:
+            tqdm.write(f"precision: {why}")
+        return dtype
 
     # -- checkpoints -------------------------------------------------------------------
 

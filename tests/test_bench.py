@@ -27,6 +27,16 @@ def test_bench_fields_are_consistent():
     assert r.ddpm1000_s_per_pair == pytest.approx(expect)
     assert r.ddim50_s_per_pair < r.ddpm1000_s_per_pair
     assert "% of matmul peak" in format_table(r)
+    assert r.reference_train_ms is None and r.speedup_vs_reference is None and r.precision == "fp32"
+
+
+def test_bench_reference_times_the_published_step_in_the_same_run():
+    import torch
+
+    r = run_bench(_cfg(), None, torch.device("cpu"), batch_size=2, iters=1, reference=True)
+    assert r.reference_train_ms > 0
+    assert r.speedup_vs_reference == pytest.approx(r.reference_train_ms / r.train_ms)
+    assert "published step" in format_table(r) and f"{r.speedup_vs_reference:.2f}x" in format_table(r)
 
 
 def test_bench_cli_json(capsys):
