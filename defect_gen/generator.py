@@ -42,6 +42,7 @@ from defect_gen.masks import (
     split_image_mask,
 )
 from defect_gen.postprocess import accept, drop_small_regions
+from defect_gen.precision import resolve_autocast, time_forward
 from defect_gen.respace import space_timesteps, split_at, window, with_switch
 from defect_gen.samplers import (
     SAMPLERS,
@@ -119,22 +120,26 @@ def check_roles(large: LoadedModel | None, small: LoadedModel | None, large_step
                               f"exchange them {flags}")
 
 
-def _network(model: torch.nn.Module, device: torch.device, precision: str) -> Callable:
-    """The network as the sampler calls it: bf16 autocast and channels_last on CUDA.
+def _network(model: torch.nn.Module, device: torch.device, precision: str, shape: tuple[int, ...]) -> Callable:
+    """The network as the sampler calls it: in the autocast dtype `precision` resolves to
+    (precision.py: `auto` is bf16 on GPUs with bf16 and on CPUs with AMX/AVX512-BF16 where a
+    timed forward of this network at `shape` confirms it, fp32 elsewhere), channels_last on CUDA.
 
     Outputs come back as float32, so the sampler's arithmetic stays in full precision.
     """
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     cuda = device.type == "cuda"
-    bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     if cuda:
         model.to(memory_format=torch.channels_last)
+    probe = torch.randn(2, *shape, device=device)
+    dtype, _ = resolve_autocast(precision, device, time_forward(model, probe, torch.full((2,), 500, device=device)),
+                                what="--precision")
 
     def forward(x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return model(x, t, *y).float()
 
     return forward
@@ -179,7 +184,8 @@ def make_plan(large: LoadedModel | None, small: LoadedModel | None, step_inferen
         check_roles(large, small, large_steps, small_steps, step_inference)
     # Each model gets its own parameterisation (x0 / eps / v); check_pair made the schedules equal.
     weight = guidance_lib.check_guidance(guidance, [m.cfg.model.class_cond for m in (large, small) if m])
-    nets = [m and _network(m.model, device, precision) for m in (large, small)]
+    shape = (3 + cfg.num_defect + 1, cfg.model.image_size, cfg.model.image_size)
+    nets = [m and _network(m.model, device, precision, shape) for m in (large, small)]
     networks = [net for net in nets if net]
 
     def denoise_for(y: torch.Tensor | None) -> Denoiser:
@@ -188,7 +194,6 @@ def make_plan(large: LoadedModel | None, small: LoadedModel | None, step_inferen
         return two_stage_denoiser(denoisers[0], denoisers[1], step_inference)
 
     denoise = denoise_for(None)
-    shape = (3 + cfg.num_defect + 1, cfg.model.image_size, cfg.model.image_size)
     added = sorted(set(timesteps) - set(space_timesteps(T, steps)), reverse=True)
     extra = f"; {', '.join(map(str, added))} added to the {len(timesteps) - len(added)}-step grid" if added else ""
     return Plan(GaussianDiffusion.from_config(cfg.diffusion), timesteps, denoise, networks, shape,

@@ -90,3 +90,30 @@ def test_reference_step_trains():
     step()
     assert any(not torch.equal(a, b) for a, b in zip(before, step.model.parameters()))
     assert not step.opt.defaults["fused"] and not step.opt.defaults["foreach"]  # per-parameter AdamW
+
+
+class _Recorder(torch.nn.Module):
+    """Stand-in network that records whether it ran under bf16 autocast."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, t, *y):
+        self.seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return x
+
+
+@pytest.mark.parametrize("bf16_time, expect_bf16", [(0.3, True), (1.2, False)])
+def test_sampling_auto_uses_bf16_only_where_measured_faster(monkeypatch, bf16_time, expect_bf16):
+    from defect_gen import generator
+
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: "AVX512-BF16")
+    monkeypatch.setattr(generator, "time_forward", lambda *a: {None: 1.0, torch.bfloat16: bf16_time}.__getitem__)
+    net = _Recorder()
+    forward = generator._network(net, CPU, "auto", (6, 8, 8))
+    out = forward(torch.zeros(1, 6, 8, 8), torch.zeros(1))
+    assert net.seen == [expect_bf16] and out.dtype == torch.float32
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: None)  # no instructions: never bf16
+    generator._network(net, CPU, "auto", (6, 8, 8))(torch.zeros(1, 6, 8, 8), torch.zeros(1))
+    assert net.seen[-1] is False
