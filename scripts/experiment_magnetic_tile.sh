@@ -33,7 +33,8 @@ N_PAINT="${N_PAINT:-160}"            # pairs per variant: ratio 4 of the 40 real
 PAINT_STEPS="${PAINT_STEPS:-25}"     # DDIM steps per painted window
 STRENGTHS="${STRENGTHS:-1}"          # one folder per strength, e.g. STRENGTHS="1 0.3": paint_s1, paint_s0.3
 PLACES="${PLACES:-random source}"    # paint --place: random -> paint_sS, source -> paint_source_sS
-BACKGROUNDS="${BACKGROUNDS:-good training}"  # good: MT_Free photos; training: the 40 training photos (paint_train_*)
+BACKGROUNDS="${BACKGROUNDS:-good training}"  # good: MT_Free photos; training: the 40 training photos (paint_train_*);
+                                             # same_class: those of the pasted defect's class (paint_same_*)
 RATIOS="${RATIOS:-1,2,4}"
 SEEDS="${SEEDS:-3}"
 SEG_STEPS="${SEG_STEPS:-1000}"
@@ -50,10 +51,10 @@ if [ "$STAGE" = all ] || [ "$STAGE" = train ]; then
     --set "data.root=$DATA" --set "train.max_steps=$STEPS_TRAIN" --no-progress
 fi
 
-# Folder names: paint_[train_][source_]sS for painted pairs, copy_paste_source (MT_Free
-# photos) and cp_train_{random,source} (training photos) for copy-paste folders.
-bg_flags() { if [ "$1" = training ]; then echo "--backgrounds training"; else echo "--good $GOOD"; fi; }
-bg_tag() { if [ "$1" = training ]; then echo "train_"; fi; }
+# Folder names: paint_[train_|same_][source_]sS for painted pairs, copy_paste_source (MT_Free
+# photos) and cp_{train,same}_{random,source} (training photos) for copy-paste folders.
+bg_flags() { if [ "$1" = good ]; then echo "--good $GOOD"; else echo "--backgrounds $1"; fi; }
+bg_tag() { case "$1" in training) echo "train_" ;; same_class) echo "same_" ;; esac; }
 
 if [ "$STAGE" = all ] || [ "$STAGE" = paint ]; then
   for bg in $BACKGROUNDS; do
@@ -69,8 +70,8 @@ if [ "$STAGE" = all ] || [ "$STAGE" = paint ]; then
       done
       # copy-paste as a folder (random copy-paste onto MT_Free is evaluate's built-in baseline)
       out="$RUN_DIR/samples/copy_paste_source"
-      [ "$bg" = training ] && out="$RUN_DIR/samples/cp_train_$place"
-      if { [ "$bg" = training ] || [ "$place" = source ]; } && [ ! -f "$out/paint_settings.json" ]; then
+      [ "$bg" != good ] && out="$RUN_DIR/samples/cp_$(bg_tag "$bg")$place"
+      if { [ "$bg" != good ] || [ "$place" = source ]; } && [ ! -f "$out/paint_settings.json" ]; then
         # shellcheck disable=SC2046
         "$PY" -m defect_gen paint --copy-paste --config configs/magnetic_tile_paint.yaml --set "data.root=$DATA" \
           --set "data.selection_file=$MODEL/selected_files.json" $(bg_flags "$bg") --sample_dir "$out" \
@@ -86,7 +87,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = evaluate ]; then
     for place in $PLACES; do
       tag="$(bg_tag "$bg")"; [ "$place" = source ] && tag="${tag}source_"
       for s in $STRENGTHS; do SYN+=("$RUN_DIR/samples/paint_${tag}s$s"); done
-      if [ "$bg" = training ]; then SYN+=("$RUN_DIR/samples/cp_train_$place")
+      if [ "$bg" != good ]; then SYN+=("$RUN_DIR/samples/cp_$(bg_tag "$bg")$place")
       elif [ "$place" = source ]; then SYN+=("$RUN_DIR/samples/copy_paste_source"); fi
     done
   done
