@@ -38,6 +38,8 @@ class ScalarWriter:
         self.writer.flush()  # a killed run keeps what was logged, as metrics.jsonl does
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        """Flush and close the event file; `TrainLoop.run` calls it at the end and on an error.
+        A second call does nothing."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.close()

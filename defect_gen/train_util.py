@@ -420,8 +420,21 @@ class TrainLoop:
             fsutil.atomic_write_text(os.path.join(self.work_dir, "config.yaml"), to_yaml(self.cfg))
 
     def run(self) -> str | None:
-        tcfg = self.cfg.train
+        """Train to train.max_steps (from where a checkpoint left off); returns the latest checkpoint."""
         self._write_config()
+        try:
+            self._train()
+        finally:  # an error or Ctrl-C too: the TensorBoard events logged so far reach the disk
+            self._close_tensorboard()
+        return ckpt_lib.latest(self.work_dir)
+
+    def _close_tensorboard(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+    def _train(self) -> None:
+        tcfg = self.cfg.train
         # A redrawn bar on a terminal; elsewhere (--no-progress, a log file) a plain line per log.
         live = self.progress and logs.live()
         bar = tqdm(total=tcfg.max_steps, initial=self.step, desc="train", disable=not live, unit="step")
@@ -445,4 +458,3 @@ class TrainLoop:
                     self.save()
                 if tcfg.sample_every and self.dist.is_main and (self.step % tcfg.sample_every == 0 or at_end):
                     self.preview()
-        return ckpt_lib.latest(self.work_dir)

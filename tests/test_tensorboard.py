@@ -27,7 +27,7 @@ class FakeWriter:
     def flush(self):
         pass
 
-    def close(self):
+    def close(self):  # SummaryWriter.close flushes the pending events, then closes the file
         self.closed = True
 
 
@@ -48,6 +48,24 @@ def test_scalars_match_metrics_jsonl(data_dir, tmp_path, fake_tensorboard):  # n
     rows = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
     expected = [(k, v, r["step"]) for r in rows for k, v in r.items() if k != "step" and v is not None]
     assert writer.scalars == expected and {"loss", "lr", "grad_norm"} <= {t for t, _, _ in writer.scalars}
+    assert writer.closed
+
+
+def test_writer_is_closed_when_training_fails(data_dir, tmp_path, fake_tensorboard):  # noqa: F811
+    loop = TrainLoop(tiny_cfg(data_dir, max_steps=6, log_every=1), str(tmp_path / "run"), torch.device("cpu"),
+                     progress=False)
+    train_step = loop.train_step
+
+    def failing_step():
+        if loop.step == 3:
+            raise RuntimeError("out of memory")
+        train_step()
+
+    loop.train_step = failing_step
+    with pytest.raises(RuntimeError, match="out of memory"):
+        loop.run()
+    [writer] = fake_tensorboard
+    assert writer.closed and [s for _, _, s in writer.scalars][-1] == 3 and loop.tb is None
 
 
 def test_switched_off_or_not_installed_writes_nothing(data_dir, tmp_path, fake_tensorboard, monkeypatch):  # noqa: F811
