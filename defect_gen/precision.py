@@ -79,23 +79,33 @@ def _cuda(name: str, what: str) -> tuple[torch.dtype | None, str]:
     return None, "fp32 (auto: the GPU does not support bf16)"
 
 
+def _best_time(run: Callable[[], None], device: torch.device, repeats: int) -> float:
+    """Best wall time of `repeats` calls of run() after one warm-up call (which builds the
+    kernels for the dtype), with the global RNG restored afterwards (dropout draws from it)."""
+    best = float("inf")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                best = min(best, time.perf_counter() - start)
+    return best
+
+
 def time_forward_backward(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, repeats: int = 2,
                           ) -> Callable[[torch.dtype | None], float]:
     """A timer for resolve_autocast: the best of `repeats` forward + backward passes of
-    `model` on (x, t) after one warm-up, in the given autocast dtype. Leaves no gradients
-    behind and the global RNG as it found it (dropout draws from it)."""
+    `model` on (x, t) in the given autocast dtype. Leaves no gradients behind and the global
+    RNG as it found it."""
     def timer(dtype: torch.dtype | None) -> float:
-        best = float("inf")
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            for i in range(repeats + 1):
-                start = time.perf_counter()
-                with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    out = model(x, t)
-                out.float().square().mean().backward()
-                if x.device.type == "cuda":
-                    torch.cuda.synchronize(x.device)
-                if i:  # the first pass warms up oneDNN's kernels for this dtype
-                    best = min(best, time.perf_counter() - start)
+        def run() -> None:
+            with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = model(x, t)
+            out.float().square().mean().backward()
+
+        best = _best_time(run, x.device, repeats)
         model.zero_grad(set_to_none=True)
         return best
 
@@ -104,20 +114,14 @@ def time_forward_backward(model: torch.nn.Module, x: torch.Tensor, t: torch.Tens
 
 def time_forward(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, repeats: int = 2,
                  ) -> Callable[[torch.dtype | None], float]:
-    """A timer for resolve_autocast at sampling: the best of `repeats` forward passes (the
-    global RNG left as it was)."""
+    """A timer for resolve_autocast at sampling: the best of `repeats` forward passes in
+    inference mode (the global RNG left as it was)."""
     @torch.inference_mode()
     def timer(dtype: torch.dtype | None) -> float:
-        best = float("inf")
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            for i in range(repeats + 1):
-                start = time.perf_counter()
-                with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    model(x, t)
-                if x.device.type == "cuda":
-                    torch.cuda.synchronize(x.device)
-                if i:
-                    best = min(best, time.perf_counter() - start)
-        return best
+        def run() -> None:
+            with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                model(x, t)
+
+        return _best_time(run, x.device, repeats)
 
     return timer
