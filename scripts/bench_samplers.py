@@ -13,26 +13,15 @@ A benchmark, not a test: it needs trained models and minutes of CPU.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 
 from defect_gen import DefectGenerator
+from defect_gen.bench import cpu_name
 from defect_gen.samplers import SAMPLERS, randn_rows
 
 RUNS = (("dpmpp_2m", 10), ("dpmpp_2m", 20), ("ddim", 20), ("ddim", 50))
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run(gen: DefectGenerator, sampler: str, steps: int | None, noise: torch.Tensor) -> tuple[torch.Tensor, float]:
