@@ -1,7 +1,8 @@
 """`defect-gen bench`: training-step and sampling speed against the machine's matmul peak.
 
 Figures (one table, or JSON):
-- matmul peak: the best GFLOP/s of large matmuls in the training precision through torch.mm and through a 1x1 convolution (oneDNN / cuDNN), measured in
+- matmul peak: the best GFLOP/s of large matmuls in the training precision through
+  torch.mm and through a 1x1 convolution (oneDNN / cuDNN), measured in
   the same process so the share below is like for like;
 - forward GFLOPs per image (torch.utils.flop_counter; one multiply-add = 2 FLOPs);
 - training step: `defect-gen train`'s own step (TrainLoop.train_step on random pairs:
@@ -251,7 +252,8 @@ def run_bench(cfg: Config, small_cfg: Config | None, device: torch.device, batch
         memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     ref_s = train.get("reference")
     return BenchResult(
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()} x{torch.get_num_threads()}",
+        device=(torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"{cpu_name()} x{torch.get_num_threads()}"),
         bf16_instructions=cpu_bf16_instructions() if device.type == "cpu" else None, torch=torch.__version__,
         precision=train["precision"], sample_precision=sample["precision"], image_size=cfg.model.image_size,
         batch_size=batch_size, params_m=train["params"] / 1e6, fwd_gflops_per_image=train["flops"] / 1e9,
