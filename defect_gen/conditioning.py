@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from defect_gen import dist_util
-from defect_gen.errors import DataError
+from defect_gen.errors import DataError, arg_name
 from defect_gen.io import read_image, read_mask
 from defect_gen.masks import image_to_uint8, one_hot, resize_mask, uint8_to_image
 from defect_gen.postprocess import drop_small_regions
@@ -72,18 +72,19 @@ def mask_root(folder: str) -> str:
     return folder
 
 
-def list_mask_files(folder: str) -> list[str]:
+def list_mask_files(folder: str, flag: str = "masks") -> list[str]:
     """Every PNG under `folder`, recursively (mask/<type>/ and ground_truth/<type>/ trees),
-    sorted by path; picture folders, hidden files and a sample run's preview.png are left out."""
+    sorted by path; picture folders, hidden files and a sample run's preview.png are left out.
+    `flag` is what errors call the folder: the API's `masks`, the CLI's `--mask`."""
     if not os.path.isdir(folder):
-        raise DataError(f"--mask {folder}: folder not found")
+        raise DataError(f"{flag} {folder}: folder not found")
     found = []
     for dirpath, dirnames, names in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if d not in NOT_MASK_DIRS and not d.startswith("."))
         found += [os.path.join(dirpath, n) for n in names
                   if n.lower().endswith(".png") and not n.startswith(".") and n != "preview.png"]
     if not found:
-        raise DataError(f"--mask {folder}: no png files in it")
+        raise DataError(f"{flag} {folder}: no png files in it")
     return sorted(found)
 
 
@@ -96,7 +97,8 @@ def folder_classes_of(classes: list[str] | None, folder_classes: dict[str, str] 
     return names
 
 
-def _binary_class(path: str, num_defect: int, classes: list[str] | None, folders: dict[str, int]) -> int:
+def _binary_class(path: str, num_defect: int, classes: list[str] | None, folders: dict[str, int],
+                  flag: str = "masks") -> int:
     """The class of a binary 0/255 mask: the only one, or the one its folder is named after
     (MVTec's ground_truth/<type>/)."""
     if num_defect == 1:
@@ -105,24 +107,24 @@ def _binary_class(path: str, num_defect: int, classes: list[str] | None, folders
     if folder in folders:
         return folders[folder]
     if folder == "combined":  # what `sample --layout mvtec` writes for pairs of several classes
-        raise DataError(f"--mask {path}: a binary 0/255 mask in combined/ (several classes) cannot say which "
+        raise DataError(f"{flag} {path}: a binary 0/255 mask in combined/ (several classes) cannot say which "
                         f"pixel is which class; use class-index masks (`sample --layout paired` or "
                         f"defect_spectrum), or move it into a folder named after one class")
     known = f"({', '.join(classes)})" if classes else ""
-    raise DataError(f"--mask {path}: a binary 0/255 mask, but its folder '{folder}' is none of the model's "
+    raise DataError(f"{flag} {path}: a binary 0/255 mask, but its folder '{folder}' is none of the model's "
                     f"{num_defect} classes {known}; put it in a folder named after its class (as in "
                     f"ground_truth/<class>/), or give class-index masks (0 background, 1..{num_defect})")
 
 
 def _mask_at_size(path: str, size: int, num_defect: int, classes: list[str] | None = None,
-                  folders: dict[str, int] | None = None) -> np.ndarray:
+                  folders: dict[str, int] | None = None, flag: str = "masks") -> np.ndarray:
     mask = read_mask(path)
     values = set(np.unique(mask).tolist())
     if values <= {0, 255} and 255 in values:  # a binary mask (MVTec style)
         folders = folder_classes_of(classes, None) if folders is None else folders
-        mask = (mask > 0).astype(np.uint8) * np.uint8(_binary_class(path, num_defect, classes, folders))
+        mask = (mask > 0).astype(np.uint8) * np.uint8(_binary_class(path, num_defect, classes, folders, flag))
     elif max(values) > num_defect:
-        raise DataError(f"--mask {path}: holds value {max(values)}; expected class indices 0..{num_defect} "
+        raise DataError(f"{flag} {path}: holds value {max(values)}; expected class indices 0..{num_defect} "
                         f"(0 background, 1..{num_defect} the model's classes)")
     if mask.shape != (size, size):
         mask = resize_mask(mask, (size, size))  # thin defects survive (nearest would drop them)
@@ -140,21 +142,23 @@ def _some(names: list[str]) -> str:
 
 def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_empty: bool,
                classes: list[str] | None = None, folder_classes: dict[str, str] | None = None,
-               log=_stderr) -> list[GivenMask]:
-    """The masks of --mask DIR (see `mask_root`), resized (`resize_mask`) to the model's size.
+               log=_stderr, names: dict[str, str] | None = None) -> list[GivenMask]:
+    """The masks of a folder (see `mask_root`), resized (`resize_mask`) to the model's size.
 
     Class-index masks are taken as they are; binary 0/255 masks get the class their folder is
     named after (`classes`: the model's class names, and its data.folder_classes). Regions
     under `min_pixels` are dropped first, so the model is never asked to paint a speck the
     written mask would not show;
     masks left empty are skipped (and named) unless `keep_empty`, so pair i uses the i-th
-    mask that is kept.
+    mask that is kept. Messages name the arguments as `names` says (`errors.arg_name`): the
+    API's masks / min_defect_pixels / keep_empty, or the CLI's flags.
     """
+    flag, min_flag, keep_flag = (arg_name(k, names) for k in ("masks", "min_defect_pixels", "keep_empty"))
     folder = mask_root(folder)
     folders = folder_classes_of(classes, folder_classes)
     masks, empty, emptied, trimmed = [], [], [], 0
-    for path in list_mask_files(folder):
-        raw = _mask_at_size(path, size, num_defect, classes, folders)
+    for path in list_mask_files(folder, flag):
+        raw = _mask_at_size(path, size, num_defect, classes, folders, flag)
         index = drop_small_regions(raw, min_pixels)
         trimmed += int(index.any() and not np.array_equal(index, raw))
         if keep_empty or index.any():
@@ -162,15 +166,15 @@ def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_em
         else:
             (emptied if raw.any() else empty).append(os.path.relpath(path, folder))
     if empty:
-        log(f"--mask {folder}: {len(empty)} empty masks left out (--keep-empty uses them): {_some(empty)}")
+        log(f"{flag} {folder}: {len(empty)} empty masks left out ({keep_flag} uses them): {_some(empty)}")
     if emptied or trimmed:
-        left = f"; left out (empty after it, --keep-empty keeps them): {_some(emptied)}" if emptied else ""
-        log(f"--mask {folder}: --min-defect-pixels {min_pixels} dropped small regions from "
+        left = f"; left out (empty after it, {keep_flag} keeps them): {_some(emptied)}" if emptied else ""
+        log(f"{flag} {folder}: {min_flag} {min_pixels} dropped small regions from "
             f"{trimmed + len(emptied)} masks at {size}x{size} px, {len(emptied)} of them entirely{left}; "
             f"{len(masks)} masks are used, in name order")
     if not masks:
-        raise DataError(f"--mask {folder}: every mask is empty (after --min-defect-pixels {min_pixels}); "
-                        f"pass --keep-empty to generate defect-free images")
+        raise DataError(f"{flag} {folder}: every mask is empty (after {min_flag} {min_pixels}); "
+                        f"pass {keep_flag} to generate defect-free images")
     return masks
 
 
@@ -211,8 +215,9 @@ def good_images_from_arrays(arrays) -> list[np.ndarray]:
     return images
 
 
-def list_good_images(folder: str) -> list[str]:
-    return _files(folder, "--good", IMAGE_EXTS)
+def list_good_images(folder: str, names: dict[str, str] | None = None) -> list[str]:
+    """The defect-free images of a folder (`good`, the CLI's `--good`), in name order."""
+    return _files(folder, arg_name("good", names), IMAGE_EXTS)
 
 
 def read_good_image(path: str | np.ndarray, size: int) -> torch.Tensor:

@@ -33,3 +33,10 @@ def short_repr(value, limit: int = 80) -> str:
     r.maxstring = r.maxother = r.maxlong = limit
     text = r.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def arg_name(key: str, names: dict[str, str] | None = None) -> str:
+    """What an error message calls the argument `key`: the caller's own spelling where `names`
+    has one (the CLI passes its flags, `--step_inference`), else `key` itself, the Python API's
+    parameter (`step_inference`). One message text then serves both."""
+    return names.get(key, key) if names else key

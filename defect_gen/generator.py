@@ -33,7 +33,7 @@ import torch
 from defect_gen import conditioning
 from defect_gen import guidance as guidance_lib
 from defect_gen.config import Config
-from defect_gen.errors import ConfigError, DefectGenError
+from defect_gen.errors import ConfigError, DefectGenError, arg_name
 from defect_gen.gaussian_diffusion import Denoiser, GaussianDiffusion
 from defect_gen.masks import (
     class_pixel_counts,
@@ -60,11 +60,12 @@ if TYPE_CHECKING:  # sample.py imports this module; the loader is imported where
 # The two models and the chain they share
 
 
-def check_pair(large: LoadedModel | None, small: LoadedModel | None) -> Config:
+def check_pair(large: LoadedModel | None, small: LoadedModel | None, names: dict[str, str] | None = None) -> Config:
     """The two models must agree on everything the shared chain depends on."""
     models = [m for m in (large, small) if m is not None]
     if not models:
-        raise ConfigError("no model given: pass a large-RF and/or a small-RF model")
+        raise ConfigError(f"no model given: pass a large-RF ({arg_name('large', names)}) and/or a small-RF "
+                          f"({arg_name('small', names)}) model")
     ref = models[0]
     for other in models[1:]:
         for what, a, b in (("image_size", ref.cfg.model.image_size, other.cfg.model.image_size),
@@ -91,50 +92,58 @@ def _outside(m: LoadedModel | None, steps: list[int]) -> bool:
 
 
 def check_roles(large: LoadedModel | None, small: LoadedModel | None, large_steps: list[int],
-                small_steps: list[int], switch: int) -> None:
+                small_steps: list[int], switch: int, names: dict[str, str] | None = None) -> None:
     """Each model must serve only timesteps it was trained on, and the two must not be swapped.
 
     A model trained on a window (diffusion.t_min / t_max) has never seen the other steps: its
-    output there is noise, and sampling would run to the end without a word.
+    output there is noise, and sampling would run to the end without a word. The messages
+    name the arguments as the caller does (`names`: see `errors.arg_name`).
     """
-    flags = "(--allow-model-mismatch to run anyway)"
+    def n(key: str) -> str:
+        return arg_name(key, names)
+
+    flags = f"(pass {n('allow_model_mismatch')} to run anyway)"
     bad_large, bad_small = _outside(large, large_steps), _outside(small, small_steps)
     if bad_large and bad_small and not _outside(large, small_steps) and not _outside(small, large_steps):
         (a, b), (c, d) = _window(large), _window(small)
-        raise ConfigError(f"--large_recep and --small_recep look swapped: {large.path} was trained on t in "
+        raise ConfigError(f"{n('large')} and {n('small')} look swapped: {large.path} was trained on t in "
                           f"[{a}, {b}) and {small.path} on [{c}, {d}); exchange them {flags}")
     for role, m, steps, bad in (("large", large, large_steps, bad_large), ("small", small, small_steps, bad_small)):
         if bad:
             lo, hi = _window(m)
-            fix = (f"use --step_inference >= {lo}" if role == "large" and lo > min(steps) else
-                   f"use --step_inference <= {hi}" if role == "small" and max(steps) >= hi else
+            fix = (f"use {n('step_inference')} >= {lo}" if role == "large" and lo > min(steps) else
+                   f"use {n('step_inference')} <= {hi}" if role == "small" and max(steps) >= hi else
                    "it cannot serve this part of the chain")
-            raise ConfigError(f"--step_inference {switch}: the {role}-RF model {m.path} was trained on t in "
+            raise ConfigError(f"{n('step_inference')} {switch}: the {role}-RF model {m.path} was trained on t in "
                               f"[{lo}, {hi}) (diffusion.t_min/t_max) but would serve t = {min(steps)}..{max(steps)}; "
                               f"{fix} {flags}")
     if large is not None and small is not None and large_steps and small_steps:
         rf_large, rf_small = receptive_field(large.cfg.model), receptive_field(small.cfg.model)
         if rf_small.is_global and not rf_large.is_global:
-            raise ConfigError(f"--large_recep and --small_recep look swapped: {large.path} has a local receptive "
+            raise ConfigError(f"{n('large')} and {n('small')} look swapped: {large.path} has a local receptive "
                               f"field ({rf_large.pixels} px, no attention) and {small.path} a global one; "
                               f"exchange them {flags}")
 
 
-def _network(model: torch.nn.Module, device: torch.device, precision: str, shape: tuple[int, ...]) -> Callable:
+def check_precision(precision: str, names: dict[str, str] | None = None) -> None:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"{arg_name('precision', names)} must be auto, fp32 or bf16, got {precision!r}")
+
+
+def _network(model: torch.nn.Module, device: torch.device, precision: str, shape: tuple[int, ...],
+             what: str = "precision") -> Callable:
     """The network as the sampler calls it: in the autocast dtype `precision` resolves to
     (precision.py: `auto` is bf16 on GPUs with bf16 and on CPUs with AMX/AVX512-BF16 where a
     timed forward of this network at `shape` confirms it, fp32 elsewhere), channels_last on CUDA.
 
     Outputs come back as float32, so the sampler's arithmetic stays in full precision.
     """
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     cuda = device.type == "cuda"
     if cuda:
         model.to(memory_format=torch.channels_last)
     probe = torch.randn(2, *shape, device=device)
     dtype, _ = resolve_autocast(precision, device, time_forward(model, probe, torch.full((2,), 500, device=device)),
-                                what="--precision")
+                                what=what)
 
     def forward(x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         if cuda:
@@ -166,26 +175,32 @@ class Plan:
 
 def make_plan(large: LoadedModel | None, small: LoadedModel | None, step_inference: int, steps: int | None,
               device: torch.device, precision: str = "auto", allow_mismatch: bool = False,
-              guidance: float | None = None) -> Plan:
+              guidance: float | None = None, names: dict[str, str] | None = None) -> Plan:
     """The timesteps (`steps` respaced, S and S-1 added) and the denoiser that hands over at S;
-    class-conditional models are guided with weight `guidance` (None: 1, plain conditional)."""
-    cfg = check_pair(large, small)
+    class-conditional models are guided with weight `guidance` (None: 1, plain conditional).
+    Errors name the arguments as the caller does (`names`: see `errors.arg_name`)."""
+    def n(key: str) -> str:
+        return arg_name(key, names)
+
+    cfg = check_pair(large, small, names)
     T = cfg.diffusion.num_timesteps
     if not 0 <= step_inference <= T:
-        raise ConfigError(f"--step_inference must be in [0, {T}], got {step_inference}")
+        raise ConfigError(f"{n('step_inference')} must be in [0, {T}], got {step_inference}")
     if steps is not None and steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {steps}")
+        raise ConfigError(f"{n('steps')} must be >= 1, got {steps}")
+    check_precision(precision, names)
     timesteps = timesteps_for(T, steps, step_inference)
     large_steps, small_steps = split_at(timesteps, step_inference)
     if (large_steps and large is None) or (small_steps and small is None):
-        raise ConfigError(f"--step_inference {step_inference} needs the "
-                          f"{'large' if large is None else 'small'}-RF model, which was not given")
+        role = "large" if large is None else "small"
+        raise ConfigError(f"{n('step_inference')} {step_inference} needs the {role}-RF model ({n(role)}), "
+                          f"which was not given")
     if not allow_mismatch:
-        check_roles(large, small, large_steps, small_steps, step_inference)
+        check_roles(large, small, large_steps, small_steps, step_inference, names)
     # Each model gets its own parameterisation (x0 / eps / v); check_pair made the schedules equal.
-    weight = guidance_lib.check_guidance(guidance, [m.cfg.model.class_cond for m in (large, small) if m])
+    weight = guidance_lib.check_guidance(guidance, [m.cfg.model.class_cond for m in (large, small) if m], names)
     shape = (3 + cfg.num_defect + 1, cfg.model.image_size, cfg.model.image_size)
-    nets = [m and _network(m.model, device, precision, shape) for m in (large, small)]
+    nets = [m and _network(m.model, device, precision, shape, arg_name("precision", names)) for m in (large, small)]
     networks = [net for net in nets if net]
 
     def denoise_for(y: torch.Tensor | None) -> Denoiser:
@@ -236,10 +251,8 @@ def check_options(*, n: int | None, batch_size: int | None, seed: int, steps: in
                   guidance: float | None = None) -> None:
     """Combinations that cannot work, each as one line naming the value (API keywords, or the
     CLI's flags through `names`). `sampler` None is the models' default (`default_sampler`)."""
-    names = names or {}
-
     def name(key: str) -> str:
-        return names.get(key, key)
+        return arg_name(key, names)
 
     if guidance is not None and not (classes or masks is not None or good is not None):
         raise ConfigError(f"{name('guidance')} steers towards a condition: give {name('classes')} (or "
@@ -376,7 +389,7 @@ def sample_batch(plan: Plan, cond: conditioning.Conditioner, options: PairOption
     if int(first_bad) >= 0:
         names = ", ".join(pair_name(options.seed, c.index) for c in candidates)
         raise DefectGenError(f"sampling produced NaN or Inf at timestep {int(first_bad)} for {names}: the "
-                             f"checkpoint may hold non-finite weights, or try --precision fp32")
+                             f"checkpoint may hold non-finite weights, or sample in fp32 precision")
     images, masks = [], []
     for row in x.float().cpu():
         image, mask_channels = split_image_mask(row)
@@ -527,6 +540,8 @@ class DefectGenerator:
         precision (`str`, defaults to "auto"): "auto" (bf16 on CUDA), "fp32" or "bf16".
         allow_model_mismatch (`bool`, defaults to False): let a model serve timesteps outside its
             training window (diffusion.t_min/t_max), or the two models swapped roles.
+        names (`dict`, *optional*): how error messages call the arguments, {parameter: name};
+            the CLI passes its flags ({"steps": "--steps", ...}). Default: the parameter names.
 
     Examples:
 
@@ -537,10 +552,12 @@ class DefectGenerator:
     """
 
     def __init__(self, large: LoadedModel | None, small: LoadedModel | None, step_inference: int, *,
-                 device: str | torch.device = "cpu", precision: str = "auto", allow_model_mismatch: bool = False):
+                 device: str | torch.device = "cpu", precision: str = "auto", allow_model_mismatch: bool = False,
+                 names: dict[str, str] | None = None):
         self.large, self.small, self.step_inference = large, small, step_inference
         self.device, self.precision, self.allow_model_mismatch = torch.device(device), precision, allow_model_mismatch
-        self.config = check_pair(large, small)
+        self.names = dict(names or {})
+        self.config = check_pair(large, small, self.names)
         self.plan(None)  # a switch or a pair of models that cannot work fails here, not at generate()
 
     @classmethod
@@ -581,24 +598,23 @@ class DefectGenerator:
         """The chain for `steps` (None: all T), with S and S-1 added for the hand-over;
         class-conditional models guided with weight `guidance` (None: 1)."""
         return make_plan(self.large, self.small, self.step_inference, steps, self.device, self.precision,
-                         self.allow_model_mismatch, guidance)
+                         self.allow_model_mismatch, guidance, self.names)
 
     def prepare(self, n: int | None = None, *, seed: int = 0, classes: Sequence[str] = (), masks=None, good=None,
                 place: str | None = None, steps: int | None = None, sampler: str | None = None,
                 eta: float | None = None, max_tries: int = 20, min_defect_pixels: int = 0, keep_empty: bool = False,
-                resample: int = 1, jump: int = 10, names: dict[str, str] | None = None,
-                guidance: float | None = None) -> Request:
-        """Check and resolve the arguments of `generate` (see there) into a `Request`;
-        `names` maps argument names to the CLI's flags for its error messages."""
+                resample: int = 1, jump: int = 10, guidance: float | None = None) -> Request:
+        """Check and resolve the arguments of `generate` (see there) into a `Request`; errors
+        name the arguments as `names` (see the class) says."""
         check_options(n=n, batch_size=None, seed=seed, steps=steps, sampler=sampler, eta=eta, classes=classes,
                       masks=masks, good=good, place=place, resample=resample, jump=jump, max_tries=max_tries,
-                      min_defect_pixels=min_defect_pixels, names=names, guidance=guidance)
+                      min_defect_pixels=min_defect_pixels, names=self.names, guidance=guidance)
         if self.config.diffusion.clean_mask and masks is None:
-            flag = (names or {}).get("masks", "masks")
             raise ConfigError(f"{(self.small or self.large).path} draws images for given masks (diffusion.clean_mask: "
-                              f"true) and cannot draw masks: pass {flag}, or use it with `defect-gen paint`")
+                              f"true) and cannot draw masks: pass {arg_name('masks', self.names)}, or use it with "
+                              f"`defect-gen paint`")
         sampler = sampler or default_sampler(self.large, self.small)
-        required = required_classes(classes, self.classes, (names or {}).get("classes", "classes"))
+        required = required_classes(classes, self.classes, arg_name("classes", self.names))
         cond = self._conditioner(masks, good, place, min_defect_pixels, keep_empty)
         num = n or len(cond.masks or cond.goods or [None] * 16)
         options = PairOptions(num, seed, sampler, 0.0 if eta is None else float(eta), tuple(required), max_tries,
@@ -611,11 +627,15 @@ class DefectGenerator:
             given = None
         elif _is_folder(masks):
             given = conditioning.read_masks(os.fspath(masks), size, k, min_pixels, keep_empty, classes=data.classes,
-                                            folder_classes=data.folder_classes)
+                                            folder_classes=data.folder_classes, names=self.names)
         else:
             given = conditioning.masks_from_arrays(masks, size, k, min_pixels, keep_empty)
-        goods = None if good is None else (conditioning.list_good_images(os.fspath(good)) if _is_folder(good)
-                                           else conditioning.good_images_from_arrays(good))
+        if good is None:
+            goods = None
+        elif _is_folder(good):
+            goods = conditioning.list_good_images(os.fspath(good), self.names)
+        else:
+            goods = conditioning.good_images_from_arrays(good)
         place = place or ("random" if good is not None and masks is None else "as-is")
         return conditioning.Conditioner(given, goods, size, k, place)
 

@@ -173,8 +173,8 @@ def _checkpoint_config(ckpt: dict, path: str, config_path: str | None) -> Config
 def _load_export(path: str, raw_weights: bool, config_path: str | None) -> tuple[dict, Config, str, bool, int | None]:
     loaded = export.load(path)
     if raw_weights:
-        raise ConfigError(f"{loaded.path} holds only the weights sampling uses (an export); --raw-weights needs the "
-                          f"training checkpoint it came from: {loaded.meta.get('source', {}).get('path')}")
+        raise ConfigError(f"{loaded.path} holds only the weights sampling uses (an export); the raw weights are in "
+                          f"the training checkpoint it came from: {loaded.meta.get('source', {}).get('path')}")
     if config_path:
         _same_architecture(loaded.cfg, read_any_config(config_path), loaded.path, config_path)
     return loaded.weights, loaded.cfg, loaded.path, loaded.published, loaded.meta.get("step")
@@ -217,7 +217,9 @@ def load_model(path: str, device: torch.device, raw_weights: bool = False, confi
 FLAGS = {"n": "--num_samples", "batch_size": "--batch_size", "seed": "--seed", "steps": "--steps",
          "sampler": "--sampler", "eta": "--eta", "classes": "--classes", "masks": "--mask", "good": "--good",
          "place": "--place", "resample": "--resample", "jump": "--jump", "max_tries": "--max-tries",
-         "min_defect_pixels": "--min-defect-pixels", "guidance": "--guidance"}
+         "min_defect_pixels": "--min-defect-pixels", "keep_empty": "--keep-empty", "guidance": "--guidance",
+         "large": "--large_recep", "small": "--small_recep", "step_inference": "--step_inference",
+         "precision": "--precision", "allow_model_mismatch": "--allow-model-mismatch"}
 
 
 def check_settings(s: SampleSettings) -> None:
@@ -244,7 +246,7 @@ def prepare(gen: DefectGenerator, s: SampleSettings) -> Request:
     return gen.prepare(s.num_samples, seed=s.seed, classes=s.classes, masks=s.mask_dir, good=s.good_dir,
                        place=s.place, steps=s.steps, sampler=s.sampler, eta=s.eta if s.sampler == "ddim" else None,
                        max_tries=s.max_tries, min_defect_pixels=s.min_defect_pixels, keep_empty=s.keep_empty,
-                       resample=s.resample, jump=s.jump_length, names=FLAGS, guidance=s.guidance)
+                       resample=s.resample, jump=s.jump_length, guidance=s.guidance)
 
 
 # ---------------------------------------------------------------------------------------
@@ -323,7 +325,7 @@ def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSett
     check_settings(s)
     s = resolve_sampler(s, large, small)
     gen = DefectGenerator(large, small, s.step_inference, device=device, precision=s.precision,
-                          allow_model_mismatch=s.allow_mismatch)
+                          allow_model_mismatch=s.allow_mismatch, names=FLAGS)
     request = prepare(gen, s)
     # One run per SAMPLE_DIR: a second one (say a --resume while the first still runs) would
     # make the same names twice. Rank 0 holds the lock for all ranks.

@@ -110,3 +110,54 @@ def test_from_pretrained_records_which_weights_made_the_pairs(tmp_path):
     (tmp_path / "s" / "sample_settings.json").write_text(json.dumps(settings))
     with pytest.raises(DefectGenError, match="differ from the run .*weights"):
         sample.generate(gen.large, gen.small, s, torch.device("cpu"), progress=False)
+
+
+def _trained_on(t_min: int = 0, t_max: int | None = None) -> sample.LoadedModel:
+    model = _model()
+    model.cfg.diffusion.t_min, model.cfg.diffusion.t_max = t_min, t_max
+    return model
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda: DefectGenerator(_model(), None, 5000), "step_inference must be in [0, 1000], got 5000"),
+    (lambda: DefectGenerator(_model(), None, 500), "step_inference 500 needs the small-RF model (small)"),
+    (lambda: DefectGenerator(None, None, 0), "pass a large-RF (large) and/or a small-RF (small) model"),
+    (lambda: DefectGenerator(_model(), None, 0, precision="fp16"), "precision must be auto, fp32 or bf16"),
+    (lambda: DefectGenerator(_trained_on(t_min=600), _model(), 200),
+     "step_inference 200: the large-RF model stand-in was trained on t in [600, 1000)"),
+    (lambda: DefectGenerator(_trained_on(t_max=400), _trained_on(t_min=100), 200), "large and small look swapped"),
+])
+def test_construction_errors_name_the_api_parameters_not_cli_flags(make, needle):
+    with pytest.raises(DefectGenError) as info:
+        make()
+    message = str(info.value)
+    assert needle in message and "--" not in message, message
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"guidance": 2.0, "classes": ["stain"]}, "guidance needs a class-conditional model"),
+    ({"masks": "MISSING"}, "masks MISSING: folder not found"),
+    ({"good": "MISSING"}, "good MISSING: folder not found"),
+    ({"masks": "EMPTY", "min_defect_pixels": 2}, "every mask is empty (after min_defect_pixels 2); pass keep_empty"),
+    ({"steps": 0}, "steps must be >= 1, got 0"),
+    ({"sampler": "euler"}, "sampler must be one of"),
+])
+def test_generate_errors_name_the_api_parameters_not_cli_flags(kwargs, needle, tmp_path):
+    (tmp_path / "empty").mkdir()
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(tmp_path / "empty" / "m0.png")
+    folders = {"MISSING": str(tmp_path / "missing"), "EMPTY": str(tmp_path / "empty")}
+    kwargs = {k: folders.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    with pytest.raises(DefectGenError) as info:
+        _gen().generate(2, **kwargs)
+    message = str(info.value)
+    assert needle.replace("MISSING", folders["MISSING"]) in message and "--" not in message, message
+
+
+def test_the_cli_path_still_names_its_flags(tmp_path):
+    s = sample.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=500, steps=2)
+    with pytest.raises(DefectGenError, match=r"--step_inference 500 needs the small-RF model \(--small_recep\)"):
+        sample.generate(_model(), None, s, torch.device("cpu"), progress=False)
+    s = sample.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=0, steps=2,
+                              mask_dir=str(tmp_path / "missing"))
+    with pytest.raises(DefectGenError, match=f"--mask {tmp_path / 'missing'}: folder not found"):
+        sample.generate(_model(), None, s, torch.device("cpu"), progress=False)

@@ -357,7 +357,7 @@ def test_min_defect_pixels_with_mask_names_the_masks_it_drops(tmp_path):
     _write_masks(tmp_path / "given", [_square(1), speck, np.zeros((SIZE, SIZE)), _square(3) + speck])
     logged = []
     masks = conditioning.read_masks(str(tmp_path / "given"), SIZE, 3, 2, False, classes=list(CLASSES),
-                                    log=logged.append)
+                                    log=logged.append, names=sample.FLAGS)  # as `sample --mask` logs them
     assert [os.path.basename(m.path) for m in masks] == ["m0.png", "m3.png"]
     folder = tmp_path / "given"
     assert logged == [f"--mask {folder}: 1 empty masks left out (--keep-empty uses them): m2.png",
