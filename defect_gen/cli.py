@@ -191,8 +191,9 @@ def _add_paint(sub) -> None:
     p.add_argument("--num_samples", type=int, default=80)
     p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i")
     p.add_argument("--steps", type=int, default=50, help="respaced denoising steps")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp_2m"], default="ddim",
+                   help="ddim (eta 0) by default; dpmpp_2m (DPM-Solver++(2M)) for --steps 20")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0 = deterministic); ddim only")
     p.add_argument("--strength", type=float, default=1.0,
                    help="1: draw each defect from noise; below 1: redraw the pasted real defect from t = strength*T")
     p.add_argument("--scale", default="0.75,1.25", help="range of the random scale of a placed defect: MIN,MAX")

@@ -38,7 +38,7 @@ from defect_gen.gaussian_diffusion import GaussianDiffusion
 from defect_gen.io import read_image
 from defect_gen.masks import image_to_uint8, one_hot, resize_mask, uint8_to_image
 from defect_gen.respace import space_timesteps
-from defect_gen.samplers import KnownRegion, known_region_sampler
+from defect_gen.samplers import STEP_NAMES, KnownRegion, known_region_sampler
 
 
 
@@ -58,8 +58,8 @@ class PaintSettings:
     good_dir: str
     seed: int = 0
     steps: int = 50  # respaced denoising steps (over the part of the chain strength selects)
-    sampler: str = "ddim"
-    eta: float = 0.0
+    sampler: str = "ddim"  # ddim, ddpm or dpmpp_2m (samplers.STEP_NAMES)
+    eta: float | None = None  # DDIM noise (None: 0, deterministic); ddim only
     strength: float = 1.0  # 1: defect drawn from pure noise; < 1: SDEdit from the copy-paste composite
     scale_min: float = 0.75  # the placed defect is scaled by a factor drawn from [scale_min, scale_max]
     scale_max: float = 1.25
@@ -243,7 +243,7 @@ def paint_window(denoise, diffusion: GaussianDiffusion, photo: np.ndarray, mask:
         ab = diffusion.alpha_bar_at(timesteps[0])
         x = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * torch.randn(values.shape, generator=generator)
     sampler = known_region_sampler(s.sampler, KnownRegion(values, keep, clean))
-    out = sampler(denoise, x, timesteps, diffusion, generator=generator, eta=s.eta)
+    out = sampler(denoise, x, timesteps, diffusion, generator=generator, eta=s.eta or 0.0)
     rgb = photo.copy()
     rgb[region] = image_to_uint8(out[0, :3])[region]
     return rgb
@@ -372,6 +372,13 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
         raise ConfigError(f"--strength must be in [0, 1] (1 = draw the defect from noise), got {s.strength}")
     if s.steps < 1 or s.margin < 0:
         raise ConfigError(f"--steps must be >= 1 and --margin >= 0, got {s.steps} and {s.margin}")
+    if s.sampler not in STEP_NAMES:
+        raise ConfigError(f"--sampler must be one of {', '.join(STEP_NAMES)}, got {s.sampler!r}")
+    if s.eta is not None and s.sampler != "ddim":
+        raise ConfigError(f"--eta {s.eta} applies to --sampler ddim only ({s.sampler} draws no DDIM noise); "
+                          f"drop --eta or use --sampler ddim")
+    if s.eta is not None and not 0.0 <= s.eta < float("inf"):
+        raise ConfigError(f"--eta must be a finite number >= 0, got {s.eta}")
     if s.place not in PLACES:
         raise ConfigError(f"--place must be one of {', '.join(PLACES)}, got {s.place!r}")
     if s.backgrounds not in BACKGROUNDS:

@@ -162,6 +162,25 @@ def test_paint_generates_only_the_defect_region(tiny, model, tmp_path):
     assert np.array_equal(_read(out, "images/paint_00001.png"), _read(again, "images/paint_00001.png"))
 
 
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "ddpm"])
+def test_paint_with_other_samplers_keeps_the_photo_and_the_seed(tiny, model, tmp_path, sampler):
+    """DPM-Solver++(2M) and DDPM run the same known-region loop as DDIM: the photo is kept
+    outside the defect, and a pair depends on its seed alone."""
+    outs = [str(tmp_path / name) for name in ("a", "b")]
+    for out, n in zip(outs, (2, 1)):
+        assert main(["paint", "--model", str(model), "--good", str(tiny / "good"), "--sample_dir", out,
+                     "--num_samples", str(n), "--steps", "4", "--margin", "2", "--sampler", sampler,
+                     "--no-progress"]) == 0
+    row = json.loads(open(os.path.join(outs[0], "manifest.jsonl")).readline())
+    image, mask = _read(outs[0], row["files"]["image"]), _read(outs[0], row["files"]["mask"])
+    photo = np.asarray(Image.open(row["good"]).convert("RGB"))
+    region = paint.dilate(mask > 0, 2)
+    assert np.array_equal(image[~region], photo[~region]) and not np.array_equal(image[region], photo[region])
+    assert np.array_equal(image, _read(outs[1], row["files"]["image"]))
+    with open(os.path.join(outs[0], "paint_settings.json")) as f:
+        assert json.load(f)["sampler"] == sampler
+
+
 def test_paint_refuses_models_it_cannot_use(tiny, model, tmp_path):
     cfg = _config(str(tmp_path), str(tiny / "data"))
     loaded = type("Loaded", (), {})()  # a stand-in for sample.load_model's result
@@ -198,7 +217,10 @@ def test_copy_paste_baseline_pairs(tiny, tmp_path):
 @pytest.mark.parametrize("flags, message", [(["--steps", "0"], "--steps must be >= 1"),
                                             (["--margin", "-1"], "--margin >= 0"),
                                             (["--num_samples", "0"], "--num_samples must be >= 1"),
-                                            (["--scale", "2,1"], "--scale must be two factors")])
+                                            (["--scale", "2,1"], "--scale must be two factors"),
+                                            (["--sampler", "dpmpp_2m", "--eta", "0.5"],
+                                             r"--eta 0.5 applies to --sampler ddim only \(dpmpp_2m"),
+                                            (["--eta", "-1"], "--eta must be a finite number >= 0")])
 def test_paint_bad_settings_are_one_line_errors(tiny, tmp_path, capsys, flags, message):
     cfg = _config(str(tmp_path), str(tiny / "data"))
     assert main(["paint", "--copy-paste", "--config", cfg, "--good", str(tiny / "good"), "--sample_dir",
