@@ -163,6 +163,8 @@ def _add_evaluate(sub) -> None:
                    "0 or >= --image_size: whole images); half of them centred on a defect")
     p.add_argument("--lr", type=float, default=3e-3, help="segmenter peak learning rate (one-cycle)")
     p.add_argument("--width", type=int, default=16, help="UNet base channels")
+    p.add_argument("--real_finish", type=float, default=0.0, metavar="SHARE",
+                   help="share of the last segmenter steps trained on the real pairs alone (0: the mix to the end)")
     p.add_argument("--image_size", type=int, default=128, help="evaluation size: real and synthetic pairs are "
                    "resized to it alike")
     p.add_argument("--max_heldout", type=int, default=None,
@@ -485,10 +487,12 @@ def cmd_evaluate(args) -> int:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     if args.crop < 0:
         raise ConfigError(f"--crop must be >= 0 (0, or at least --image_size: whole images), got {args.crop}")
+    if not 0.0 <= args.real_finish < 1.0:
+        raise ConfigError(f"--real_finish must be in [0, 1) (a share of the steps), got {args.real_finish}")
     if not args.synthetic and not args.copy_paste:
         raise ConfigError("evaluate: nothing to compare with real only; give --synthetic DIR... and/or --copy-paste DIR")
     seg = SegSettings(arch=args.segmenter, steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
-                      crop=args.crop)
+                      crop=args.crop, real_finish=args.real_finish)
     settings = EvalSettings(ratios=parse_ratios(args.ratios), seeds=args.seeds, image_size=size,
                             max_heldout=args.max_heldout, copy_paste_dir=args.copy_paste, seg=seg,
                             progress=not args.no_progress)
@@ -499,6 +503,7 @@ def cmd_evaluate(args) -> int:
                *(["--copy-paste", args.copy_paste] if args.copy_paste else []),
                "--out", args.out, "--ratios", args.ratios, "--seeds", str(args.seeds), "--steps", str(args.steps),
                "--batch_size", str(args.batch_size), "--crop", str(args.crop), "--image_size", str(size),
+               *(["--real_finish", f"{args.real_finish:g}"] if args.real_finish else []),
                *(["--max_heldout", str(args.max_heldout)] if args.max_heldout else []), "--segmenter", args.segmenter]
     command = " ".join(shlex.quote(a) for a in command)
     print(f"report: {write_report(results, args.out, command)}")

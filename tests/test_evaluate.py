@@ -84,6 +84,23 @@ def test_tiny_unet_learns_a_square():
     assert build_segmenter("unet", 5, 8)(torch.zeros(1, 3, 20, 20)).shape == (1, 5, 20, 20)  # any size
 
 
+def test_real_finish_draws_only_real_pairs_at_the_end(monkeypatch):
+    from defect_gen.evaluate import segmenter
+    images = torch.randint(0, 255, (12, 3, 16, 16), dtype=torch.uint8)
+    masks = torch.randint(0, 2, (12, 16, 16), dtype=torch.uint8)
+    drawn, crops = [], segmenter._crops
+    monkeypatch.setattr(segmenter, "_crops", lambda im, m, idx, *a: drawn.append(idx.tolist()) or crops(im, m, idx, *a))
+    settings = SegSettings(steps=8, batch_size=6, width=4, crop=0, real_finish=0.25)
+    train_segmenter(images, masks, 2, settings, seed=0, num_real=4)
+    assert len(drawn) == 8
+    assert any(i >= 4 for idx in drawn[:6] for i in idx)  # the mix, synthetic pairs 4..11 included
+    assert all(i < 4 for idx in drawn[6:] for i in idx)  # the last quarter: the 4 real pairs alone
+    # on a real-only set it changes nothing: the same draws, the same weights
+    a = train_segmenter(images[:4], masks[:4], 2, settings, seed=0, num_real=4)
+    b = train_segmenter(images[:4], masks[:4], 2, SegSettings(steps=8, batch_size=6, width=4, crop=0), seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 def test_deeplabv3_is_optional():
     try:
         import torchvision  # noqa: F401
@@ -176,6 +193,19 @@ def test_evaluate_end_to_end(demo, tmp_path, capsys):
             assert im.size[0] > 100 and im.size[1] > 50
 
 
+def test_real_finish_reuses_the_real_only_runs_and_is_reported(demo, tmp_path):
+    out = tmp_path / "report"
+    assert _evaluate(demo, out, "--ratios", "1") == 0
+    cached = set(os.listdir(out / "segmenters"))
+    assert _evaluate(demo, out, "--ratios", "1", "--real_finish", "0.5") == 0
+    new = set(os.listdir(out / "segmenters")) - cached
+    assert len(new) == 2  # the two mixed runs are trained again; real only (2 seeds) is reused
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["segmenter"]["real_finish"] == 0.5
+    report = (out / "report.md").read_text()
+    assert "the last 50% of them on the real pairs alone" in report and "--real_finish 0.5" in report
+
+
 def test_real_split_is_the_training_selection_and_disjoint(demo):
     cfg = load_config("configs/demo_small.yaml", [f"data.root={demo / 'data'}", "data.num_images_per_class=2"])
     train, held, how = load_real(cfg, "cfg", 16, max_heldout=100)
@@ -204,6 +234,7 @@ def test_export_train_masks_for_sample_mask(demo, tmp_path):
     (["--synthetic", "/nonexistent/x"], "--synthetic /nonexistent/x: expected a `defect-gen sample` folder"),
     (["--ratios", "1,x"], "--ratios: expected comma-separated numbers"),
     (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    (["--real_finish", "1"], "--real_finish must be in [0, 1) (a share of the steps), got 1.0"),
     (["--set", "data.num_images_per_class=null"], "data.num_images_per_class is not set"),
 ])
 def test_user_errors_are_one_line_exit_2(demo, tmp_path, extra, message):

@@ -175,7 +175,9 @@ def write_report(results: Results, out_dir: str, command: str) -> str:
                 f"`{s.copy_paste_dir}` at random spots (flips, quarter turns, scale 0.75-1.25)"]
                if s.copy_paste_dir else []),
              f"- image size {s.image_size} px; segmenter `{s.seg.arch}` (width {s.seg.width}) trained from scratch, "
-             f"{s.seg.steps} steps of batch {s.seg.batch_size}, lr {s.seg.lr:g}; seeds 0..{s.seeds - 1}; "
+             f"{s.seg.steps} steps of batch {s.seg.batch_size}, lr {s.seg.lr:g}"
+             + (f", the last {s.seg.real_finish:.0%} of them on the real pairs alone" if s.seg.real_finish else "")
+             + f"; seeds 0..{s.seeds - 1}; "
              f"{results.seconds / 60:.1f} min",
              "- scores on the held-out real pairs, mean ± std over seeds, in percent; mIoU over the defect "
              "classes; precision / recall / F1 of defect pixels (any class) against background", "",

@@ -96,7 +96,10 @@ def _run_key(train: PairSet, results: Results, seed: int) -> str:
     """What decides a segmenter's scores: its training pairs, the held-out pairs, the settings
     and the seed. Hashing the pixels (not the names) means a re-generated folder never reuses
     scores of its old pairs."""
-    h = hashlib.sha256(repr((dataclasses.asdict(results.settings.seg), seed, results.class_names)).encode())
+    seg = dataclasses.asdict(results.settings.seg)
+    if len(train) == len(results.train) or not seg["real_finish"]:
+        del seg["real_finish"]  # it changes nothing there: keys (and cached runs) stay as they were
+    h = hashlib.sha256(repr((seg, seed, results.class_names)).encode())
     for t in (train.images, train.masks, results.heldout.images, results.heldout.masks):
         h.update(t.contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
@@ -115,7 +118,7 @@ def _score(train: PairSet, results: Results, seed: int):
         model = build_segmenter(results.settings.seg.arch, num_classes, results.settings.seg.width)
         model.load_state_dict(saved["model"])
         return saved["scores"], model.eval()
-    model = train_segmenter(train.images, train.masks, num_classes, results.settings.seg, seed)
+    model = train_segmenter(train.images, train.masks, num_classes, results.settings.seg, seed, len(results.train))
     pred = predict(model, results.heldout.images)
     result = scores(confusion(pred, results.heldout.masks, num_classes), results.class_names)
     if path:

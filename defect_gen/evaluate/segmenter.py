@@ -95,6 +95,10 @@ class SegSettings:
     # Share of crops centred on a defect pixel: defects cover ~1 % of the pixels, and uniform
     # crops would show most batches no defect at all.
     defect_crop_share: float = 0.5
+    # Share of the last steps that draw from the real pairs alone: train on the mix, then
+    # finish (at the one-cycle schedule's low learning rate) on the distribution the
+    # segmenter is tested on. 0 = the mix to the end. No effect on a real-only set.
+    real_finish: float = 0.0
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -153,8 +157,10 @@ def _crops(images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor, setting
 
 
 def train_segmenter(images: torch.Tensor, masks: torch.Tensor, num_classes: int, settings: SegSettings,
-                    seed: int) -> nn.Module:
-    """Train a fresh segmenter on uint8 images (N, 3, S, S) and class-index masks (N, S, S)."""
+                    seed: int, num_real: int | None = None) -> nn.Module:
+    """Train a fresh segmenter on uint8 images (N, 3, S, S) and class-index masks (N, S, S),
+    whose first `num_real` pairs (None: all) are real: the last `settings.real_finish` share
+    of the steps draws from those alone."""
     torch.manual_seed(seed)  # initial weights
     g = torch.Generator().manual_seed(seed)  # batches, crops and flips
     model = build_segmenter(settings.arch, num_classes, settings.width)
@@ -162,8 +168,10 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, num_classes: int,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.1)
     weights = class_weights(masks, num_classes)
     model.train()
-    for _ in range(settings.steps):
-        idx = torch.randint(len(images), (settings.batch_size,), generator=g)
+    finish_from = settings.steps - round(settings.real_finish * settings.steps)
+    for step in range(settings.steps):
+        pool = len(images) if num_real is None or step < finish_from else num_real
+        idx = torch.randint(pool, (settings.batch_size,), generator=g)
         x, y = _crops(images, masks, idx, settings, g)
         x, y = _flip(to_input(x), y.long(), g)
         loss = _loss(model(x), y, weights)
