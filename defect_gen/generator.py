@@ -126,6 +126,7 @@ def check_roles(large: LoadedModel | None, small: LoadedModel | None, large_step
 
 
 def check_precision(precision: str, names: dict[str, str] | None = None) -> None:
+    """Sampling runs in auto, fp32 or bf16 (checked before any network is timed)."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"{arg_name('precision', names)} must be auto, fp32 or bf16, got {precision!r}")
 
@@ -245,6 +246,21 @@ def default_sampler(large: LoadedModel | None, small: LoadedModel | None) -> str
 MAX_SAMPLES = 10_000_000
 
 
+def check_sampler(sampler: str | None, eta: float | None, names: dict[str, str] | None = None) -> None:
+    """A known sampler (None: the models' default), and `eta` only where it means something:
+    DDIM's noise. Shared by `sample` and `paint`; errors name the arguments as `names` says."""
+    def name(key: str) -> str:
+        return arg_name(key, names)
+
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ConfigError(f"{name('sampler')} must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if sampler in ("ddpm", "dpmpp_2m") and eta is not None:
+        raise ConfigError(f"{name('eta')} {eta} applies to {name('sampler')} ddim only ({sampler} draws no "
+                          f"DDIM noise); drop {name('eta')} or use {name('sampler')} ddim")
+    if eta is not None and not 0.0 <= eta < float("inf"):
+        raise ConfigError(f"{name('eta')} must be a finite number >= 0, got {eta}")
+
+
 def check_options(*, n: int | None, batch_size: int | None, seed: int, steps: int | None, sampler: str | None,
                   eta: float | None, classes: Sequence[str], masks, good, place: str | None, resample: int,
                   jump: int, max_tries: int, min_defect_pixels: int, names: dict[str, str] | None = None,
@@ -273,13 +289,7 @@ def check_options(*, n: int | None, batch_size: int | None, seed: int, steps: in
                             ("steps", steps, 1)):
         if value is not None and value < low:
             raise ConfigError(f"{name(key)} must be >= {low}, got {value}")
-    if sampler is not None and sampler not in SAMPLERS:
-        raise ConfigError(f"{name('sampler')} must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if sampler in ("ddpm", "dpmpp_2m") and eta is not None:
-        raise ConfigError(f"{name('eta')} {eta} applies to {name('sampler')} ddim only ({sampler} draws no "
-                          f"DDIM noise); drop {name('eta')} or use {name('sampler')} ddim")
-    if eta is not None and not 0.0 <= eta < float("inf"):
-        raise ConfigError(f"{name('eta')} must be a finite number >= 0, got {eta}")
+    check_sampler(sampler, eta, names)
     if n is not None and n > MAX_SAMPLES:
         raise ConfigError(f"{name('n')} must be at most {MAX_SAMPLES} per run, got {n} "
                           f"(split bigger jobs into runs with {name('seed')} offsets)")

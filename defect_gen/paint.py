@@ -35,10 +35,11 @@ from defect_gen import fsutil, guidance, logs, writers
 from defect_gen.conditioning import IMAGE_EXTS
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.gaussian_diffusion import GaussianDiffusion
+from defect_gen.generator import check_sampler
 from defect_gen.io import read_image
 from defect_gen.masks import image_to_uint8, one_hot, resize_mask, uint8_to_image
 from defect_gen.respace import space_timesteps
-from defect_gen.samplers import STEP_NAMES, KnownRegion, known_region_sampler
+from defect_gen.samplers import KnownRegion, known_region_sampler
 
 
 
@@ -58,7 +59,7 @@ class PaintSettings:
     good_dir: str
     seed: int = 0
     steps: int = 50  # respaced denoising steps (over the part of the chain strength selects)
-    sampler: str = "ddim"  # ddim, ddpm or dpmpp_2m (samplers.STEP_NAMES)
+    sampler: str = "ddim"  # ddim, ddpm or dpmpp_2m (samplers.SAMPLERS)
     eta: float | None = None  # DDIM noise (None: 0, deterministic); ddim only
     strength: float = 1.0  # 1: defect drawn from pure noise; < 1: SDEdit from the copy-paste composite
     scale_min: float = 0.75  # the placed defect is scaled by a factor drawn from [scale_min, scale_max]
@@ -372,13 +373,7 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
         raise ConfigError(f"--strength must be in [0, 1] (1 = draw the defect from noise), got {s.strength}")
     if s.steps < 1 or s.margin < 0:
         raise ConfigError(f"--steps must be >= 1 and --margin >= 0, got {s.steps} and {s.margin}")
-    if s.sampler not in STEP_NAMES:
-        raise ConfigError(f"--sampler must be one of {', '.join(STEP_NAMES)}, got {s.sampler!r}")
-    if s.eta is not None and s.sampler != "ddim":
-        raise ConfigError(f"--eta {s.eta} applies to --sampler ddim only ({s.sampler} draws no DDIM noise); "
-                          f"drop --eta or use --sampler ddim")
-    if s.eta is not None and not 0.0 <= s.eta < float("inf"):
-        raise ConfigError(f"--eta must be a finite number >= 0, got {s.eta}")
+    check_sampler(s.sampler or "", s.eta, {"sampler": "--sampler", "eta": "--eta"})  # no default sampler here
     if s.place not in PLACES:
         raise ConfigError(f"--place must be one of {', '.join(PLACES)}, got {s.place!r}")
     if s.backgrounds not in BACKGROUNDS:
