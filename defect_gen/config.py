@@ -113,6 +113,9 @@ class TrainConfig:
     max_steps: int = 10000
     ema_rate: float = 0.9999  # the EMA that sampling uses
     extra_ema_rates: list[float] = field(default_factory=list)  # more EMAs kept in checkpoints
+    # Decay min(rate, (1 + n) / (10 + n)) at update n, so that a short run's EMA is not mostly
+    # its random initialisation (train_util.ema_decay); false = a plain EMA, as guided-diffusion.
+    ema_warmup: bool = True
     # Split each batch into chunks of this size (gradient accumulation); 0 = the whole batch.
     # The result does not depend on it: the batch, timesteps and noise are drawn first.
     microbatch: int = 0

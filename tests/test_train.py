@@ -182,3 +182,32 @@ def test_resume_refuses_another_objective_schedule_window_or_classes(data_dir, t
     assert resume_differences(saved, other) == ["diffusion.schedule ('cosine' -> 'linear')"]
     saved["model"].pop("num_heads_upsample")  # a field added since: its default compares equal
     assert resume_differences(saved, tiny_cfg(data_dir)) == []
+
+
+def test_ema_decay_warms_up_then_settles_at_its_rate():
+    from defect_gen.train_util import ema_decay
+    assert ema_decay(0.999, 1) == pytest.approx(2 / 11)
+    assert ema_decay(0.999, 1000) == pytest.approx(1001 / 1010)  # a short run: about its last tenth
+    assert ema_decay(0.999, 100_000) == 0.999
+    assert ema_decay(0.999, 1, warmup=False) == 0.999
+    # what the warm-up is for: the share of the initial weights left in the average after 1000 steps
+    plain = 0.999 ** 1000
+    warm = 1.0
+    for n in range(1, 1001):
+        warm *= ema_decay(0.999, n)
+    assert plain > 0.36 and warm < 1e-3
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_update_uses_the_warmed_up_decay(data_dir, tmp_path, warmup):
+    loop = TrainLoop(tiny_cfg(data_dir, max_steps=2, ema_warmup=warmup), str(tmp_path / "r"), torch.device("cpu"),
+                     progress=False)
+    name = "out.2.weight"
+    ema = dict(loop.emas[0.9].named_parameters())[name]
+    for n in (1, 2):
+        before = ema.detach().clone()
+        loop.train_step()
+        weights = dict(loop.model.named_parameters())[name].detach()
+        decay = min(0.9, (1 + n) / (10 + n)) if warmup else 0.9
+        assert not torch.equal(weights, before)
+        torch.testing.assert_close(ema.detach(), before + (1 - decay) * (weights - before))
