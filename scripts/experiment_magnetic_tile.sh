@@ -5,12 +5,13 @@
 #   bash scripts/experiment_magnetic_tile.sh                 # every stage, skipping finished work
 #   STAGE=evaluate bash scripts/experiment_magnetic_tile.sh  # one stage: train | paint | evaluate
 #
-# 1. train     the painting model (configs/magnetic_tile_paint.yaml: a small-RF UNet on 64 px
-#              native-resolution crops of the 40 few-shot pairs, 10 per class, seed 0);
-#              re-running resumes from the latest checkpoint.
-# 2. paint     pairs painted into the 150 defect-free MT_Free photos at their own size, and
-#              into the 40 training photos beside their own defects (--backgrounds training), one
-#              folder per strength (1: defects drawn from noise inside the placed training
+# 1. train     the painting model (CONFIG, by default configs/magnetic_tile_paint_clean.yaml: a
+#              small-RF UNet on 64 px native-resolution crops of the 40 few-shot pairs, 10 per
+#              class, seed 0, drawing the photo for a clean mask); re-running resumes from the
+#              latest checkpoint.
+# 2. paint     pairs painted into the training photos that hold a defect of the same class
+#              (BACKGROUNDS=same_class, the default), or into the 40 training photos
+#              (training) or the 150 defect-free MT_Free photos (good), one folder per strength (1: defects drawn from noise inside the placed training
 #              masks; 0.3: the pasted real defect redrawn from t = 300) and placement
 #              (random spots, or --place source: where the defect was in its own photo),
 #              plus copy-paste folders (source places; every place on training photos);
@@ -18,9 +19,10 @@
 # 3. evaluate  `defect-gen evaluate` at 128 px: real only, real + copy-paste, real + each
 #              folder, at every ratio, 3 segmenter seeds; finished segmenters are cached in
 #              REPORT/segmenters, so a stopped evaluation resumes. Prints the table.
-# Every size is a variable; the defaults are what docs/results.md ran, with the full ratio sweep
-# for every folder (an estimate, about 2.5 h on a 2-core CPU: training ~15 min, painting ~20 min, 39
-# segmenters of ~3 min; docs/results.md skipped some ratios of the new folders for time).
+# Every size is a variable; the defaults are docs/results.md's round 6 (an estimate, about 2 h on
+# a 2-core CPU: training ~20 min, painting ~5 min, 12 segmenters of 2000 steps at ~6-8 min).
+# Rounds 2-4 ran CONFIG=configs/magnetic_tile_paint.yaml BACKGROUNDS="good training"
+# PLACES="random source" RATIOS=1,2,4 SEG_STEPS=1000 N_PAINT=160.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,26 +30,28 @@ PY="${PY:-.venv/bin/python}"
 DATA="${DATA:-../shared/data/magnetic-tile}"
 RUN_DIR="${RUN_DIR:-runs/mt_paint}"
 STAGE="${STAGE:-all}"
+CONFIG="${CONFIG:-configs/magnetic_tile_paint_clean.yaml}"  # the painting model's recipe
 STEPS_TRAIN="${STEPS_TRAIN:-1000}"   # painting-model training steps (batch 16); ~15 min at the 18 crops/s measured with 2 threads
-N_PAINT="${N_PAINT:-160}"            # pairs per variant: ratio 4 of the 40 real pairs
+N_PAINT="${N_PAINT:-80}"             # pairs per variant: ratio 2 of the 40 real pairs
 PAINT_STEPS="${PAINT_STEPS:-25}"     # DDIM steps per painted window
 STRENGTHS="${STRENGTHS:-1}"          # one folder per strength, e.g. STRENGTHS="1 0.3": paint_s1, paint_s0.3
-PLACES="${PLACES:-random source}"    # paint --place: random -> paint_sS, source -> paint_source_sS
-BACKGROUNDS="${BACKGROUNDS:-good training}"  # good: MT_Free photos; training: the 40 training photos (paint_train_*);
-                                             # same_class: those of the pasted defect's class (paint_same_*)
-RATIOS="${RATIOS:-1,2,4}"
+PLACES="${PLACES:-source}"           # paint --place: random -> paint_sS, source -> paint_source_sS
+BACKGROUNDS="${BACKGROUNDS:-same_class}"  # good: MT_Free photos; training: the 40 training photos (paint_train_*);
+                                          # same_class: those of the pasted defect's class (paint_same_*)
+RATIOS="${RATIOS:-1}"
 SEEDS="${SEEDS:-3}"
-SEG_STEPS="${SEG_STEPS:-1000}"
+SEG_STEPS="${SEG_STEPS:-2000}"       # segmenter steps; at 1000 the segmenters had not settled (round 4)
+REAL_FINISH="${REAL_FINISH:-0}"      # evaluate --real_finish: share of the last segmenter steps on real pairs only
 
 if [ ! -d "$DATA" ]; then
   echo "no magnetic-tile data at $DATA (set DATA=...)" >&2
   exit 2
 fi
-MODEL="$RUN_DIR/paint"
+MODEL="$RUN_DIR/$(basename "$CONFIG" .yaml | sed 's/^magnetic_tile_//')"  # runs/mt_paint/paint_clean, .../paint
 GOOD="$DATA/MT_Free"
 
 if [ "$STAGE" = all ] || [ "$STAGE" = train ]; then
-  "$PY" -m defect_gen train --config configs/magnetic_tile_paint.yaml --work_dir "$MODEL" --num_defect 4 \
+  "$PY" -m defect_gen train --config "$CONFIG" --work_dir "$MODEL" --num_defect 4 \
     --set "data.root=$DATA" --set "train.max_steps=$STEPS_TRAIN" --no-progress
 fi
 
@@ -73,7 +77,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = paint ]; then
       [ "$bg" != good ] && out="$RUN_DIR/samples/cp_$(bg_tag "$bg")$place"
       if { [ "$bg" != good ] || [ "$place" = source ]; } && [ ! -f "$out/paint_settings.json" ]; then
         # shellcheck disable=SC2046
-        "$PY" -m defect_gen paint --copy-paste --config configs/magnetic_tile_paint.yaml --set "data.root=$DATA" \
+        "$PY" -m defect_gen paint --copy-paste --config "$CONFIG" --set "data.root=$DATA" \
           --set "data.selection_file=$MODEL/selected_files.json" $(bg_flags "$bg") --sample_dir "$out" \
           --num_samples "$N_PAINT" --place "$place" --seed 1000 --overwrite --no-progress
       fi
@@ -92,8 +96,9 @@ if [ "$STAGE" = all ] || [ "$STAGE" = evaluate ]; then
     done
   done
   # The real split is exactly the generator's: its selected_files.json.
-  "$PY" -m defect_gen evaluate --real configs/magnetic_tile_paint.yaml --set "data.root=$DATA" \
+  "$PY" -m defect_gen evaluate --real "$CONFIG" --set "data.root=$DATA" \
     --set "data.selection_file=$MODEL/selected_files.json" --copy-paste "$GOOD" --synthetic "${SYN[@]}" \
-    --out "$RUN_DIR/report" --ratios "$RATIOS" --seeds "$SEEDS" --steps "$SEG_STEPS" --no-progress
+    --out "$RUN_DIR/report" --ratios "$RATIOS" --seeds "$SEEDS" --steps "$SEG_STEPS" \
+    --real_finish "$REAL_FINISH" --no-progress
   sed -n '/^## Segmentation/,/^!\[/p' "$RUN_DIR/report/report.md"
 fi
