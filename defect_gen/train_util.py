@@ -78,7 +78,7 @@ def ema_decay(rate: float, updates: int, warmup: bool = True) -> float:
     rate 0.999, 1000 steps leave 0.999^1000 = 37 % of the initialisation in the average that
     sampling uses, which shrinks every prediction towards zero (grey, flat defects on the
     CPU-sized painting runs). With warm-up the average covers roughly the last tenth of a
-    short run and settles at `rate` only once a run is long (n >= 9 / (1 - rate) - 1).
+    short run and settles at `rate` only once a run is long (n >= 9 / (1 - rate) - 10).
     """
     return min(rate, (1 + updates) / (10 + updates)) if warmup else rate
 
