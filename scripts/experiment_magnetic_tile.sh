@@ -11,8 +11,9 @@
 #              latest checkpoint.
 # 2. paint     pairs painted into the training photos that hold a defect of the same class
 #              (BACKGROUNDS=same_class, the default), or into the 40 training photos
-#              (training) or the 150 defect-free MT_Free photos (good), one folder per strength (1: defects drawn from noise inside the placed training
-#              masks; 0.3: the pasted real defect redrawn from t = 300) and placement
+#              (training) or the 150 defect-free MT_Free photos (good), one folder per
+#              strength (1: defects drawn from noise inside the placed training masks;
+#              0.3: the pasted real defect redrawn from t = 300) and placement
 #              (random spots, or --place source: where the defect was in its own photo),
 #              plus copy-paste folders (source places; every place on training photos);
 #              a finished folder is kept.
@@ -20,9 +21,9 @@
 #              folder, at every ratio, 3 segmenter seeds; finished segmenters are cached in
 #              REPORT/segmenters, so a stopped evaluation resumes. Prints the table.
 # Every size is a variable; the defaults are docs/results.md's round 6 (an estimate, about 2 h on
-# a 2-core CPU: training ~20 min, painting ~5 min, 12 segmenters of 2000 steps at ~6-8 min).
-# Rounds 2-4 ran CONFIG=configs/magnetic_tile_paint.yaml BACKGROUNDS="good training"
-# PLACES="random source" RATIOS=1,2,4 SEG_STEPS=1000 N_PAINT=160.
+# a 2-core CPU: training 15-30 min, painting ~5 min, 12 segmenters of 2000 steps at ~6-8 min).
+# Round 2 ran CONFIG=configs/magnetic_tile_paint.yaml BACKGROUNDS=good PLACES="random source"
+# RATIOS=1,2,4 SEG_STEPS=1000 N_PAINT=160; rounds 3-4 changed BACKGROUNDS (docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
