@@ -174,6 +174,23 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_filter(sub) -> None:
+    p = sub.add_parser("filter", help="keep the generated pairs whose defect a segmenter trained on the real "
+                                      "pairs finds where the mask says (the top share of each class)")
+    p.add_argument("--real", required=True, metavar="CFG", help="YAML config of the real data; its training "
+                   "split (the few-shot selection, or every pair) trains the segmenter")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a value of the real config, e.g. --set data.selection_file=RUN/selected_files.json")
+    p.add_argument("--synthetic", nargs="+", required=True, metavar="DIR", help="`defect-gen paint` / `sample` "
+                   "folders; each one's kept pairs go to OUT/<its name>")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the filtered folders")
+    p.add_argument("--keep", type=float, default=0.5, help="share of each class's pairs kept, best first")
+    p.add_argument("--steps", type=int, default=2000, help="segmenter training steps")
+    p.add_argument("--seed", type=int, default=0, help="segmenter seed")
+    p.add_argument("--image_size", type=int, default=128, help="size the segmenter sees (as in evaluate)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _add_paint(sub) -> None:
     p = sub.add_parser("paint", help="paint defects into defect-free photos at their own resolution "
                                      "(small-RF model on a window around each placed training mask)")
@@ -217,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_sample, _add_info, _add_demo, _add_export, _add_convert, _add_data, _add_bench,
-                _add_evaluate, _add_paint):
+                _add_evaluate, _add_filter, _add_paint):
         add(sub)
     # Built from the subcommands themselves, so the summary never falls behind them.
     parser.description = (f"Generate defect image + mask pairs with two diffusion models. Commands: "
@@ -556,9 +573,26 @@ def cmd_paint(args) -> int:
     return 0
 
 
+def cmd_filter(args) -> int:
+    from defect_gen.config import load_config
+    from defect_gen.errors import ConfigError
+    from defect_gen.evaluate.filtering import FilterSettings, filter_folders
+    from defect_gen.evaluate.segmenter import SegSettings
+
+    cfg = load_config(args.real, args.overrides)
+    fsutil.check_writable(args.out, "--out")  # before minutes of training a segmenter
+    for flag, value in (("--steps", args.steps), ("--image_size", args.image_size)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    settings = FilterSettings(keep=args.keep, image_size=args.image_size, seed=args.seed,
+                              seg=SegSettings(steps=args.steps), progress=not args.no_progress)
+    filter_folders(cfg, args.real, args.synthetic, args.out, settings)
+    return 0
+
+
 COMMANDS = {"paint": cmd_paint, "train": cmd_train, "sample": cmd_sample, "info": cmd_info, "make-demo-data": cmd_demo,
             "export": cmd_export, "convert-published": cmd_convert, "bench": cmd_bench, "data": cmd_data,
-            "evaluate": cmd_evaluate}
+            "evaluate": cmd_evaluate, "filter": cmd_filter}
 
 
 def main(argv: list[str] | None = None) -> int:

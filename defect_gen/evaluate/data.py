@@ -61,6 +61,24 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def _selection(d: DataConfig, config_path: str, progress: bool):
+    """(dataset report, few-shot selection, its defect pairs) of the real config."""
+    report = check_dataset(d, progress=progress)
+    refuse_or_skip(report, _stderr)
+    selection = select_pairs(report)
+    train = [p for p in selection.train if p.class_pixels]
+    if not train:
+        raise DataError(f"--real {config_path}: the few-shot selection ({selection.how}) holds no defect image")
+    return report, selection, train
+
+
+def load_train(cfg: Config, config_path: str, size: int, progress: bool = False) -> tuple[PairSet, str]:
+    """(the real training split's defect pairs, how they were chosen): what a user trains on,
+    with no held-out part needed (every pair of the config when no few-shot selection is set)."""
+    report, selection, train = _selection(cfg.data, config_path, progress)
+    return _load(train, cfg.data, report.kind, size, "loading train", progress), selection.how
+
+
 def load_real(cfg: Config, config_path: str, size: int, max_heldout: int | None = None, seed: int = 0,
               progress: bool = False) -> tuple[PairSet, PairSet, str]:
     """(train, held-out, one line saying how they were chosen) from the real config.
@@ -73,13 +91,8 @@ def load_real(cfg: Config, config_path: str, size: int, max_heldout: int | None 
         raise ConfigError(f"--real {config_path}: data.num_images_per_class is not set, so every image is a "
                           f"training image and none is left to test on; set it, e.g. "
                           f"--set data.num_images_per_class=10")
-    report = check_dataset(d, progress=progress)
-    refuse_or_skip(report, _stderr)
-    selection = select_pairs(report)
-    train = [p for p in selection.train if p.class_pixels]
+    report, selection, train = _selection(d, config_path, progress)
     rest = [p for p in selection.rest if p.class_pixels]
-    if not train:
-        raise DataError(f"--real {config_path}: the few-shot selection ({selection.how}) holds no defect image")
     if not rest:
         raise DataError(f"--real {config_path}: no defect image is left out of the few-shot selection "
                         f"({selection.how}) to test on; lower data.num_images_per_class")
@@ -130,12 +143,10 @@ def class_counts(pairs: PairSet, classes: list[str]) -> dict[str, int]:
     return {name: int(n) for name, n in zip(classes, present.sum(0).tolist())}
 
 
-def generator_training_pairs(folder: str) -> set[str]:
-    """The real pairs a synthetic folder's generator took its defects from, where the folder
-    records them (`defect-gen paint` writes each pair's `source`, relative to data.root, and
-    its `background` when it painted into the training split's own photos)."""
+def manifest_rows(folder: str) -> list[dict]:
+    """The rows of a generated folder's manifest.jsonl ([] without one)."""
     path = os.path.join(folder, "manifest.jsonl")
-    names: set[str] = set()
+    rows = []
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             for line in f:
@@ -144,8 +155,15 @@ def generator_training_pairs(folder: str) -> set[str]:
                 except ValueError:
                     continue  # a cut-short last line of a killed run
                 if isinstance(row, dict):
-                    names.update(row[k] for k in ("source", "background") if isinstance(row.get(k), str))
-    return names
+                    rows.append(row)
+    return rows
+
+
+def generator_training_pairs(folder: str) -> set[str]:
+    """The real pairs a synthetic folder's generator took its defects from, where the folder
+    records them (`defect-gen paint` writes each pair's `source`, relative to data.root, and
+    its `background` when it painted into the training split's own photos)."""
+    return {row[k] for row in manifest_rows(folder) for k in ("source", "background") if isinstance(row.get(k), str)}
 
 
 def check_no_leak(heldout: PairSet, synthetic_dirs: list[str], config_path: str) -> None:
