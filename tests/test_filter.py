@@ -129,6 +129,8 @@ def test_filter_keeps_the_pairs_whose_defect_shows(data, tmp_path, monkeypatch):
     assert json.loads((out / filtering.SETTINGS).read_text())["keep"] == 0.5
     with Image.open(out / "filter_scores.png") as im:
         assert im.size[0] > 100
+    with Image.open(out / "filter_preview.png") as im:  # best | worst of the one class: 2 rows of 2 cells
+        assert im.size == (2 * (3 * 16 + 2 * 4) + 24, 2 * 16 + 4)
     assert not os.path.exists(str(out) + ".partial")
     # a second folder filtered into the same --out reuses the segmenter
     os.symlink(data / "syn", tmp_path / "again")

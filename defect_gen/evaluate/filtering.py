@@ -20,6 +20,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -29,6 +30,8 @@ from defect_gen.config import Config
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.evaluate.data import PairSet, load_synthetic, load_train, manifest_rows
 from defect_gen.evaluate.segmenter import SegSettings, build_segmenter, predict, train_segmenter
+from defect_gen.io import write_png
+from defect_gen.masks import colorize
 from defect_gen.plots import histogram_plot
 
 SCORES = "filter_scores.jsonl"  # every input pair: its score, class and whether it was kept
@@ -97,13 +100,34 @@ def keep_best(scores: list[float], classes: list[int], keep: float) -> list[bool
     return kept
 
 
+def _preview(path: str, pairs: PairSet, pred: torch.Tensor, scores: list[float], classes: list[int],
+             per_class: int = 2, gap: int = 4) -> None:
+    """filter_preview.png: for each class, its best-scored pairs (left) and its worst (right),
+    each as image | mask | the segmenter's prediction, at the size the segmenter saw."""
+    def cell(i: int) -> np.ndarray:
+        panels = [pairs.images[i].permute(1, 2, 0).numpy(), colorize(pairs.masks[i].numpy()),
+                  colorize(pred[i].numpy())]
+        spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
+        return np.concatenate([panels[0], spacer, panels[1], spacer, panels[2]], axis=1)
+
+    rows = []
+    for c in sorted(set(classes)):
+        ranked = sorted((i for i, k in enumerate(classes) if k == c), key=lambda i: (-scores[i], i))
+        for best, worst in zip(ranked[:per_class], ranked[::-1][:per_class]):
+            left, right = cell(best), cell(worst)
+            rows.append(np.concatenate([left, np.full((left.shape[0], 6 * gap, 3), 255, np.uint8), right], axis=1))
+            rows.append(np.full((gap, rows[-1].shape[1], 3), 255, np.uint8))
+    if rows:
+        write_png(path, np.concatenate(rows[:-1], axis=0))
+
+
 def _mkdir(path: str) -> str:
     fsutil.make_output_dir(path, "--out")
     return path
 
 
 def _write(folder: str, out: str, pairs: PairSet, rows: dict[str, dict], scores: list[float],
-           classes: list[str], kept: list[bool], settings: dict) -> None:
+           classes: list[str], kept: list[bool], settings: dict, preview) -> None:
     """The kept pairs' files and manifest rows (with their score), every score, a histogram of
     the scores per class, the settings; written into a temporary folder that becomes `out`
     only when complete, so a stopped run never leaves a folder that looks finished."""
@@ -128,6 +152,7 @@ def _write(folder: str, out: str, pairs: PairSet, rows: dict[str, dict], scores:
     histogram_plot(os.path.join(tmp, "filter_scores.png"), by_class, f"agreement of a real-trained segmenter with "
                    f"each pair's mask (kept: the top {settings['keep']:g} of each class)",
                    [i / 10 for i in range(11)], x_label="IoU inside the painted window")
+    preview(os.path.join(tmp, "filter_preview.png"))
     if os.path.exists(os.path.join(folder, "paint_settings.json")):  # how the pairs were made
         shutil.copy2(os.path.join(folder, "paint_settings.json"), tmp)
     fsutil.atomic_write_json(os.path.join(tmp, SETTINGS), settings)
@@ -174,10 +199,12 @@ def filter_folders(cfg: Config, config_path: str, folders: list[str], out_dir: s
     for folder, pairs, out in zip(folders, loaded, targets):
         rows = _manifest(folder)
         region = regions(folder, pairs, rows)
-        scores = pair_scores(predict(model, pairs.images), pairs.masks, region).tolist()
+        pred = predict(model, pairs.images)
+        scores = pair_scores(pred, pairs.masks, region).tolist()
         classes = pair_classes(pairs.masks, region, len(names))
         kept = keep_best(scores, classes, s.keep)
-        _write(folder, out, pairs, rows, scores, [names[c] for c in classes], kept, {**settings, "source": folder})
+        _write(folder, out, pairs, rows, scores, [names[c] for c in classes], kept, {**settings, "source": folder},
+               lambda path: _preview(path, pairs, pred, scores, classes))
         mean_kept = sum(sc for sc, k in zip(scores, kept) if k) / max(1, sum(kept))
         log(f"{folder}: kept {sum(kept)} of {len(kept)} pairs in {out} (mean agreement {mean_kept:.2f} kept, "
             f"{sum(scores) / max(1, len(scores)):.2f} all)")
