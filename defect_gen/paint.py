@@ -349,8 +349,11 @@ def paint_pair(painter: Painter, s: PaintSettings, photo: np.ndarray, src: Sourc
 
 
 def _preview_cell(photo: np.ndarray, rgb: np.ndarray, mask: np.ndarray, size: int = 96) -> tuple:
-    """A size x size crop around the defect of (result, mask, given photo) for preview.png."""
-    rows, cols = np.nonzero(mask)
+    """A size x size crop around the new defect of (result, mask, given photo) for preview.png:
+    centred where the result differs from the given photo, so a training photo's own defects
+    (kept in the mask with --backgrounds training / same_class) do not take the crop."""
+    changed = np.any(rgb != photo, axis=-1) if rgb.shape == photo.shape else np.zeros(mask.shape, bool)
+    rows, cols = np.nonzero(changed if changed.any() else mask)
     h, w = mask.shape
     side = min(size, h, w)
     top = left = 0

@@ -344,3 +344,17 @@ def test_same_class_backgrounds_hold_a_defect_of_the_pasted_class():
     assert [p.name for p in paint.background_choices(photos[0], photos, same_class=False)] == ["a2", "b1", "c1"]
     # no other photo of class 3: every other photo rather than none
     assert [p.name for p in paint.background_choices(photos[3], photos, same_class=True)] == ["a1", "a2", "b1"]
+
+
+def test_preview_crop_follows_the_new_defect_not_the_photos_own():
+    photo = np.full((300, 300, 3), 100, np.uint8)
+    mask = np.zeros((300, 300), np.uint8)
+    mask[10:20, 10:20] = 1  # the training photo's own defect, kept in the mask
+    mask[250:260, 250:260] = 2  # the placed one ...
+    rgb = photo.copy()
+    rgb[250:260, 250:260] = 30  # ... is where the result differs from the photo
+    result, crop_mask, given = paint._preview_cell(photo, rgb, mask, size=96)
+    assert result.shape == (96, 96, 3) and (crop_mask == 2).sum() == 100 and (crop_mask == 1).sum() == 0
+    # nothing changed (copy-paste of an identical patch): the mask still places the crop
+    _, crop_mask, _ = paint._preview_cell(photo, photo, mask, size=96)
+    assert crop_mask.any()
