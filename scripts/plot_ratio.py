@@ -4,7 +4,9 @@
 
 Evaluations split over several calls (which share their cached segmenters) draw as one plot:
 one line per synthetic folder, starting from the real-only score at ratio 0; a folder or
-ratio that appears in several files is drawn once.
+ratio that appears in several files is drawn once. `--label OLD=NEW` renames a folder's line
+(repeatable); two folders renamed alike share one line, e.g. the first 80 and all 160 pairs of
+one copy-paste run.
 """
 
 import argparse
@@ -17,7 +19,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", nargs="+")
     p.add_argument("--out", required=True)
+    p.add_argument("--label", action="append", default=[], metavar="OLD=NEW", help="rename a folder's line")
     args = p.parse_args()
+    if any("=" not in item for item in args.label):
+        raise SystemExit(f"--label: expected OLD=NEW, got {[i for i in args.label if '=' not in i][0]!r}")
+    rename = dict(item.split("=", 1) for item in args.label)
     base, points = None, {}
     for path in args.results:
         with open(path, encoding="utf-8") as f:
@@ -26,7 +32,7 @@ def main() -> None:
                 if run["num_synthetic"] == 0:
                     base = (0.0, mean * 100, std * 100)
                 else:
-                    points.setdefault(run["label"], {})[run["ratio"]] = (run["ratio"], mean * 100, std * 100)
+                    points.setdefault(rename.get(run["label"], run["label"]), {})[run["ratio"]] = (run["ratio"], mean * 100, std * 100)
     if base is None:
         raise SystemExit("no real-only run in these files")
     series = {}
