@@ -89,13 +89,17 @@ def pair_classes(masks: torch.Tensor, region: torch.Tensor, num_classes: int) ->
     return [int(c) + 1 if n > 0 else 0 for c, n in zip(counts.argmax(1).tolist(), counts.max(1).values.tolist())]
 
 
+def ranked_by_class(scores: list[float], classes: list[int]) -> dict[int, list[int]]:
+    """Each class's pair indices, best score first (ties: the earlier pair first)."""
+    return {c: sorted((i for i, k in enumerate(classes) if k == c), key=lambda i: (-scores[i], i))
+            for c in sorted(set(classes))}
+
+
 def keep_best(scores: list[float], classes: list[int], keep: float) -> list[bool]:
     """The top `keep` share (at least one) of each class's pairs by score; ties keep the earlier pair."""
     kept = [False] * len(scores)
-    for c in sorted(set(classes)):
-        members = [i for i, k in enumerate(classes) if k == c]
-        members.sort(key=lambda i: (-scores[i], i))
-        for i in members[:max(1, round(keep * len(members)))]:
+    for ranked in ranked_by_class(scores, classes).values():
+        for i in ranked[:max(1, round(keep * len(ranked)))]:
             kept[i] = True
     return kept
 
@@ -111,19 +115,13 @@ def _preview(path: str, pairs: PairSet, pred: torch.Tensor, scores: list[float],
         return np.concatenate([panels[0], spacer, panels[1], spacer, panels[2]], axis=1)
 
     rows = []
-    for c in sorted(set(classes)):
-        ranked = sorted((i for i, k in enumerate(classes) if k == c), key=lambda i: (-scores[i], i))
+    for ranked in ranked_by_class(scores, classes).values():
         for best, worst in zip(ranked[:per_class], ranked[::-1][:per_class]):
             left, right = cell(best), cell(worst)
             rows.append(np.concatenate([left, np.full((left.shape[0], 6 * gap, 3), 255, np.uint8), right], axis=1))
             rows.append(np.full((gap, rows[-1].shape[1], 3), 255, np.uint8))
     if rows:
         write_png(path, np.concatenate(rows[:-1], axis=0))
-
-
-def _mkdir(path: str) -> str:
-    fsutil.make_output_dir(path, "--out")
-    return path
 
 
 def _write(folder: str, out: str, pairs: PairSet, rows: dict[str, dict], scores: list[float],
@@ -133,7 +131,9 @@ def _write(folder: str, out: str, pairs: PairSet, rows: dict[str, dict], scores:
     only when complete, so a stopped run never leaves a folder that looks finished."""
     tmp = out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)  # what a stopped run left
-    _mkdir(tmp)
+    subs = [sub for sub in ("images", "masks", "masks_color") if os.path.isdir(os.path.join(folder, sub))]
+    for sub in subs:  # images/ and masks/ are always there (load_synthetic requires them): tmp is made too
+        fsutil.make_output_dir(os.path.join(tmp, sub), "--out")
     with open(os.path.join(tmp, "manifest.jsonl"), "w", encoding="utf-8") as manifest, \
             open(os.path.join(tmp, SCORES), "w", encoding="utf-8") as log:
         for name, score, cls, k in zip(pairs.names, scores, classes, kept):
@@ -141,10 +141,10 @@ def _write(folder: str, out: str, pairs: PairSet, rows: dict[str, dict], scores:
             log.write(json.dumps({"name": stem, "class": cls, "score": round(score, 4), "kept": k}) + "\n")
             if not k:
                 continue
-            for sub in ("images", "masks", "masks_color"):
+            for sub in subs:
                 src = os.path.join(folder, sub, stem + ".png")
                 if os.path.exists(src):
-                    shutil.copy2(src, os.path.join(_mkdir(os.path.join(tmp, sub)), stem + ".png"))
+                    shutil.copy2(src, os.path.join(tmp, sub, stem + ".png"))
             manifest.write(json.dumps({**rows.get(stem, {"name": stem}), "consistency": round(score, 4)}) + "\n")
     by_class: dict[str, list[float]] = {}
     for score, cls in zip(scores, classes):
