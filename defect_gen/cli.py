@@ -149,7 +149,7 @@ def _add_evaluate(sub) -> None:
                    "the other defect images the held-out split")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the real config, e.g. --set data.root=DIR (repeatable)")
-    p.add_argument("--synthetic", nargs="*", default=[], metavar="DIR",
+    p.add_argument("--synthetic", nargs="+", action="extend", default=[], metavar="DIR",
                    help="`defect-gen sample` / `paint` folders (paired layout); each is evaluated")
     p.add_argument("--copy-paste", dest="copy_paste", metavar="GOOD_DIR", default=None,
                    help="add the copy-paste baseline: the training split's real defects pasted onto these "
@@ -169,6 +169,9 @@ def _add_evaluate(sub) -> None:
                    "resized to it alike")
     p.add_argument("--max_heldout", type=int, default=None,
                    help="at most this many held-out real pairs (seeded pick; default: all)")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="no held-out photos needed: K-fold cross-validation over the training pairs themselves "
+                        "(generated pairs made from a validation photo are left out of that fold); 0: held-out split")
     p.add_argument("--segmenter", choices=["unet", "deeplabv3"], default="unet",
                    help="unet: built-in small UNet; deeplabv3: torchvision's, from scratch (needs torchvision)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -181,8 +184,8 @@ def _add_filter(sub) -> None:
                    "split (the few-shot selection, or every pair) trains the segmenter")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the real config, e.g. --set data.selection_file=RUN/selected_files.json")
-    p.add_argument("--synthetic", nargs="+", required=True, metavar="DIR", help="`defect-gen paint` / `sample` "
-                   "folders; each one's kept pairs go to OUT/<its name>")
+    p.add_argument("--synthetic", nargs="+", action="extend", required=True, metavar="DIR",
+                   help="`defect-gen paint` / `sample` folders; each one's kept pairs go to OUT/<its name>")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the filtered folders")
     p.add_argument("--keep", type=float, default=0.5, help="share of each class's pairs kept, best first")
     p.add_argument("--steps", type=int, default=2000, help="segmenter training steps")
@@ -491,6 +494,7 @@ def cmd_evaluate(args) -> int:
 
     from defect_gen.config import load_config
     from defect_gen.errors import ConfigError
+    from defect_gen.evaluate.crossval import crossvalidate
     from defect_gen.evaluate.report import write_report
     from defect_gen.evaluate.run import EvalSettings, evaluate, parse_ratios
     from defect_gen.evaluate.segmenter import SegSettings
@@ -508,12 +512,19 @@ def cmd_evaluate(args) -> int:
         raise ConfigError(f"--real_finish must be in [0, 1) (a share of the steps), got {args.real_finish}")
     if not args.synthetic and not args.copy_paste:
         raise ConfigError("evaluate: nothing to compare with real only; give --synthetic DIR... and/or --copy-paste DIR")
+    if args.folds < 0 or args.folds == 1:
+        raise ConfigError(f"--folds must be 0 (held-out split) or at least 2, got {args.folds}")
+    if args.folds and args.max_heldout:
+        raise ConfigError("--max_heldout is for the held-out split; with --folds every training pair is validated")
     seg = SegSettings(arch=args.segmenter, steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
                       crop=args.crop, real_finish=args.real_finish)
     settings = EvalSettings(ratios=parse_ratios(args.ratios), seeds=args.seeds, image_size=size,
                             max_heldout=args.max_heldout, copy_paste_dir=args.copy_paste, seg=seg,
                             progress=not args.no_progress)
-    results = evaluate(cfg, args.real, args.synthetic, args.out, settings)
+    if args.folds:
+        results = crossvalidate(cfg, args.real, args.synthetic, args.out, settings, args.folds)
+    else:
+        results = evaluate(cfg, args.real, args.synthetic, args.out, settings)
     # The command as it would be typed (with every default spelt out), for the report.
     command = ["defect-gen", "evaluate", "--real", args.real, *[a for o in args.overrides for a in ("--set", o)],
                *(["--synthetic", *args.synthetic] if args.synthetic else []),
@@ -521,7 +532,8 @@ def cmd_evaluate(args) -> int:
                "--out", args.out, "--ratios", args.ratios, "--seeds", str(args.seeds), "--steps", str(args.steps),
                "--batch_size", str(args.batch_size), "--crop", str(args.crop), "--image_size", str(size),
                *(["--real_finish", f"{args.real_finish:g}"] if args.real_finish else []),
-               *(["--max_heldout", str(args.max_heldout)] if args.max_heldout else []), "--segmenter", args.segmenter]
+               *(["--max_heldout", str(args.max_heldout)] if args.max_heldout else []),
+               *(["--folds", str(args.folds)] if args.folds else []), "--segmenter", args.segmenter]
     command = " ".join(shlex.quote(a) for a in command)
     print(f"report: {write_report(results, args.out, command)}")
     return 0

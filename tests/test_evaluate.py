@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from defect_gen.cli import main
 from defect_gen.config import load_config
 from defect_gen.errors import ConfigError
 from defect_gen.evaluate import quality
-from defect_gen.evaluate.data import export_train_masks, load_real
+from defect_gen.evaluate import crossval
+from defect_gen.evaluate.crossval import fold_groups, fold_sets, made_from
+from defect_gen.evaluate.data import PairSet, export_train_masks, load_real
 from defect_gen.evaluate.metrics import confusion, fmt, mean_std, scores
-from defect_gen.evaluate.run import parse_ratios
+from defect_gen.evaluate.run import EvalSettings, Results, parse_ratios
 from defect_gen.evaluate.segmenter import SegSettings, build_segmenter, predict, train_segmenter
 
 from conftest import ROOT
@@ -238,6 +241,10 @@ def test_export_train_masks_for_sample_mask(demo, tmp_path):
     (["--set", "data.num_images_per_class=null"], "data.num_images_per_class is not set"),
 ])
 def test_user_errors_are_one_line_exit_2(demo, tmp_path, extra, message):
+    _assert_one_line_error(demo, tmp_path, extra, message)
+
+
+def _assert_one_line_error(demo, tmp_path, extra, message):
     args = [sys.executable, "-m", "defect_gen", "evaluate", "--real", "configs/demo_small.yaml",
             "--set", f"data.root={demo / 'data'}", "--set", "data.num_images_per_class=2",
             "--synthetic", str(demo / "syn"), "--out", str(tmp_path / "r"), "--steps", "1", "--seeds", "1",
@@ -258,3 +265,106 @@ def test_magnetic_tile_split():
     assert not set(train.names) & set(held.names)
     # held-out pairs are defect images (a tiny blowhole may vanish in the 64 px resize)
     assert sum(bool((m > 0).any()) for m in held.masks) >= 27
+
+
+# ---------------------------------------------------------------------------------------
+# Cross-validation over the training pairs (--folds)
+
+
+def _pairs(classes_of: list[int], size: int = 8) -> PairSet:
+    """One pair per entry, its mask a square of that class (0: no defect)."""
+    masks = torch.zeros(len(classes_of), size, size, dtype=torch.uint8)
+    for i, c in enumerate(classes_of):
+        masks[i, 2:5, 2:5] = c
+    return PairSet([f"real/{i}.png" for i in range(len(classes_of))],
+                   torch.zeros(len(classes_of), 3, size, size, dtype=torch.uint8), masks)
+
+
+def test_fold_groups_cover_every_pair_once_and_spread_each_class():
+    pairs = _pairs([1] * 10 + [2] * 10 + [3] * 7 + [4] * 3)
+    groups = fold_groups(pairs, 5, 3)
+    assert sorted(i for g in groups for i in g) == list(range(30))
+    for c in (1, 2, 3, 4):
+        per_group = [sum(int(pairs.masks[i].max()) == c for i in g) for g in groups]
+        assert max(per_group) - min(per_group) <= 1, (c, per_group)
+    assert groups == fold_groups(pairs, 5, 3) and groups != fold_groups(pairs, 5, 3, seed=1)
+    for bad in (1, 31):
+        with pytest.raises(ConfigError, match="--folds: expected 2 to 30"):
+            fold_groups(pairs, 5, bad)
+
+
+def test_fold_sets_leave_out_pairs_made_from_a_validation_photo(tmp_path):
+    real = _pairs([1, 1, 2, 2])
+    rows = [{"name": "a", "files": {"image": "images/a.png"}, "source": "real/0.png", "background": "real/2.png"},
+            {"name": "b", "files": {"image": "images/b.png"}, "source": "real/1.png", "background": None},
+            {"name": "c", "files": {"image": "images/c.png"}}]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    syn = PairSet(["images/a.png", "images/b.png", "images/c.png", "images/d.png"], real.images, real.masks)
+    made = made_from(str(tmp_path), syn)
+    assert made == [{"real/0.png", "real/2.png"}, {"real/1.png"}, set(), set()]
+    sets = fold_sets(real, [[0, 3], [1, 2]], made)
+    (train0, val0, pool0), (train1, val1, pool1) = sets
+    assert val0.names == ["real/0.png", "real/3.png"] and train0.names == ["real/1.png", "real/2.png"]
+    assert pool0 == [1, 2, 3]  # a was made from real/0, a validation photo of fold 0
+    assert pool1 == [2, 3]  # fold 1 holds a's background (real/2) and b's source (real/1)
+
+
+def test_cross_validated_scores_add_the_folds_confusions(monkeypatch):
+    real = _pairs([1, 1, 2, 2])
+    settings = EvalSettings(ratios=[1.0], seeds=2, image_size=8)
+    results = Results("cfg", "", ["a", "b"], settings, real, real, {}, cache_dir=None, folds=2)
+    # a stand-in segmenter: fold 0 gets every pixel right, fold 1 predicts background everywhere
+    def fake(train, num_real, val, res, seed):
+        pred = val.masks.long() if val.names[0] == "real/0.png" else torch.zeros_like(val.masks).long()
+        return confusion(pred, val.masks, 3), None
+    monkeypatch.setattr(crossval, "score_run", fake)
+    folds = fold_sets(real, [[0, 2], [1, 3]], [])
+    run = crossval._cv_run(results, "real only", 0.0, folds, tqdm(disable=True))
+    assert len(run.per_seed) == 2
+    assert run.per_seed[0]["IoU a"] == pytest.approx(0.5) and run.per_seed[0]["recall"] == pytest.approx(0.5)
+
+
+def test_cached_runs_without_a_confusion_matrix_are_scored_again(demo, tmp_path):
+    out = tmp_path / "report"
+    assert _evaluate(demo, out, "--ratios", "1") == 0
+    first = json.loads((out / "results.json").read_text())["runs"]
+    for f in os.listdir(out / "segmenters"):  # as runs cached before the confusion was kept
+        saved = torch.load(out / "segmenters" / f, weights_only=True)
+        torch.save({"scores": saved["scores"], "model": saved["model"]}, out / "segmenters" / f)
+    assert _evaluate(demo, out, "--ratios", "1") == 0
+    assert json.loads((out / "results.json").read_text())["runs"] == first
+
+
+def test_folds_end_to_end(demo, tmp_path):
+    out = tmp_path / "cv"
+    args = ["evaluate", "--real", "configs/demo_small.yaml", "--set", f"data.root={demo / 'data'}",
+            "--set", "data.num_images_per_class=2", "--synthetic", str(demo / "syn"), "--out", str(out),
+            "--seeds", "1", "--steps", "3", "--image_size", "16", "--no-progress", "--ratios", "1,9", "--folds", "2"]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["folds"] == 2 and res["num_heldout"] == res["num_train"] >= 4
+    assert [(r["label"], r["ratio"]) for r in res["runs"]] == [("real only", 0.0), ("syn", 1.0)]
+    assert res["skipped"] and res["skipped"][0].startswith("syn x9: fold 0 needs")
+    assert len(os.listdir(out / "segmenters")) == 4  # 2 folds x (real only, x1)
+    report = (out / "report.md").read_text()
+    assert "2-fold cross-validation" in report and "--folds 2" in report and "Generation quality" not in report
+    assert not (out / "eval_nn_syn.png").exists() and (out / "eval_miou_ratio.png").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--folds", "1"], "--folds must be 0 (held-out split) or at least 2, got 1"),
+    (["--folds", "2", "--max_heldout", "3"], "--max_heldout is for the held-out split"),
+    (["--folds", "2", "--copy-paste", "x"], "--folds: the built-in --copy-paste baseline"),
+    (["--folds", "99"], "--folds: expected 2 to"),
+])
+def test_folds_user_errors(demo, tmp_path, extra, message):
+    _assert_one_line_error(demo, tmp_path, extra, message)
+
+
+def test_synthetic_given_twice_evaluates_both():
+    from defect_gen.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate", "--real", "c", "--out", "o", "--synthetic", "a", "--synthetic", "b", "c"])
+    assert args.synthetic == ["a", "b", "c"]
+    args = build_parser().parse_args(["filter", "--real", "c", "--out", "o", "--synthetic", "a", "--synthetic", "b"])
+    assert args.synthetic == ["a", "b"]

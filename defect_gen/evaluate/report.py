@@ -99,7 +99,8 @@ def plot_ratio(results: Results, path: str) -> None:
         xs = [0.0] + [r.ratio for r in runs]
         summaries = [base] + [r.summary["mIoU"] for r in runs]
         series[label] = (xs, [m * 100 for m, _ in summaries], [s * 100 for _, s in summaries])
-    errorbar_plot(path, series, "held-out mIoU (%) against synthetic:real ratio (0 = real only; mean ± std)",
+    scored = f"{results.folds}-fold cross-validated" if results.folds else "held-out"
+    errorbar_plot(path, series, f"{scored} mIoU (%) against synthetic:real ratio (0 = real only; mean ± std)",
                   x_label="synthetic pairs per real pair")
 
 
@@ -146,7 +147,7 @@ def _json_ready(results: Results) -> dict:
         quality[label] = row
     s = results.settings
     return {"real_config": results.real_config, "split": results.how, "classes": results.class_names,
-            "settings": {"ratios": s.ratios, "seeds": s.seeds, "image_size": s.image_size,
+            "settings": {"ratios": s.ratios, "seeds": s.seeds, "image_size": s.image_size, "folds": results.folds,
                          "max_heldout": s.max_heldout, "copy_paste_dir": s.copy_paste_dir,
                          "segmenter": vars(s.seg)},
             "num_train": len(results.train), "num_heldout": len(results.heldout),
@@ -155,47 +156,67 @@ def _json_ready(results: Results) -> dict:
             "skipped": results.skipped, "quality": quality, "seconds": results.seconds}
 
 
-def write_report(results: Results, out_dir: str, command: str) -> str:
-    """Write report.md, results.json and the plots into out_dir; return report.md's path."""
-    os.makedirs(out_dir, exist_ok=True)
-    # NaN (a class absent from a split, an undefined precision) becomes null: JSON has no NaN.
-    fsutil.atomic_write_json(os.path.join(out_dir, "results.json"), _json_ready(results))
-    plot_ratio(results, os.path.join(out_dir, "eval_miou_ratio.png"))
+def _header(results: Results, command: str) -> list[str]:
+    """The command, the data, the split and the segmenter settings."""
+    s = results.settings
+    if results.folds:
+        scored = (f"- scores on the training pairs themselves, by {results.folds}-fold cross-validation (each pair "
+                  f"predicted by segmenters that did not train on it; generated pairs made from a validation photo "
+                  f"left out of that fold's training), mean ± std over seeds, in percent")
+    else:
+        scored = "- scores on the held-out real pairs, mean ± std over seeds, in percent"
+    return ["# Evaluation report", "", f"Command: `{command}`", "",
+            f"- real data: `{results.real_config}`; {results.how}",
+            f"- {'validation' if results.folds else 'held-out'} images per class: "
+            + ", ".join(f"{k} {v}" for k, v in class_counts(results.heldout, results.class_names).items()),
+            *([f"- `{COPY_PASTE}`: the baseline, real training defects pasted onto the defect-free photos of "
+               f"`{s.copy_paste_dir}` at random spots (flips, quarter turns, scale 0.75-1.25)"]
+              if s.copy_paste_dir else []),
+            f"- image size {s.image_size} px; segmenter `{s.seg.arch}` (width {s.seg.width}) trained from scratch, "
+            f"{s.seg.steps} steps of batch {s.seg.batch_size}, lr {s.seg.lr:g}"
+            + (f", the last {s.seg.real_finish:.0%} of them on the real pairs alone" if s.seg.real_finish else "")
+            + f"; seeds 0..{s.seeds - 1}; {results.seconds / 60:.1f} min",
+            scored + "; mIoU over the defect classes; precision / recall / F1 of defect pixels (any class) "
+            "against background"]
+
+
+def _quality_section(results: Results, out_dir: str) -> list[str]:
+    """Generation quality, defect areas and the nearest-training-image strips, with their plots."""
     area_files = plot_areas(results, out_dir)
     strips = {}
     for label in results.synthetic:
         strips[label] = f"eval_nn_{_file_name(label)}.png"
         nn_strip(results, label, os.path.join(out_dir, strips[label]))
-    s = results.settings
-    lines = ["# Evaluation report", "", f"Command: `{command}`", "",
-             f"- real data: `{results.real_config}`; {results.how}",
-             "- held-out images per class: " + ", ".join(f"{k} {v}" for k, v in
-                                                      class_counts(results.heldout, results.class_names).items()),
-             *([f"- `{COPY_PASTE}`: the baseline, real training defects pasted onto the defect-free photos of "
-                f"`{s.copy_paste_dir}` at random spots (flips, quarter turns, scale 0.75-1.25)"]
-               if s.copy_paste_dir else []),
-             f"- image size {s.image_size} px; segmenter `{s.seg.arch}` (width {s.seg.width}) trained from scratch, "
-             f"{s.seg.steps} steps of batch {s.seg.batch_size}, lr {s.seg.lr:g}"
-             + (f", the last {s.seg.real_finish:.0%} of them on the real pairs alone" if s.seg.real_finish else "")
-             + f"; seeds 0..{s.seeds - 1}; "
-             f"{results.seconds / 60:.1f} min",
-             "- scores on the held-out real pairs, mean ± std over seeds, in percent; mIoU over the defect "
-             "classes; precision / recall / F1 of defect pixels (any class) against background", "",
-             "## Segmentation: real only against real + synthetic", "", *seg_table(results), ""]
-    lines += [f"- skipped: {line}" for line in results.skipped] + ([""] if results.skipped else [])
-    lines += ["![mIoU against ratio](eval_miou_ratio.png)", "", "## Generation quality", "", *quality_table(results),
-              "", "- NN-distance ratio: median RMS distance (32 px, 0..1) from each generated image to its nearest "
-              "training image over the same for held-out real images; near 1 = as novel as new photos, well "
-              "below 1 = memorised. Near-copies: generated images closer than 95 % of held-out ones.",
-              "- defect-free: share of pairs whose mask (at the evaluation size) holds no defect pixel.",
-              "- diversity: mean pairwise RMS distance within the set.",
-              "- mask consistency: the real-only segmenters' predictions on the generated images scored against "
-              "the generated masks (mean ± std over seeds).", "", "## Defect areas", "", *area_table(results), ""]
+    lines = ["## Generation quality", "", *quality_table(results),
+             "", "- NN-distance ratio: median RMS distance (32 px, 0..1) from each generated image to its nearest "
+             "training image over the same for held-out real images; near 1 = as novel as new photos, well "
+             "below 1 = memorised. Near-copies: generated images closer than 95 % of held-out ones.",
+             "- defect-free: share of pairs whose mask (at the evaluation size) holds no defect pixel.",
+             "- diversity: mean pairwise RMS distance within the set.",
+             "- mask consistency: the real-only segmenters' predictions on the generated images scored against "
+             "the generated masks (mean ± std over seeds).", "", "## Defect areas", "", *area_table(results), ""]
     lines += [f"![{f}]({f})" for f in area_files] + ["", "## Nearest training images", "",
                                                      "Each row: generated image | its mask | nearest training "
                                                      "image | its mask (closest first).", ""]
     for label, file in strips.items():
         lines += [f"**{label}**", "", f"![{label}]({file})", ""]
+    return lines
+
+
+def write_report(results: Results, out_dir: str, command: str) -> str:
+    """Write report.md, results.json and the plots into out_dir; return report.md's path.
+    A cross-validated evaluation has no held-out photos to measure generation quality against:
+    its report is the segmentation table and the ratio plot."""
+    os.makedirs(out_dir, exist_ok=True)
+    # NaN (a class absent from a split, an undefined precision) becomes null: JSON has no NaN.
+    fsutil.atomic_write_json(os.path.join(out_dir, "results.json"), _json_ready(results))
+    plot_ratio(results, os.path.join(out_dir, "eval_miou_ratio.png"))
+    lines = [*_header(results, command), "", "## Segmentation: real only against real + synthetic", "",
+             *seg_table(results), ""]
+    lines += [f"- skipped: {line}" for line in results.skipped] + ([""] if results.skipped else [])
+    lines += ["![mIoU against ratio](eval_miou_ratio.png)", ""]
+    if not results.folds:
+        lines += _quality_section(results, out_dir)
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

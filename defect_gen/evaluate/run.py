@@ -71,6 +71,7 @@ class Results:
     quality: dict[str, dict] = field(default_factory=dict)  # label -> measures
     cache_dir: str | None = None  # finished segmenter runs, reused when the evaluation runs again
     seconds: float = 0.0
+    folds: int = 0  # > 0: cross-validated over the training pairs (crossval.py); heldout is then train
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -84,7 +85,7 @@ def parse_ratios(text: str) -> list[float]:
     return sorted(set(ratios))
 
 
-def _labels(dirs: list[str]) -> list[str]:
+def folder_labels(dirs: list[str]) -> list[str]:
     """Folder names as labels, made unique (runs/a/samples and runs/b/samples -> a/samples, b/samples)."""
     names = [os.path.basename(os.path.normpath(d)) for d in dirs]
     if len(set(names)) < len(names):
@@ -92,38 +93,50 @@ def _labels(dirs: list[str]) -> list[str]:
     return names
 
 
-def _run_key(train: PairSet, results: Results, seed: int) -> str:
-    """What decides a segmenter's scores: its training pairs, the held-out pairs, the settings
-    and the seed. Hashing the pixels (not the names) means a re-generated folder never reuses
-    scores of its old pairs."""
+def _run_key(train: PairSet, num_real: int, val: PairSet, results: Results, seed: int) -> str:
+    """What decides a segmenter's scores: its training pairs (the first `num_real` real), the
+    pairs it is scored on, the settings and the seed. Hashing the pixels (not the names) means a
+    re-generated folder never reuses scores of its old pairs."""
     seg = dataclasses.asdict(results.settings.seg)
-    if len(train) == len(results.train) or not seg["real_finish"]:
+    if len(train) == num_real or not seg["real_finish"]:
         del seg["real_finish"]  # it changes nothing there: keys (and cached runs) stay as they were
     h = hashlib.sha256(repr((seg, seed, results.class_names)).encode())
-    for t in (train.images, train.masks, results.heldout.images, results.heldout.masks):
+    for t in (train.images, train.masks, val.images, val.masks):
         h.update(t.contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
 
 
-def _score(train: PairSet, results: Results, seed: int):
-    """Train one segmenter on `train` with `seed`; (its held-out scores, the model).
+def score_run(train: PairSet, num_real: int, val: PairSet, results: Results, seed: int):
+    """Train one segmenter on `train` (its first `num_real` pairs real) with `seed`; (its pixel
+    confusion matrix on `val`, the model).
 
-    Each finished run is kept in OUT/segmenters/<key>.pt (scores and weights), so an
+    Each finished run is kept in OUT/segmenters/<key>.pt (confusion, scores and weights), so an
     evaluation that was stopped, or one that adds a folder, reuses every run already done.
     """
     num_classes = len(results.class_names) + 1
-    path = os.path.join(results.cache_dir, f"{_run_key(train, results, seed)}.pt") if results.cache_dir else None
+    key = _run_key(train, num_real, val, results, seed)
+    path = os.path.join(results.cache_dir, f"{key}.pt") if results.cache_dir else None
     if path and os.path.exists(path):
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model = build_segmenter(results.settings.seg.arch, num_classes, results.settings.seg.width)
         model.load_state_dict(saved["model"])
-        return saved["scores"], model.eval()
-    model = train_segmenter(train.images, train.masks, num_classes, results.settings.seg, seed, len(results.train))
-    pred = predict(model, results.heldout.images)
-    result = scores(confusion(pred, results.heldout.masks, num_classes), results.class_names)
+        model.eval()
+        if "confusion" in saved:
+            return saved["confusion"].numpy(), model
+        # Runs cached before the confusion was kept: predicting again costs seconds, not a training.
+        return confusion(predict(model, val.images), val.masks, num_classes), model
+    model = train_segmenter(train.images, train.masks, num_classes, results.settings.seg, seed, num_real)
+    conf = confusion(predict(model, val.images), val.masks, num_classes)
     if path:
-        atomic_save({"scores": result, "model": model.state_dict()}, path)
-    return result, model
+        atomic_save({"scores": scores(conf, results.class_names), "confusion": torch.from_numpy(conf),
+                     "model": model.state_dict()}, path)
+    return conf, model
+
+
+def _score(train: PairSet, results: Results, seed: int):
+    """(held-out scores, model) of one segmenter trained on `train` (the real split first)."""
+    conf, model = score_run(train, len(results.train), results.heldout, results, seed)
+    return scores(conf, results.class_names), model
 
 
 def _train_runs(results: Results, log) -> list:
@@ -167,7 +180,7 @@ def _fidelity(results: Results, synthetic_dirs: list[str], out_dir: str) -> None
     os.makedirs(real_dir, exist_ok=True)
     for i, image in enumerate(results.heldout.images):
         write_png(os.path.join(real_dir, f"{i:05d}.png"), image.permute(1, 2, 0).numpy())
-    for label, d in zip(_labels(synthetic_dirs), synthetic_dirs):
+    for label, d in zip(folder_labels(synthetic_dirs), synthetic_dirs):
         results.quality[label]["kid_fid"] = quality.kid_fid(os.path.join(d, "images"), real_dir)
 
 
@@ -216,7 +229,7 @@ def evaluate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_dir: 
         n = round(max(settings.ratios) * len(train))
         synthetic[COPY_PASTE] = copy_paste_pairs(cfg, settings.copy_paste_dir, n, size, progress=settings.progress)
     synthetic.update({label: load_synthetic(d, cfg.data.classes, size, settings.progress)
-                      for label, d in zip(_labels(synthetic_dirs), synthetic_dirs)})
+                      for label, d in zip(folder_labels(synthetic_dirs), synthetic_dirs)})
     results = Results(config_path, how, list(cfg.data.classes), settings, train, held, synthetic,
                       cache_dir=os.path.join(out_dir, "segmenters"))
     os.makedirs(results.cache_dir, exist_ok=True)
