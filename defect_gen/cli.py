@@ -165,6 +165,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--width", type=int, default=16, help="UNet base channels")
     p.add_argument("--real_finish", type=float, default=0.0, metavar="SHARE",
                    help="share of the last segmenter steps trained on the real pairs alone (0: the mix to the end)")
+    p.add_argument("--real_share", type=float, default=0.0, metavar="SHARE",
+                   help="share of each segmenter batch drawn from the real pairs whatever the ratio "
+                        "(0: uniform over real + synthetic, i.e. 1 / (1 + ratio))")
     p.add_argument("--image_size", type=int, default=128, help="evaluation size: real and synthetic pairs are "
                    "resized to it alike")
     p.add_argument("--max_heldout", type=int, default=None,
@@ -510,6 +513,8 @@ def cmd_evaluate(args) -> int:
         raise ConfigError(f"--crop must be >= 0 (0, or at least --image_size: whole images), got {args.crop}")
     if not 0.0 <= args.real_finish < 1.0:
         raise ConfigError(f"--real_finish must be in [0, 1) (a share of the steps), got {args.real_finish}")
+    if not 0.0 <= args.real_share < 1.0:
+        raise ConfigError(f"--real_share must be in [0, 1) (a share of each batch), got {args.real_share}")
     if not args.synthetic and not args.copy_paste:
         raise ConfigError("evaluate: nothing to compare with real only; give --synthetic DIR... and/or --copy-paste DIR")
     if args.folds < 0 or args.folds == 1:
@@ -517,7 +522,7 @@ def cmd_evaluate(args) -> int:
     if args.folds and args.max_heldout:
         raise ConfigError("--max_heldout is for the held-out split; with --folds every training pair is validated")
     seg = SegSettings(arch=args.segmenter, steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
-                      crop=args.crop, real_finish=args.real_finish)
+                      crop=args.crop, real_finish=args.real_finish, real_share=args.real_share)
     settings = EvalSettings(ratios=parse_ratios(args.ratios), seeds=args.seeds, image_size=size,
                             max_heldout=args.max_heldout, copy_paste_dir=args.copy_paste, seg=seg,
                             progress=not args.no_progress)
@@ -532,6 +537,7 @@ def cmd_evaluate(args) -> int:
                "--out", args.out, "--ratios", args.ratios, "--seeds", str(args.seeds), "--steps", str(args.steps),
                "--batch_size", str(args.batch_size), "--crop", str(args.crop), "--image_size", str(size),
                *(["--real_finish", f"{args.real_finish:g}"] if args.real_finish else []),
+               *(["--real_share", f"{args.real_share:g}"] if args.real_share else []),
                *(["--max_heldout", str(args.max_heldout)] if args.max_heldout else []),
                *(["--folds", str(args.folds)] if args.folds else []), "--segmenter", args.segmenter]
     command = " ".join(shlex.quote(a) for a in command)

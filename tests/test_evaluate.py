@@ -238,6 +238,7 @@ def test_export_train_masks_for_sample_mask(demo, tmp_path):
     (["--ratios", "1,x"], "--ratios: expected comma-separated numbers"),
     (["--seeds", "0"], "--seeds must be >= 1, got 0"),
     (["--real_finish", "1"], "--real_finish must be in [0, 1) (a share of the steps), got 1.0"),
+    (["--real_share", "-0.1"], "--real_share must be in [0, 1) (a share of each batch), got -0.1"),
     (["--set", "data.num_images_per_class=null"], "data.num_images_per_class is not set"),
 ])
 def test_user_errors_are_one_line_exit_2(demo, tmp_path, extra, message):
@@ -368,3 +369,30 @@ def test_synthetic_given_twice_evaluates_both():
     assert args.synthetic == ["a", "b", "c"]
     args = build_parser().parse_args(["filter", "--real", "c", "--out", "o", "--synthetic", "a", "--synthetic", "b"])
     assert args.synthetic == ["a", "b"]
+
+
+def test_real_share_keeps_the_real_part_of_each_batch(monkeypatch):
+    from defect_gen.evaluate import segmenter
+    images = torch.randint(0, 255, (44, 3, 16, 16), dtype=torch.uint8)
+    masks = torch.randint(0, 2, (44, 16, 16), dtype=torch.uint8)
+    drawn, crops = [], segmenter._crops
+    monkeypatch.setattr(segmenter, "_crops", lambda im, m, idx, *a: drawn.append(idx.tolist()) or crops(im, m, idx, *a))
+    settings = SegSettings(steps=20, batch_size=10, width=4, crop=0, real_share=0.5)
+    train_segmenter(images, masks, 2, settings, seed=0, num_real=4)
+    real = sum(i < 4 for idx in drawn for i in idx) / 200
+    assert 0.4 < real < 0.6  # uniform would give 4 / 44 = 9 %
+    assert any(i >= 4 for idx in drawn for i in idx)
+    drawn.clear()  # real only: the share changes nothing, the same draws as without it
+    a = train_segmenter(images[:4], masks[:4], 2, settings, seed=0, num_real=4)
+    b = train_segmenter(images[:4], masks[:4], 2, SegSettings(steps=20, batch_size=10, width=4, crop=0), seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_real_share_reuses_the_real_only_runs_and_is_reported(demo, tmp_path):
+    out = tmp_path / "report"
+    assert _evaluate(demo, out, "--ratios", "1") == 0
+    cached = set(os.listdir(out / "segmenters"))
+    assert _evaluate(demo, out, "--ratios", "1", "--real_share", "0.5") == 0
+    assert len(set(os.listdir(out / "segmenters")) - cached) == 2  # only the two mixed runs are new
+    report = (out / "report.md").read_text()
+    assert "50% of each mixed batch real" in report and "--real_share 0.5" in report

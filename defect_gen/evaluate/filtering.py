@@ -162,7 +162,9 @@ def _write(folder: str, out: str, pairs: PairSet, rows: dict[str, dict], scores:
 def _segmenter(train: PairSet, num_classes: int, s: FilterSettings, out_dir: str, log) -> torch.nn.Module:
     """The segmenter trained on `train`, kept in OUT/segmenters/<key>.pt: filtering more folders
     into the same OUT later (a new model's pairs) reuses it instead of training it again."""
-    h = hashlib.sha256(repr((asdict(s.seg), s.seed, num_classes)).encode())
+    # real_share (added later) does nothing on real pairs alone: out of the key, as before it existed
+    seg = {k: v for k, v in asdict(s.seg).items() if k != "real_share"}
+    h = hashlib.sha256(repr((seg, s.seed, num_classes)).encode())
     h.update(train.images.contiguous().numpy().tobytes())
     h.update(train.masks.contiguous().numpy().tobytes())
     path = os.path.join(out_dir, "segmenters", f"{h.hexdigest()[:24]}.pt")

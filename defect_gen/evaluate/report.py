@@ -175,6 +175,7 @@ def _header(results: Results, command: str) -> list[str]:
             f"- image size {s.image_size} px; segmenter `{s.seg.arch}` (width {s.seg.width}) trained from scratch, "
             f"{s.seg.steps} steps of batch {s.seg.batch_size}, lr {s.seg.lr:g}"
             + (f", the last {s.seg.real_finish:.0%} of them on the real pairs alone" if s.seg.real_finish else "")
+            + (f", {s.seg.real_share:.0%} of each mixed batch real" if s.seg.real_share else "")
             + f"; seeds 0..{s.seeds - 1}; {results.seconds / 60:.1f} min",
             scored + "; mIoU over the defect classes; precision / recall / F1 of defect pixels (any class) "
             "against background"]

@@ -98,8 +98,9 @@ def _run_key(train: PairSet, num_real: int, val: PairSet, results: Results, seed
     pairs it is scored on, the settings and the seed. Hashing the pixels (not the names) means a
     re-generated folder never reuses scores of its old pairs."""
     seg = dataclasses.asdict(results.settings.seg)
-    if len(train) == num_real or not seg["real_finish"]:
-        del seg["real_finish"]  # it changes nothing there: keys (and cached runs) stay as they were
+    for mixing in ("real_finish", "real_share"):  # settings added later, of mixed sets only
+        if len(train) == num_real or not seg[mixing]:
+            del seg[mixing]  # they change nothing there: keys (and cached runs) stay as they were
     h = hashlib.sha256(repr((seg, seed, results.class_names)).encode())
     for t in (train.images, train.masks, val.images, val.masks):
         h.update(t.contiguous().numpy().tobytes())

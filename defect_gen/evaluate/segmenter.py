@@ -99,6 +99,10 @@ class SegSettings:
     # finish (at the one-cycle schedule's low learning rate) on the distribution the
     # segmenter is tested on. 0 = the mix to the end. No effect on a real-only set.
     real_finish: float = 0.0
+    # Share of each batch drawn from the real pairs, however many synthetic pairs there are
+    # (0 = draw uniformly from the union, so the real share falls as 1 / (1 + ratio)). Keeps
+    # more synthetic pairs from crowding out the pairs the segmenter is tested on.
+    real_share: float = 0.0
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -156,6 +160,17 @@ def _crops(images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor, setting
     return torch.stack(xs), torch.stack(ys)
 
 
+def _draw(pool: int, num_real: int | None, settings: SegSettings, g: torch.Generator) -> torch.Tensor:
+    """A batch of pair indices from the first `pool` pairs (the real ones first): uniform, or with
+    `real_share` of the entries (in expectation) real when synthetic pairs are in the pool."""
+    n = settings.batch_size
+    if not settings.real_share or num_real is None or pool <= num_real:
+        return torch.randint(pool, (n,), generator=g)
+    real = torch.rand(n, generator=g) < settings.real_share
+    return torch.where(real, torch.randint(num_real, (n,), generator=g),
+                       num_real + torch.randint(pool - num_real, (n,), generator=g))
+
+
 def train_segmenter(images: torch.Tensor, masks: torch.Tensor, num_classes: int, settings: SegSettings,
                     seed: int, num_real: int | None = None) -> nn.Module:
     """Train a fresh segmenter on uint8 images (N, 3, S, S) and class-index masks (N, S, S),
@@ -171,7 +186,7 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, num_classes: int,
     finish_from = settings.steps - round(settings.real_finish * settings.steps)
     for step in range(settings.steps):
         pool = len(images) if num_real is None or step < finish_from else num_real
-        idx = torch.randint(pool, (settings.batch_size,), generator=g)
+        idx = _draw(pool, num_real, settings, g)
         x, y = _crops(images, masks, idx, settings, g)
         x, y = _flip(to_input(x), y.long(), g)
         loss = _loss(model(x), y, weights)
