@@ -4,6 +4,7 @@
 #
 #   bash scripts/experiment_magnetic_tile.sh                 # every stage, skipping finished work
 #   STAGE=evaluate bash scripts/experiment_magnetic_tile.sh  # one stage: train | paint | evaluate
+#   FOLDS=3 bash scripts/experiment_magnetic_tile.sh         # also cross-validate on the training pairs
 #
 # 1. train     the painting model (CONFIG, by default configs/magnetic_tile_paint_clean.yaml: a
 #              small-RF UNet on 64 px native-resolution crops of the 40 few-shot pairs, 10 per
@@ -45,6 +46,11 @@ RATIOS="${RATIOS:-2}"                # best of 0.5,1,2,4 in round 7 for copy-pas
 SEEDS="${SEEDS:-3}"
 SEG_STEPS="${SEG_STEPS:-2000}"       # segmenter steps; at 1000 the segmenters had not settled (round 4)
 REAL_FINISH="${REAL_FINISH:-0}"      # evaluate --real_finish: share of the last segmenter steps on real pairs only
+REAL_SHARE="${REAL_SHARE:-0}"        # evaluate --real_share: share of each segmenter batch from real pairs (0: uniform)
+FOLDS="${FOLDS:-0}"                  # > 0: also cross-validate over the 40 training pairs (evaluate --folds, no
+                                     # held-out photos, as a user would choose a ratio) into $RUN_DIR/report_cv;
+                                     # costs FOLDS x the segmenters; ratio 2 needs N_PAINT=160 at FOLDS=3 (pairs
+                                     # made from a validation photo are left out of its fold)
 
 if [ ! -d "$DATA" ]; then
   echo "no magnetic-tile data at $DATA (set DATA=...)" >&2
@@ -102,6 +108,15 @@ if [ "$STAGE" = all ] || [ "$STAGE" = evaluate ]; then
   "$PY" -m defect_gen evaluate --real "$CONFIG" --set "data.root=$DATA" \
     --set "data.selection_file=$MODEL/selected_files.json" --copy-paste "$GOOD" --synthetic "${SYN[@]}" \
     --out "$RUN_DIR/report" --ratios "$RATIOS" --seeds "$SEEDS" --steps "$SEG_STEPS" \
-    --real_finish "$REAL_FINISH" --no-progress
+    --real_finish "$REAL_FINISH" --real_share "$REAL_SHARE" --no-progress
   sed -n '/^## Segmentation/,/^!\[/p' "$RUN_DIR/report/report.md"
+  if [ "$FOLDS" -gt 0 ]; then
+    # No built-in --copy-paste here: it would paste the validation pairs' defects too; the
+    # copy-paste folders record their sources, so they are cross-validated like the painted ones.
+    "$PY" -m defect_gen evaluate --real "$CONFIG" --set "data.root=$DATA" \
+      --set "data.selection_file=$MODEL/selected_files.json" --synthetic "${SYN[@]}" \
+      --out "$RUN_DIR/report_cv" --folds "$FOLDS" --ratios "$RATIOS" --seeds "$SEEDS" --steps "$SEG_STEPS" \
+      --real_finish "$REAL_FINISH" --real_share "$REAL_SHARE" --no-progress
+    sed -n '/^## Segmentation/,/^!\[/p' "$RUN_DIR/report_cv/report.md"
+  fi
 fi

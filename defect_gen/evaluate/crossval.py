@@ -127,7 +127,8 @@ def crossvalidate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_
         run = _cv_run(results, label or "real only", ratio, per_fold[label], bar)
         if run is not None:
             results.runs.append(run)
-            log(f"{run.label} x{ratio:g}: cross-validated mIoU {run.summary['mIoU'][0]:.3f}")
+            what = f"{run.label} x{ratio:g} ({run.num_synthetic} pairs per fold)" if label else run.label
+            log(f"{what}: cross-validated mIoU {run.summary['mIoU'][0]:.3f}")
     bar.close()
     results.seconds = time.time() - start
     return results
