@@ -44,9 +44,13 @@ def _floats(values) -> np.ndarray:
 
 
 def line_plot(path: str, xs: list[float], series: dict[str, list[float]], title: str,
-              log_y: bool = True, size: tuple[int, int] = (800, 450), x_label: str = "step") -> None:
-    """Plot each named series against xs (log-scale y by default: losses span decades)."""
+              log_y: bool = True, size: tuple[int, int] = (800, 450), x_label: str = "step",
+              ticks_at_xs: bool = False) -> None:
+    """Plot each named series against xs (log-scale y by default: losses span decades);
+    `ticks_at_xs`: x ticks at the xs themselves (seeds, not a continuous axis)."""
     fig, ax = _figure(size)
+    if ticks_at_xs:
+        ax.set_xticks(list(xs))
     x = _floats(xs)
     drawn = False
     for name, ys in series.items():

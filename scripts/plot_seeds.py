@@ -1,0 +1,48 @@
+"""Held-out mIoU of each segmenter seed, one line per training set, from `evaluate` results.json files.
+
+    .venv/bin/python scripts/plot_seeds.py runs/mt_paint/report_seeds5*/results.json --ratio 2 --out seeds.png
+
+A mean ± std hides whether a mix beats real only seed by seed (each seed starts from the same
+initial weights and draws the same crops in every training set) or only on average; this shows
+it. Runs at `--ratio` (and real only) are drawn; a run found in several files is drawn once.
+`--label OLD=NEW` renames a folder's line (repeatable).
+"""
+
+import argparse
+import json
+
+from defect_gen.plots import line_plot
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", nargs="+")
+    p.add_argument("--ratio", type=float, required=True, help="the synthetic:real ratio whose runs are drawn")
+    p.add_argument("--out", required=True)
+    p.add_argument("--label", action="append", default=[], metavar="OLD=NEW", help="rename a folder's line")
+    args = p.parse_args()
+    if any("=" not in item for item in args.label):
+        raise SystemExit(f"--label: expected OLD=NEW, got {[i for i in args.label if '=' not in i][0]!r}")
+    rename = dict(item.split("=", 1) for item in args.label)
+    series = {}
+    for path in args.results:
+        with open(path, encoding="utf-8") as f:
+            for run in json.load(f)["runs"]:
+                if run["num_synthetic"] == 0:
+                    name = "real only"
+                elif run["ratio"] == args.ratio:
+                    name = f"+ {rename.get(run['label'], run['label'])} x{run['ratio']:g}"
+                else:
+                    continue
+                series.setdefault(name, [s["mIoU"] * 100 for s in run["per_seed"]])
+    if "real only" not in series:
+        raise SystemExit("no real-only run in these files")
+    seeds = max(len(v) for v in series.values())
+    series = {k: v + [None] * (seeds - len(v)) for k, v in series.items()}
+    line_plot(args.out, list(range(seeds)), series, "held-out mIoU (%) per segmenter seed", log_y=False,
+              x_label="segmenter seed", ticks_at_xs=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
