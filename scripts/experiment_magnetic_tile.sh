@@ -35,14 +35,15 @@ RUN_DIR="${RUN_DIR:-runs/mt_paint}"
 STAGE="${STAGE:-all}"
 CONFIG="${CONFIG:-configs/magnetic_tile_paint_clean.yaml}"  # the painting model's recipe
 STEPS_TRAIN="${STEPS_TRAIN:-3000}"   # painting-model training steps (batch 16), the config's own; ~45 min at 18 crops/s
-                                     # (2 threads); 3000: +1.4 at ratio 2 and better cracks than 1000 (round 7)
+                                     # (2 threads); 3000 draws better cracks than 1000 (round 7), yet its pairs
+                                     # are +0.1 over 5 seeds at ratio 2 (round 8; copy-paste: +1.4)
 N_PAINT="${N_PAINT:-80}"             # pairs per variant: ratio 2 of the 40 real pairs
 PAINT_STEPS="${PAINT_STEPS:-25}"     # DDIM steps per painted window
 STRENGTHS="${STRENGTHS:-1}"          # one folder per strength, e.g. STRENGTHS="1 0.3": paint_s1, paint_s0.3
 PLACES="${PLACES:-source}"           # paint --place: random -> paint_sS, source -> paint_source_sS
 BACKGROUNDS="${BACKGROUNDS:-same_class}"  # good: MT_Free photos; training: the 40 training photos (paint_train_*);
                                           # same_class: those of the pasted defect's class (paint_same_*)
-RATIOS="${RATIOS:-2}"                # best of 0.5,1,2,4 in round 7 for copy-paste and painted (held-out photos)
+RATIOS="${RATIOS:-2}"                # best of 0.5,1,2,4 for copy-paste in round 7 (chosen on the held-out photos)
 SEEDS="${SEEDS:-3}"
 SEG_STEPS="${SEG_STEPS:-2000}"       # segmenter steps; at 1000 the segmenters had not settled (round 4)
 REAL_FINISH="${REAL_FINISH:-0}"      # evaluate --real_finish: share of the last segmenter steps on real pairs only
