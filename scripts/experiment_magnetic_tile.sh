@@ -36,7 +36,7 @@ STAGE="${STAGE:-all}"
 CONFIG="${CONFIG:-configs/magnetic_tile_paint_clean.yaml}"  # the painting model's recipe
 STEPS_TRAIN="${STEPS_TRAIN:-3000}"   # painting-model training steps (batch 16), the config's own; ~45 min at 18 crops/s
                                      # (2 threads); 3000 draws better cracks than 1000 (round 7), yet its pairs
-                                     # are +0.1 over 5 seeds at ratio 2 (round 8; copy-paste: +0.3 over 7)
+                                     # are -0.5 over 7 seeds at ratio 2 (round 8; copy-paste: +0.3)
 N_PAINT="${N_PAINT:-80}"             # pairs per variant: ratio 2 of the 40 real pairs
 PAINT_STEPS="${PAINT_STEPS:-25}"     # DDIM steps per painted window
 STRENGTHS="${STRENGTHS:-1}"          # one folder per strength, e.g. STRENGTHS="1 0.3": paint_s1, paint_s0.3
