@@ -11,7 +11,7 @@ it. Runs at `--ratio` (and real only) are drawn; a run found in several files is
 import argparse
 import json
 
-from defect_gen.plots import line_plot
+from defect_gen.plots import line_plot, parse_renames
 
 
 def main() -> None:
@@ -21,9 +21,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--label", action="append", default=[], metavar="OLD=NEW", help="rename a folder's line")
     args = p.parse_args()
-    if any("=" not in item for item in args.label):
-        raise SystemExit(f"--label: expected OLD=NEW, got {[i for i in args.label if '=' not in i][0]!r}")
-    rename = dict(item.split("=", 1) for item in args.label)
+    rename = parse_renames(args.label)
     series = {}
     for path in args.results:
         with open(path, encoding="utf-8") as f:

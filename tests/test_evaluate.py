@@ -87,12 +87,18 @@ def test_tiny_unet_learns_a_square():
     assert build_segmenter("unet", 5, 8)(torch.zeros(1, 3, 20, 20)).shape == (1, 5, 20, 20)  # any size
 
 
-def test_real_finish_draws_only_real_pairs_at_the_end(monkeypatch):
+def _recorded_draws(monkeypatch, n: int):
+    """n random 16 px pairs, and the list each training batch's pair indices are appended to."""
     from defect_gen.evaluate import segmenter
-    images = torch.randint(0, 255, (12, 3, 16, 16), dtype=torch.uint8)
-    masks = torch.randint(0, 2, (12, 16, 16), dtype=torch.uint8)
+    images = torch.randint(0, 255, (n, 3, 16, 16), dtype=torch.uint8)
+    masks = torch.randint(0, 2, (n, 16, 16), dtype=torch.uint8)
     drawn, crops = [], segmenter._crops
     monkeypatch.setattr(segmenter, "_crops", lambda im, m, idx, *a: drawn.append(idx.tolist()) or crops(im, m, idx, *a))
+    return images, masks, drawn
+
+
+def test_real_finish_draws_only_real_pairs_at_the_end(monkeypatch):
+    images, masks, drawn = _recorded_draws(monkeypatch, 12)
     settings = SegSettings(steps=8, batch_size=6, width=4, crop=0, real_finish=0.25)
     train_segmenter(images, masks, 2, settings, seed=0, num_real=4)
     assert len(drawn) == 8
@@ -372,11 +378,7 @@ def test_synthetic_given_twice_evaluates_both():
 
 
 def test_real_share_keeps_the_real_part_of_each_batch(monkeypatch):
-    from defect_gen.evaluate import segmenter
-    images = torch.randint(0, 255, (44, 3, 16, 16), dtype=torch.uint8)
-    masks = torch.randint(0, 2, (44, 16, 16), dtype=torch.uint8)
-    drawn, crops = [], segmenter._crops
-    monkeypatch.setattr(segmenter, "_crops", lambda im, m, idx, *a: drawn.append(idx.tolist()) or crops(im, m, idx, *a))
+    images, masks, drawn = _recorded_draws(monkeypatch, 44)
     settings = SegSettings(steps=20, batch_size=10, width=4, crop=0, real_share=0.5)
     train_segmenter(images, masks, 2, settings, seed=0, num_real=4)
     real = sum(i < 4 for idx in drawn for i in idx) / 200
