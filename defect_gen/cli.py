@@ -197,6 +197,15 @@ def _add_filter(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_mix(sub) -> None:
+    p = sub.add_parser("mix", help="combine generated pair folders class by class (e.g. painted blowholes, "
+                                   "copy-pasted uneven surfaces) into one folder")
+    p.add_argument("--take", dest="takes", action="append", required=True, metavar="DIR[:CLASS,...]",
+                   help="a `sample` / `paint` folder (paired layout) and, after ':', the classes to take from it "
+                        "(a pair is taken when all its classes are listed; no list: every pair); repeatable")
+    p.add_argument("--out", required=True, metavar="DIR", help="the new folder (must not exist)")
+
+
 def _add_paint(sub) -> None:
     p = sub.add_parser("paint", help="paint defects into defect-free photos at their own resolution "
                                      "(small-RF model on a window around each placed training mask)")
@@ -240,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_sample, _add_info, _add_demo, _add_export, _add_convert, _add_data, _add_bench,
-                _add_evaluate, _add_filter, _add_paint):
+                _add_evaluate, _add_filter, _add_mix, _add_paint):
         add(sub)
     # Built from the subcommands themselves, so the summary never falls behind them.
     parser.description = (f"Generate defect image + mask pairs with two diffusion models. Commands: "
@@ -608,9 +617,16 @@ def cmd_filter(args) -> int:
     return 0
 
 
+def cmd_mix(args) -> int:
+    from defect_gen.mix import mix_folders, parse_take
+
+    mix_folders([parse_take(t) for t in args.takes], args.out)
+    return 0
+
+
 COMMANDS = {"paint": cmd_paint, "train": cmd_train, "sample": cmd_sample, "info": cmd_info, "make-demo-data": cmd_demo,
             "export": cmd_export, "convert-published": cmd_convert, "bench": cmd_bench, "data": cmd_data,
-            "evaluate": cmd_evaluate, "filter": cmd_filter}
+            "evaluate": cmd_evaluate, "filter": cmd_filter, "mix": cmd_mix}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,119 @@
+"""Combine generated pair folders class by class: `defect-gen mix --take DIR[:CLASS,...] --out DIR`.
+
+Different sources help different classes. On magnetic tile the painting model's blowholes
+help a segmenter and its cracks cost it, while copy-paste does better on uneven surfaces
+(docs/results.md). A mix takes, from each folder, only the pairs of the classes named after
+its `:` (every pair without a list): a pair is taken when every class its manifest row lists
+is among them. The result is one paired-layout folder that `evaluate`, `filter` and a user's
+own training read like any other. Which source to take for which class is the user's choice,
+made on their own pairs (`evaluate --folds K` reports per-class IoU without held-out photos).
+
+Each pair keeps its manifest row (its `source` and `background`, which `evaluate --folds` and
+the leak check read), renamed `<folder name>_<name>` so that pairs from two folders never
+collide, with `from` added: the folder it came from. The folder is written under
+OUT.partial and renamed to OUT only when complete; an existing OUT is never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+
+from defect_gen import fsutil
+from defect_gen.errors import ConfigError, DataError
+from defect_gen.evaluate.data import manifest_rows
+
+SETTINGS = "mix_settings.json"
+SUBDIRS = ("images", "masks", "masks_color")  # the paired layout; masks_color is optional
+
+
+@dataclass(frozen=True)
+class Take:
+    folder: str
+    classes: tuple[str, ...] | None  # None: every pair of the folder
+
+
+def parse_take(text: str) -> Take:
+    """`DIR` or `DIR:CLASS,CLASS` (the last ':' splits, so a Windows drive letter is no class list)."""
+    folder, sep, names = text.rpartition(":")
+    if not sep or not folder or os.sep in names or "/" in names:
+        return Take(text, None)
+    classes = tuple(c.strip() for c in names.split(",") if c.strip())
+    if not classes:
+        raise ConfigError(f"--take {text!r}: expected DIR or DIR:CLASS[,CLASS...] with at least one class name")
+    return Take(folder, classes)
+
+
+def _rows(take: Take) -> list[dict]:
+    """The manifest rows of the pairs `take` asks for; each named class must occur in the folder."""
+    if not os.path.isfile(os.path.join(take.folder, "manifest.jsonl")):
+        raise DataError(f"--take {take.folder}: no manifest.jsonl there (expected a `defect-gen sample` / `paint` "
+                        f"folder in the paired layout)")
+    rows = [r for r in manifest_rows(take.folder) if isinstance(r.get("name"), str) and isinstance(r.get("files"), dict)]
+    present = Counter(c for r in rows for c in r.get("classes", []))
+    if take.classes is None:
+        return rows
+    missing = [c for c in take.classes if c not in present]
+    if missing:
+        have = ", ".join(f"{c} ({n})" for c, n in sorted(present.items())) or "none"
+        raise DataError(f"--take {take.folder}: no pair of class {', '.join(missing)} in its manifest; "
+                        f"classes there: {have}")
+    wanted = set(take.classes)
+    return [r for r in rows if r.get("classes") and set(r["classes"]) <= wanted]
+
+
+def _copy_pair(take: Take, row: dict, tmp: str) -> dict:
+    """Copy one pair's files under its new name; returns its new manifest row."""
+    prefix = os.path.basename(os.path.normpath(take.folder))
+    name = f"{prefix}_{row['name']}"
+    files = {}
+    for key, sub in (("image", "images"), ("mask", "masks"), ("mask_color", "masks_color")):
+        rel = row["files"].get(key)
+        if rel is None:
+            continue
+        src = fsutil.path_inside(take.folder, rel, f"--take {take.folder}: manifest file of {row['name']}")
+        if not os.path.isfile(src):
+            if key == "mask_color":
+                continue  # a colour preview only; image and mask are what a pair is
+            raise DataError(f"--take {take.folder}: {rel} (listed for pair {row['name']}) does not exist")
+        files[key] = f"{sub}/{name}.png"
+        shutil.copy2(src, os.path.join(tmp, files[key]))
+    return {**row, "name": name, "files": files, "from": take.folder}
+
+
+def mix_folders(takes: list[Take], out: str, log=print) -> dict[str, int]:
+    """Write the pairs each take selects into one folder `out`; returns the pairs per class."""
+    folders = [os.path.normpath(t.folder) for t in takes]
+    if len(set(folders)) < len(folders):
+        raise ConfigError("--take: a folder is named twice; list all its classes in one --take DIR:A,B")
+    prefixes = [os.path.basename(f) for f in folders]
+    if len(set(prefixes)) < len(prefixes):
+        raise ConfigError(f"--take: two folders share a name ({', '.join(folders)}); the pairs are renamed "
+                          f"<folder name>_<name>, so the names must differ")
+    if os.path.exists(out):
+        raise DataError(f"--out {out} already exists; remove it or choose another --out")
+    chosen = [(t, _rows(t)) for t in takes]  # every folder checked before anything is written
+    for t, rows in chosen:
+        if not rows:
+            raise DataError(f"--take {t.folder}: no pair there holds only the classes {', '.join(t.classes or ())}")
+    tmp = out + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)  # what a stopped run left
+    for sub in SUBDIRS:
+        fsutil.make_output_dir(os.path.join(tmp, sub), "--out")
+    per_class: Counter = Counter()
+    with open(os.path.join(tmp, "manifest.jsonl"), "w", encoding="utf-8") as manifest:
+        for t, rows in chosen:
+            for row in rows:
+                manifest.write(json.dumps(_copy_pair(t, row, tmp)) + "\n")
+                per_class.update(row["classes"])
+            log(f"{t.folder}: {len(rows)} pairs ({', '.join(t.classes) if t.classes else 'every class'})")
+    fsutil.atomic_write_json(os.path.join(tmp, SETTINGS), {
+        "takes": [{"folder": t.folder, "classes": list(t.classes) if t.classes else None, "pairs": len(rows)}
+                  for t, rows in chosen]})
+    os.replace(tmp, out)
+    log(f"wrote {sum(len(r) for _, r in chosen)} pairs to {out}: "
+        + ", ".join(f"{c} {n}" for c, n in sorted(per_class.items())))
+    return dict(per_class)

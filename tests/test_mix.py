@@ -1,0 +1,99 @@
+"""`defect-gen mix`: pairs taken class by class from several folders, renamed, their manifest
+rows kept (source / background, which cross-validation reads), and bad takes refused before
+anything is written."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from defect_gen.cli import main
+from defect_gen.errors import ConfigError, DataError
+from defect_gen.evaluate.crossval import made_from
+from defect_gen.evaluate.data import load_synthetic
+from defect_gen.mix import Take, mix_folders, parse_take
+
+CLASSES = ["scratch", "stain", "hole"]
+
+
+def _folder(root, name: str, classes: list[str]) -> str:
+    """A paired-layout folder with one 8x8 pair per entry of `classes`, pixel values unique per pair."""
+    folder = os.path.join(root, name)
+    for sub in ("images", "masks"):
+        os.makedirs(os.path.join(folder, sub))
+    with open(os.path.join(folder, "manifest.jsonl"), "w") as f:
+        for i, cls in enumerate(classes):
+            stem = f"pair_{i:03d}"
+            Image.fromarray(np.full((8, 8, 3), 10 * i + len(name), np.uint8)).save(f"{folder}/images/{stem}.png")
+            mask = np.zeros((8, 8), np.uint8)
+            mask[2:5, 2:5] = CLASSES.index(cls) + 1
+            Image.fromarray(mask).save(f"{folder}/masks/{stem}.png")
+            f.write(json.dumps({"name": stem, "classes": [cls], "source": f"real/{cls}_{i}.png",
+                                "files": {"image": f"images/{stem}.png", "mask": f"masks/{stem}.png"}}) + "\n")
+    return folder
+
+
+def test_mix_takes_only_the_named_classes_renamed_with_their_rows(tmp_path):
+    painted = _folder(tmp_path, "painted", ["scratch", "stain", "hole", "scratch"])
+    pasted = _folder(tmp_path, "pasted", ["scratch", "hole", "hole"])
+    out = str(tmp_path / "mix")
+    counts = mix_folders([Take(painted, ("scratch", "stain")), Take(pasted, ("hole",))], out, log=lambda _: None)
+    assert counts == {"scratch": 2, "stain": 1, "hole": 2}
+    rows = [json.loads(line) for line in open(os.path.join(out, "manifest.jsonl"))]
+    assert [r["name"] for r in rows] == ["painted_pair_000", "painted_pair_001", "painted_pair_003",
+                                         "pasted_pair_001", "pasted_pair_002"]
+    assert [r["from"] for r in rows] == [painted] * 3 + [pasted] * 2
+    assert rows[3]["source"] == "real/hole_1.png"  # kept: cross-validation reads it
+    for r in rows:  # the very files, under the new name
+        origin = os.path.join(r["from"], "images", r["name"].split("_", 1)[1] + ".png")
+        assert open(os.path.join(out, r["files"]["image"]), "rb").read() == open(origin, "rb").read()
+    pairs = load_synthetic(out, CLASSES, 8)
+    assert len(pairs) == 5 and sorted(set(pairs.masks.unique().tolist())) == [0, 1, 2, 3]
+    assert json.load(open(os.path.join(out, "mix_settings.json")))["takes"][1] == {
+        "folder": pasted, "classes": ["hole"], "pairs": 2}
+    assert made_from(out, pairs)[4] == {"real/hole_2.png"}  # what --folds leaves out of a fold
+    assert not os.path.exists(out + ".partial")
+
+
+def test_parse_take_splits_the_class_list_and_refuses_an_empty_one():
+    assert parse_take("runs/a") == Take("runs/a", None)
+    assert parse_take("runs/a:Crack, Blowhole") == Take("runs/a", ("Crack", "Blowhole"))
+    with pytest.raises(ConfigError, match="at least one class"):
+        parse_take("runs/a:")
+
+
+def test_mix_without_class_list_takes_every_pair(tmp_path):
+    folder = _folder(tmp_path, "painted", ["scratch", "stain"])
+    assert mix_folders([Take(folder, None)], str(tmp_path / "all"), log=lambda _: None) == {"scratch": 1, "stain": 1}
+
+
+@pytest.mark.parametrize("case, error, match", [
+    ("unknown class", DataError, "no pair of class dent.*scratch \\(1\\)"),
+    ("twice", ConfigError, "named twice"),
+    ("no manifest", DataError, "no manifest.jsonl"),
+    ("out exists", DataError, "already exists"),
+])
+def test_bad_takes_are_refused_before_anything_is_written(tmp_path, case, error, match):
+    folder = _folder(tmp_path, "painted", ["scratch", "stain"])
+    out = str(tmp_path / "mix")
+    takes = {"unknown class": [Take(folder, ("scratch", "dent"))],
+             "twice": [Take(folder, ("scratch",)), Take(folder + "/", ("stain",))],
+             "no manifest": [Take(str(tmp_path), None)],
+             "out exists": [Take(folder, None)]}[case]
+    if case == "out exists":
+        os.makedirs(out)
+    with pytest.raises(error, match=match):
+        mix_folders(takes, out, log=lambda _: None)
+    assert not os.path.exists(out + ".partial")
+    assert os.path.exists(out) == (case == "out exists")
+
+
+def test_mix_command_reports_a_bad_class_in_one_line(tmp_path, capsys):
+    folder = _folder(tmp_path, "painted", ["scratch"])
+    assert main(["mix", "--take", f"{folder}:stain", "--out", str(tmp_path / "mix")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "class stain" in err and "scratch (1)" in err
+    assert main(["mix", "--take", f"{folder}:scratch", "--out", str(tmp_path / "mix")]) == 0
+    assert len(os.listdir(tmp_path / "mix" / "images")) == 1
