@@ -6,7 +6,9 @@ help a segmenter and its cracks cost it, while copy-paste does better on uneven 
 its `:` (every pair without a list): a pair is taken when every class its manifest row lists
 is among them. The result is one paired-layout folder that `evaluate`, `filter` and a user's
 own training read like any other. Which source to take for which class is the user's choice,
-made on their own pairs (`evaluate --folds K` reports per-class IoU without held-out photos).
+made on their own pairs: `evaluate --folds K` reports per-class IoU without held-out photos,
+and `--choose REPORT_DIR` makes the choice from such a report: for each class, the folder whose
+run scored the highest mean IoU on that class, taken only where it beats real pairs alone.
 
 Each pair keeps its manifest row (its `source` and `background`, which `evaluate --folds` and
 the leak check read), renamed `<folder name>_<name>` so that pairs from two folders never
@@ -45,6 +47,55 @@ def parse_take(text: str) -> Take:
     if not classes:
         raise ConfigError(f"--take {text!r}: expected DIR or DIR:CLASS[,CLASS...] with at least one class name")
     return Take(folder, classes)
+
+
+def _class_iou(run: dict, name: str) -> float:
+    return float(run["summary"][f"IoU {name}"][0])
+
+
+def choose_takes(report_dir: str, ratio: float | None = None, log=print) -> list[Take]:
+    """The takes an `evaluate` report argues for: per class, the --synthetic folder with the
+    highest mean IoU of that class at `ratio`, where it is above real only's; a class no folder
+    improves gets no generated pairs. A cross-validated report (`--folds`) is the honest
+    source; a held-out one chooses on the photos it then scores."""
+    path = os.path.join(report_dir, "results.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--choose {report_dir}: cannot read results.json ({exc}); expected an `evaluate` "
+                        f"--out folder") from None
+    folders = report.get("synthetic")
+    if not isinstance(folders, dict):
+        raise DataError(f"--choose {path}: no \"synthetic\" folder list (written by evaluate since `mix`); run "
+                        f"the same `evaluate` again: its cached segmenters make that quick")
+    runs = [r for r in report.get("runs", []) if r.get("label") in folders]
+    real = next((r for r in report.get("runs", []) if r.get("label") == "real only"), None)
+    ratios = sorted({r["ratio"] for r in runs})
+    if real is None or not runs:
+        raise DataError(f"--choose {path}: expected a real-only run and runs of --synthetic folders")
+    if ratio is None and len(ratios) > 1:
+        raise ConfigError(f"--choose {path}: runs at ratios {', '.join(f'{x:g}' for x in ratios)}; pick one "
+                          f"with --ratio")
+    ratio = ratios[0] if ratio is None else ratio
+    runs = [r for r in runs if r["ratio"] == ratio]
+    if not runs:
+        raise ConfigError(f"--ratio {ratio:g}: {path} has runs at {', '.join(f'{x:g}' for x in ratios)}")
+    kind = f"{report['settings']['folds']}-fold cross-validated" if report["settings"].get("folds") else "held-out"
+    log(f"per-class IoU ({kind}, x{ratio:g}, mean over {report['settings']['seeds']} seed(s)):")
+    chosen: dict[str, list[str]] = {}
+    for name in report["classes"]:
+        best = max(runs, key=lambda r: _class_iou(r, name))
+        gain = _class_iou(best, name) - _class_iou(real, name)
+        pick = best["label"] if gain > 0 else None
+        log(f"  {name}: real only {100 * _class_iou(real, name):.1f}; "
+            + ", ".join(f"{r['label']} {100 * _class_iou(r, name):.1f}" for r in runs)
+            + f" -> {pick or 'no generated pairs'}")
+        if pick:
+            chosen.setdefault(pick, []).append(name)
+    if not chosen:
+        raise DataError(f"--choose {path}: no folder beats real pairs alone on any class; nothing to mix")
+    return [Take(folders[label], tuple(names)) for label, names in chosen.items()]
 
 
 def _rows(take: Take) -> list[dict]:

@@ -180,6 +180,7 @@ def test_evaluate_end_to_end(demo, tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     n_train, n_syn = res["num_train"], len(os.listdir(demo / "syn" / "images"))
     assert 2 <= n_train <= 6 and res["num_heldout"] == 8
+    assert res["synthetic"] == {"syn": str(demo / "syn")}  # label -> folder, what `mix --choose` takes from
     # real only + each ratio that fits in the 6 synthetic pairs; the one that does not is noted
     assert [(r["label"], r["ratio"]) for r in res["runs"]] == [("real only", 0.0), ("syn", 0.5), ("syn", 1.0)]
     assert [r["num_synthetic"] for r in res["runs"]] == [0, round(0.5 * n_train), n_train]
@@ -350,6 +351,7 @@ def test_folds_end_to_end(demo, tmp_path):
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["folds"] == 2 and res["num_heldout"] == res["num_train"] >= 4
+    assert res["synthetic"] == {"syn": str(demo / "syn")}
     assert [(r["label"], r["ratio"]) for r in res["runs"]] == [("real only", 0.0), ("syn", 1.0)]
     assert res["skipped"] and res["skipped"][0].startswith("syn x9: fold 0 needs")
     assert len(os.listdir(out / "segmenters")) == 4  # 2 folds x (real only, x1)

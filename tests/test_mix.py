@@ -13,7 +13,7 @@ from defect_gen.cli import main
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.evaluate.crossval import made_from
 from defect_gen.evaluate.data import load_synthetic
-from defect_gen.mix import Take, mix_folders, parse_take
+from defect_gen.mix import Take, choose_takes, mix_folders, parse_take
 
 CLASSES = ["scratch", "stain", "hole"]
 
@@ -97,3 +97,49 @@ def test_mix_command_reports_a_bad_class_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "class stain" in err and "scratch (1)" in err
     assert main(["mix", "--take", f"{folder}:scratch", "--out", str(tmp_path / "mix")]) == 0
     assert len(os.listdir(tmp_path / "mix" / "images")) == 1
+
+
+def _report(tmp_path, folders: dict, runs: list, folds: int = 3) -> str:
+    """An `evaluate` results.json with the per-class IoU means given (std 0)."""
+    def run(label, ratio, ious):
+        return {"label": label, "ratio": ratio, "summary": {f"IoU {c}": [v, 0.0] for c, v in zip(CLASSES, ious)}}
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "results.json").write_text(json.dumps({
+        "classes": CLASSES, "settings": {"folds": folds, "seeds": 2}, "synthetic": folders,
+        "runs": [run(*r) for r in runs]}))
+    return str(report)
+
+
+def test_choose_takes_the_best_folder_per_class_only_where_it_beats_real_only(tmp_path):
+    painted = _folder(tmp_path, "painted", ["scratch", "stain", "hole"])
+    pasted = _folder(tmp_path, "pasted", ["scratch", "stain", "hole"])
+    report = _report(tmp_path, {"painted": painted, "pasted": pasted}, [
+        ("real only", 0.0, [0.30, 0.50, 0.20]),
+        ("painted", 2.0, [0.40, 0.45, 0.22]),  # scratch: best; hole: better than real, worse than pasted
+        ("pasted", 2.0, [0.35, 0.49, 0.25]),  # stain: no folder beats real only
+        ("painted", 1.0, [0.10, 0.90, 0.10]),  # another ratio: not compared
+        ("copy-paste", 2.0, [0.90, 0.90, 0.90])])  # built-in baseline: no folder to take from
+    lines = []
+    takes = choose_takes(report, ratio=2.0, log=lines.append)
+    assert takes == [Take(painted, ("scratch",)), Take(pasted, ("hole",))]
+    assert "3-fold cross-validated" in lines[0] and lines[2].endswith("-> no generated pairs")
+    out = str(tmp_path / "mix")
+    assert main(["mix", "--choose", report, "--ratio", "2", "--out", out]) == 0
+    assert sorted(os.listdir(os.path.join(out, "images"))) == ["painted_pair_000.png", "pasted_pair_002.png"]
+
+
+def test_choose_refuses_reports_it_cannot_choose_from(tmp_path, capsys):
+    painted = _folder(tmp_path, "painted", ["scratch"])
+    report = _report(tmp_path, {"painted": painted}, [
+        ("real only", 0.0, [0.3, 0.3, 0.3]), ("painted", 1.0, [0.1, 0.1, 0.1]), ("painted", 2.0, [0.2, 0.2, 0.2])])
+    with pytest.raises(ConfigError, match="ratios 1, 2; pick one with --ratio"):
+        choose_takes(report, log=lambda _: None)
+    with pytest.raises(ConfigError, match="--ratio 4: .* has runs at 1, 2"):
+        choose_takes(report, ratio=4.0, log=lambda _: None)
+    with pytest.raises(DataError, match="no folder beats real pairs alone"):
+        choose_takes(report, ratio=2.0, log=lambda _: None)
+    with pytest.raises(DataError, match="cannot read results.json"):
+        choose_takes(str(tmp_path), log=lambda _: None)
+    assert main(["mix", "--take", painted, "--ratio", "2", "--out", str(tmp_path / "m")]) == 2
+    assert "--ratio goes with --choose" in capsys.readouterr().err

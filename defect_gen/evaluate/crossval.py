@@ -119,7 +119,8 @@ def crossvalidate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_
            f"{max(len(real) - len(g) for g in groups)} real pairs)")
     log(f"{how}; at {size} px")
     results = Results(config_path, how, classes, settings, real, real, synthetic,
-                      cache_dir=os.path.join(out_dir, "segmenters"), folds=folds)
+                      cache_dir=os.path.join(out_dir, "segmenters"), folds=folds,
+                      folders=dict(zip(folder_labels(synthetic_dirs), synthetic_dirs)))
     os.makedirs(results.cache_dir, exist_ok=True)
     bar = tqdm(total=folds * settings.seeds * (1 + len(synthetic) * len(settings.ratios)), desc="segmenters",
                disable=not settings.progress, leave=False)

@@ -150,7 +150,7 @@ def _json_ready(results: Results) -> dict:
             "settings": {"ratios": s.ratios, "seeds": s.seeds, "image_size": s.image_size, "folds": results.folds,
                          "max_heldout": s.max_heldout, "copy_paste_dir": s.copy_paste_dir,
                          "segmenter": vars(s.seg)},
-            "num_train": len(results.train), "num_heldout": len(results.heldout),
+            "num_train": len(results.train), "num_heldout": len(results.heldout), "synthetic": results.folders,
             "runs": [{"label": r.label, "ratio": r.ratio, "num_synthetic": r.num_synthetic, "per_seed": r.per_seed,
                       "summary": {k: list(v) for k, v in r.summary.items()}} for r in results.runs],
             "skipped": results.skipped, "quality": quality, "seconds": results.seconds}

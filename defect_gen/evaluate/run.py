@@ -72,6 +72,7 @@ class Results:
     cache_dir: str | None = None  # finished segmenter runs, reused when the evaluation runs again
     seconds: float = 0.0
     folds: int = 0  # > 0: cross-validated over the training pairs (crossval.py); heldout is then train
+    folders: dict[str, str] = field(default_factory=dict)  # label -> --synthetic folder (for `mix --choose`)
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -232,7 +233,8 @@ def evaluate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_dir: 
     synthetic.update({label: load_synthetic(d, cfg.data.classes, size, settings.progress)
                       for label, d in zip(folder_labels(synthetic_dirs), synthetic_dirs)})
     results = Results(config_path, how, list(cfg.data.classes), settings, train, held, synthetic,
-                      cache_dir=os.path.join(out_dir, "segmenters"))
+                      cache_dir=os.path.join(out_dir, "segmenters"),
+                      folders=dict(zip(folder_labels(synthetic_dirs), synthetic_dirs)))
     os.makedirs(results.cache_dir, exist_ok=True)
     models = _train_runs(results, log)
     _quality(results, models)
