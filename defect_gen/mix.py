@@ -53,11 +53,8 @@ def _class_iou(run: dict, name: str) -> float:
     return float(run["summary"][f"IoU {name}"][0])
 
 
-def choose_takes(report_dir: str, ratio: float | None = None, log=print) -> list[Take]:
-    """The takes an `evaluate` report argues for: per class, the --synthetic folder with the
-    highest mean IoU of that class at `ratio`, where it is above real only's; a class no folder
-    improves gets no generated pairs. A cross-validated report (`--folds`) is the honest
-    source; a held-out one chooses on the photos it then scores."""
+def _read_report(report_dir: str) -> tuple[str, dict]:
+    """(path, contents) of an `evaluate` report's results.json that names its --synthetic folders."""
     path = os.path.join(report_dir, "results.json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -65,34 +62,52 @@ def choose_takes(report_dir: str, ratio: float | None = None, log=print) -> list
     except (OSError, ValueError) as exc:
         raise DataError(f"--choose {report_dir}: cannot read results.json ({exc}); expected an `evaluate` "
                         f"--out folder") from None
-    folders = report.get("synthetic")
-    if not isinstance(folders, dict):
+    if not isinstance(report, dict) or not isinstance(report.get("synthetic"), dict):
         raise DataError(f"--choose {path}: no \"synthetic\" folder list (written by evaluate since `mix`); run "
                         f"the same `evaluate` again: its cached segmenters make that quick")
-    runs = [r for r in report.get("runs", []) if r.get("label") in folders]
-    real = next((r for r in report.get("runs", []) if r.get("label") == "real only"), None)
-    ratios = sorted({r["ratio"] for r in runs})
-    if real is None or not runs:
-        raise DataError(f"--choose {path}: expected a real-only run and runs of --synthetic folders")
-    if ratio is None and len(ratios) > 1:
-        raise ConfigError(f"--choose {path}: runs at ratios {', '.join(f'{x:g}' for x in ratios)}; pick one "
-                          f"with --ratio")
-    ratio = ratios[0] if ratio is None else ratio
-    runs = [r for r in runs if r["ratio"] == ratio]
-    if not runs:
-        raise ConfigError(f"--ratio {ratio:g}: {path} has runs at {', '.join(f'{x:g}' for x in ratios)}")
-    kind = f"{report['settings']['folds']}-fold cross-validated" if report["settings"].get("folds") else "held-out"
-    log(f"per-class IoU ({kind}, x{ratio:g}, mean over {report['settings']['seeds']} seed(s)):")
+    return path, report
+
+
+def _per_class_choice(report: dict, runs: list[dict], real: dict, log) -> dict[str, list[str]]:
+    """label -> the classes it scored best on (above real only); logs the comparison."""
     chosen: dict[str, list[str]] = {}
     for name in report["classes"]:
         best = max(runs, key=lambda r: _class_iou(r, name))
-        gain = _class_iou(best, name) - _class_iou(real, name)
-        pick = best["label"] if gain > 0 else None
+        pick = best["label"] if _class_iou(best, name) > _class_iou(real, name) else None
         log(f"  {name}: real only {100 * _class_iou(real, name):.1f}; "
             + ", ".join(f"{r['label']} {100 * _class_iou(r, name):.1f}" for r in runs)
             + f" -> {pick or 'no generated pairs'}")
         if pick:
             chosen.setdefault(pick, []).append(name)
+    return chosen
+
+
+def choose_takes(report_dir: str, ratio: float | None = None, log=print) -> list[Take]:
+    """The takes an `evaluate` report argues for: per class, the --synthetic folder with the
+    highest mean IoU of that class at `ratio`, where it is above real only's; a class no folder
+    improves gets no generated pairs. A cross-validated report (`--folds`) is the honest
+    source; a held-out one chooses on the photos it then scores."""
+    path, report = _read_report(report_dir)
+    folders = report["synthetic"]
+    try:
+        runs = [r for r in report["runs"] if r["label"] in folders]
+        real = next((r for r in report["runs"] if r["label"] == "real only"), None)
+        ratios = sorted({r["ratio"] for r in runs})
+        if real is None or not runs:
+            raise DataError(f"--choose {path}: expected a real-only run and runs of --synthetic folders")
+        if ratio is None and len(ratios) > 1:
+            raise ConfigError(f"--choose {path}: runs at ratios {', '.join(f'{x:g}' for x in ratios)}; pick one "
+                              f"with --ratio")
+        ratio = ratios[0] if ratio is None else ratio
+        runs = [r for r in runs if r["ratio"] == ratio]
+        if not runs:
+            raise ConfigError(f"--ratio {ratio:g}: {path} has runs at {', '.join(f'{x:g}' for x in ratios)}")
+        folds = report["settings"].get("folds")
+        log(f"per-class IoU ({f'{folds}-fold cross-validated' if folds else 'held-out'}, x{ratio:g}, mean over "
+            f"{report['settings']['seeds']} seed(s)):")
+        chosen = _per_class_choice(report, runs, real, log)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise DataError(f"--choose {path}: not an `evaluate` results.json (missing or odd entry: {exc!r})") from None
     if not chosen:
         raise DataError(f"--choose {path}: no folder beats real pairs alone on any class; nothing to mix")
     return [Take(folders[label], tuple(names)) for label, names in chosen.items()]

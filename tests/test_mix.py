@@ -141,5 +141,8 @@ def test_choose_refuses_reports_it_cannot_choose_from(tmp_path, capsys):
         choose_takes(report, ratio=2.0, log=lambda _: None)
     with pytest.raises(DataError, match="cannot read results.json"):
         choose_takes(str(tmp_path), log=lambda _: None)
+    (tmp_path / "report" / "results.json").write_text(json.dumps({"synthetic": {}, "runs": [{"ratio": 1}]}))
+    with pytest.raises(DataError, match="not an `evaluate` results.json"):
+        choose_takes(str(tmp_path / "report"), log=lambda _: None)
     assert main(["mix", "--take", painted, "--ratio", "2", "--out", str(tmp_path / "m")]) == 2
     assert "--ratio goes with --choose" in capsys.readouterr().err
