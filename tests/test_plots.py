@@ -40,3 +40,29 @@ def test_errorbar_and_histogram(tmp_path):
     histogram_plot(str(tmp_path / "areas.png"), {"real": [0.001, 0.004, 0.3, 1.0], "paint": [0.02] * 5 + [2.0]},
                    "defect area", bins, x_label="defect area / image area")
     assert _png(tmp_path / "areas.png", (800, 300)) > 20
+
+
+def test_plot_seeds_keeps_the_longest_series_and_the_asked_ratios(tmp_path):
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("plot_seeds", f"{ROOT}/scripts/plot_seeds.py")
+    plot_seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_seeds)
+
+    def run(label, ratio, n, m):
+        return {"label": label, "ratio": ratio, "num_synthetic": 0 if label == "real only" else 1,
+                "per_seed": [{"mIoU": m}] * n}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"runs": [run("real only", 0.0, 3, 0.3), run("cp", 2.0, 3, 0.31), run("cp", 4.0, 3, 0.2)]}))
+    b.write_text(json.dumps({"runs": [run("real only", 0.0, 5, 0.3), run("mix", 1.5, 5, 0.33)]}))
+    series = plot_seeds.seed_series([str(a), str(b)], [1.5, 2.0], {"mix": "per class"})
+    assert series == {"real only": [30.0] * 5, "+ cp x2": [31.0] * 3, "+ per class x1.5": [33.0] * 5}
+    out = tmp_path / "seeds.png"
+    done = subprocess.run([sys.executable, f"{ROOT}/scripts/plot_seeds.py", str(a), str(b), "--ratio", "2",
+                           "--ratio", "1.5", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert _png(out, Image.open(out).size) > 3
