@@ -1,8 +1,8 @@
 """Combine generated pair folders class by class: `defect-gen mix --take DIR[:CLASS,...] --out DIR`.
 
-Different sources help different classes. On magnetic tile the painting model's blowholes
-help a segmenter and its cracks cost it, while copy-paste does better on uneven surfaces
-(docs/results.md). A mix takes, from each folder, only the pairs of the classes named after
+Different sources help different classes. On magnetic tile generated and pasted cracks cost
+a segmenter more crack IoU than the other classes' pairs add, and painted uneven surfaces
+cost it where pasted ones do not (docs/results.md, round 9). A mix takes, from each folder, only the pairs of the classes named after
 its `:` (every pair without a list): a pair is taken when every class its manifest row lists
 is among them. The result is one paired-layout folder that `evaluate`, `filter` and a user's
 own training read like any other. Which source to take for which class is the user's choice,
@@ -164,18 +164,23 @@ def mix_folders(takes: list[Take], out: str, log=print) -> dict[str, int]:
     chosen = [(t, _rows(t)) for t in takes]  # every folder checked before anything is written
     for t, rows in chosen:
         if not rows:
-            raise DataError(f"--take {t.folder}: no pair there holds only the classes {', '.join(t.classes or ())}")
+            what = f"holds only the classes {', '.join(t.classes)}" if t.classes else "is listed in its manifest"
+            raise DataError(f"--take {t.folder}: no pair there {what}")
     tmp = out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)  # what a stopped run left
     for sub in SUBDIRS:
         fsutil.make_output_dir(os.path.join(tmp, sub), "--out")
     per_class: Counter = Counter()
-    with open(os.path.join(tmp, "manifest.jsonl"), "w", encoding="utf-8") as manifest:
-        for t, rows in chosen:
-            for row in rows:
-                manifest.write(json.dumps(_copy_pair(t, row, tmp)) + "\n")
-                per_class.update(row["classes"])
-            log(f"{t.folder}: {len(rows)} pairs ({', '.join(t.classes) if t.classes else 'every class'})")
+    try:
+        with open(os.path.join(tmp, "manifest.jsonl"), "w", encoding="utf-8") as manifest:
+            for t, rows in chosen:
+                for row in rows:
+                    manifest.write(json.dumps(_copy_pair(t, row, tmp)) + "\n")
+                    per_class.update(row.get("classes") or [])
+                log(f"{t.folder}: {len(rows)} pairs ({', '.join(t.classes) if t.classes else 'every class'})")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a missing file, a full disk, Ctrl-C: no half-made folder left
+        raise
     fsutil.atomic_write_json(os.path.join(tmp, SETTINGS), {
         "takes": [{"folder": t.folder, "classes": list(t.classes) if t.classes else None, "pairs": len(rows)}
                   for t, rows in chosen]})

@@ -146,3 +146,12 @@ def test_choose_refuses_reports_it_cannot_choose_from(tmp_path, capsys):
         choose_takes(str(tmp_path / "report"), log=lambda _: None)
     assert main(["mix", "--take", painted, "--ratio", "2", "--out", str(tmp_path / "m")]) == 2
     assert "--ratio goes with --choose" in capsys.readouterr().err
+
+
+def test_a_listed_file_missing_leaves_no_folder_behind(tmp_path):
+    folder = _folder(tmp_path, "painted", ["scratch", "stain"])
+    os.remove(os.path.join(folder, "masks", "pair_001.png"))
+    out = str(tmp_path / "mix")
+    with pytest.raises(DataError, match="masks/pair_001.png .listed for pair pair_001. does not exist"):
+        mix_folders([Take(folder, None)], out, log=lambda _: None)
+    assert not os.path.exists(out) and not os.path.exists(out + ".partial")
