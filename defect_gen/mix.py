@@ -29,7 +29,7 @@ from defect_gen.errors import ConfigError, DataError
 from defect_gen.evaluate.data import manifest_rows
 
 SETTINGS = "mix_settings.json"
-SUBDIRS = ("images", "masks", "masks_color")  # the paired layout; masks_color is optional
+SUBDIRS = ("images", "masks")  # the paired layout; masks_color/ is made when a pair has a colour mask
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,7 @@ def _copy_pair(take: Take, row: dict, tmp: str) -> dict:
                 continue  # a colour preview only; image and mask are what a pair is
             raise DataError(f"--take {take.folder}: {rel} (listed for pair {row['name']}) does not exist")
         files[key] = f"{sub}/{name}.png"
+        os.makedirs(os.path.join(tmp, sub), exist_ok=True)
         shutil.copy2(src, os.path.join(tmp, files[key]))
     return {**row, "name": name, "files": files, "from": take.folder}
 

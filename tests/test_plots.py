@@ -65,4 +65,4 @@ def test_plot_seeds_keeps_the_longest_series_and_the_asked_ratios(tmp_path):
     done = subprocess.run([sys.executable, f"{ROOT}/scripts/plot_seeds.py", str(a), str(b), "--ratio", "2",
                            "--ratio", "1.5", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    assert _png(out, Image.open(out).size) > 3
+    assert _png(out, (800, 450)) > 20  # line_plot's size; lines, legend and text drawn
