@@ -27,9 +27,11 @@
 #              the painted folders themselves with HELDOUT_PAINTED=1, the random copy-paste onto
 #              MT_Free with COPY_PASTE=1), SEEDS segmenter seeds; finished segmenters are cached in
 #              REPORT/segmenters, so a stopped evaluation resumes. Prints the tables.
-# Every size is a variable; the defaults are docs/results.md's round 9 (an estimate, about 2.7 h on
-# a 2-core CPU: training ~45 min with 2 threads, painting ~10 min, 9 cross-validation and 9
-# held-out segmenters of 2000 steps at ~6 min; not yet run end to end at these sizes).
+# With STAGE=all and PARALLEL=1 (the default) the work runs in two lanes, each with half the
+# threads: the generator lane trains, paints, cross-validates the painted folders and evaluates
+# the per-class mix; the baseline lane makes the copy-paste folders and trains their
+# cross-validation and held-out segmenters meanwhile (logs in $RUN_DIR/logs).
+# Every size is a variable; the defaults are docs/results.md's round 9 but for STEPS_TRAIN.
 # Round 2 ran CONFIG=configs/magnetic_tile_paint.yaml BACKGROUNDS=good PLACES="random source"
 # RATIOS=1,2,4 SEG_STEPS=1000 N_PAINT=160; rounds 3-4 changed BACKGROUNDS (docs/results.md).
 set -euo pipefail
@@ -40,9 +42,10 @@ DATA="${DATA:-../shared/data/magnetic-tile}"
 RUN_DIR="${RUN_DIR:-runs/mt_paint}"
 STAGE="${STAGE:-all}"
 CONFIG="${CONFIG:-configs/magnetic_tile_paint_clean.yaml}"  # the painting model's recipe
-STEPS_TRAIN="${STEPS_TRAIN:-3000}"   # painting-model training steps (batch 16), the config's own; ~45 min at 18 crops/s
-                                     # (2 threads); 3000 draws better cracks than 1000 (round 7), yet its pairs
-                                     # are -0.5 over 7 seeds at ratio 2 (round 8; copy-paste: +0.3)
+STEPS_TRAIN="${STEPS_TRAIN:-2000}"   # painting-model training steps (batch 16). Round 9's painted pairs came from
+                                     # 3000 (the config's own; better cracks than 1000, round 7), which does not fit
+                                     # 2.5 h here (~10 crops/s on one thread); the per-class choice falls back on
+                                     # copy-paste for any class where the painted pairs do not help
 N_PAINT="${N_PAINT:-160}"            # pairs per variant: ratio 2 of the 40 real pairs needs 80; cross-validated
                                      # (FOLDS=3) it needs 160, as pairs made from a validation photo are left out
 PAINT_STEPS="${PAINT_STEPS:-25}"     # DDIM steps per painted window
@@ -60,8 +63,10 @@ FOLDS="${FOLDS:-3}"                  # > 0: cross-validate over the 40 training 
                                      # FOLDS x the segmenters of CV_SEEDS seeds
 CV_SEEDS="${CV_SEEDS:-1}"
 PER_CLASS="${PER_CLASS:-1}"          # 1 (with FOLDS > 0): mix --choose the cross-validated best folder per class
-HELDOUT_PAINTED="${HELDOUT_PAINTED:-0}"  # 1: the painted folders on the held-out photos too (3 more segmenters each)
+HELDOUT_PAINTED="${HELDOUT_PAINTED:-0}"  # 1: the painted folders on the held-out photos too (SEEDS more segmenters each)
 COPY_PASTE="${COPY_PASTE:-0}"        # 1: evaluate's built-in random copy-paste onto MT_Free as well
+PARALLEL="${PARALLEL:-1}"            # 1 (STAGE=all): the two lanes side by side; 0: one job at a time
+THREADS="${THREADS:-$(nproc)}"       # CPU threads in all; each lane gets half
 
 if [ ! -d "$DATA" ]; then
   echo "no magnetic-tile data at $DATA (set DATA=...)" >&2
@@ -69,92 +74,189 @@ if [ ! -d "$DATA" ]; then
 fi
 MODEL="$RUN_DIR/$(basename "$CONFIG" .yaml | sed 's/^magnetic_tile_//')"  # runs/mt_paint/paint_clean, .../paint
 GOOD="$DATA/MT_Free"
-
-if [ "$STAGE" = all ] || [ "$STAGE" = train ]; then
-  "$PY" -m defect_gen train --config "$CONFIG" --work_dir "$MODEL" --num_defect 4 \
-    --set "data.root=$DATA" --set "train.max_steps=$STEPS_TRAIN" --no-progress
-fi
+LOGS="$RUN_DIR/logs"
+MIX="$RUN_DIR/samples/per_class"
 
 # Folder names: paint_[train_|same_][source_]sS for painted pairs, copy_paste_source (MT_Free
 # photos) and cp_{train,same}_{random,source} (training photos) for copy-paste folders.
 bg_flags() { if [ "$1" = good ]; then echo "--good $GOOD"; else echo "--backgrounds $1"; fi; }
 bg_tag() { case "$1" in training) echo "train_" ;; same_class) echo "same_" ;; esac; }
-
-if [ "$STAGE" = all ] || [ "$STAGE" = paint ]; then
-  for bg in $BACKGROUNDS; do
-    for place in $PLACES; do
-      tag="$(bg_tag "$bg")"; [ "$place" = source ] && tag="${tag}source_"
-      for s in $STRENGTHS; do
-        out="$RUN_DIR/samples/paint_${tag}s$s"
-        if [ -f "$out/paint_settings.json" ]; then echo "$out: done"; continue; fi
-        # --overwrite: a folder without paint_settings.json is a run that was stopped midway
-        # shellcheck disable=SC2046
-        "$PY" -m defect_gen paint --model "$MODEL" $(bg_flags "$bg") --sample_dir "$out" --num_samples "$N_PAINT" \
-          --strength "$s" --steps "$PAINT_STEPS" --place "$place" --seed 1000 --overwrite --no-progress
-      done
-      # copy-paste as a folder (random copy-paste onto MT_Free is evaluate's built-in baseline)
-      out="$RUN_DIR/samples/copy_paste_source"
-      [ "$bg" != good ] && out="$RUN_DIR/samples/cp_$(bg_tag "$bg")$place"
-      if { [ "$bg" != good ] || [ "$place" = source ]; } && [ ! -f "$out/paint_settings.json" ]; then
-        # shellcheck disable=SC2046
-        "$PY" -m defect_gen paint --copy-paste --config "$CONFIG" --set "data.root=$DATA" \
-          --set "data.selection_file=$MODEL/selected_files.json" $(bg_flags "$bg") --sample_dir "$out" \
-          --num_samples "$N_PAINT" --place "$place" --seed 1000 --overwrite --no-progress
-      fi
-    done
+PAINTED=(); CP=()  # (output folder, background, place[, strength]) as "dir|bg|place|s"
+for bg in $BACKGROUNDS; do
+  for place in $PLACES; do
+    tag="$(bg_tag "$bg")"; [ "$place" = source ] && tag="${tag}source_"
+    for s in $STRENGTHS; do PAINTED+=("$RUN_DIR/samples/paint_${tag}s$s|$bg|$place|$s"); done
+    # random copy-paste onto MT_Free is evaluate's built-in baseline (COPY_PASTE=1), not a folder
+    if [ "$bg" != good ]; then CP+=("$RUN_DIR/samples/cp_$(bg_tag "$bg")$place|$bg|$place|0")
+    elif [ "$place" = source ]; then CP+=("$RUN_DIR/samples/copy_paste_source|$bg|$place|0"); fi
   done
-fi
+done
+dirs() { local x; for x in "$@"; do echo "${x%%|*}"; done; }
+mapfile -t PAINTED_DIRS < <(dirs "${PAINTED[@]}")
+mapfile -t CP_DIRS < <(dirs "${CP[@]}")
+# The real split is exactly the generator's: its selected_files.json.
+REAL=(--real "$CONFIG" --set "data.root=$DATA" --set "data.selection_file=$MODEL/selected_files.json")
+SEG=(--steps "$SEG_STEPS" --real_finish "$REAL_FINISH" --real_share "$REAL_SHARE" --no-progress)
 
-if [ "$STAGE" = all ] || [ "$STAGE" = evaluate ]; then
-  PAINTED=(); CP=()
-  for bg in $BACKGROUNDS; do
-    for place in $PLACES; do
-      tag="$(bg_tag "$bg")"; [ "$place" = source ] && tag="${tag}source_"
-      for s in $STRENGTHS; do PAINTED+=("$RUN_DIR/samples/paint_${tag}s$s"); done
-      if [ "$bg" != good ]; then CP+=("$RUN_DIR/samples/cp_$(bg_tag "$bg")$place")
-      elif [ "$place" = source ]; then CP+=("$RUN_DIR/samples/copy_paste_source"); fi
-    done
-  done
-  # The real split is exactly the generator's: its selected_files.json.
-  REAL=(--real "$CONFIG" --set "data.root=$DATA" --set "data.selection_file=$MODEL/selected_files.json")
-  SEG=(--steps "$SEG_STEPS" --real_finish "$REAL_FINISH" --real_share "$REAL_SHARE" --no-progress)
-  HELDOUT=("${CP[@]}")
-  [ "$HELDOUT_PAINTED" = 1 ] && HELDOUT=("${PAINTED[@]}" "${HELDOUT[@]}")
-  if [ "$FOLDS" -gt 0 ]; then
-    # No built-in --copy-paste here: it would paste the validation pairs' defects too; the
-    # copy-paste folders record their sources, so they are cross-validated like the painted ones.
-    "$PY" -m defect_gen evaluate "${REAL[@]}" --synthetic "${PAINTED[@]}" "${CP[@]}" --out "$RUN_DIR/report_cv" \
-      --folds "$FOLDS" --ratios "$RATIOS" --seeds "$CV_SEEDS" "${SEG[@]}"
-    sed -n '/^## Segmentation/,/^!\[/p' "$RUN_DIR/report_cv/report.md"
-    if [ "$PER_CLASS" = 1 ]; then
-      MIX="$RUN_DIR/samples/per_class"
-      at="${RATIOS##*,}"  # the choice compares the folders at the last ratio
-      if [ ! -f "$MIX/mix_settings.json" ] && \
-         ! "$PY" -m defect_gen mix --choose "$RUN_DIR/report_cv" --ratio "$at" --out "$MIX"; then
-        echo "no per-class mix (see the line above); the held-out report follows without one" >&2
-        MIX=""
-      fi
+train_model() {  # resumes from the latest checkpoint in $MODEL
+  "$PY" -m defect_gen train --config "$CONFIG" --work_dir "$MODEL" --num_defect 4 \
+    --set "data.root=$DATA" --set "train.max_steps=$STEPS_TRAIN" --no-progress
+}
+
+make_folders() {  # paint or copy-paste each "dir|bg|place|strength"; a finished folder is kept
+  local spec out bg place s
+  for spec in "$@"; do
+    IFS='|' read -r out bg place s <<< "$spec"
+    if [ -f "$out/paint_settings.json" ]; then echo "$out: done"; continue; fi
+    # --overwrite: a folder without paint_settings.json is a run that was stopped midway
+    if [ "$s" = 0 ]; then
+      # shellcheck disable=SC2046
+      "$PY" -m defect_gen paint --copy-paste --config "$CONFIG" --set "data.root=$DATA" \
+        --set "data.selection_file=$MODEL/selected_files.json" $(bg_flags "$bg") --sample_dir "$out" \
+        --num_samples "$N_PAINT" --place "$place" --seed 1000 --overwrite --no-progress
+    else
+      # shellcheck disable=SC2046
+      "$PY" -m defect_gen paint --model "$MODEL" $(bg_flags "$bg") --sample_dir "$out" --num_samples "$N_PAINT" \
+        --strength "$s" --steps "$PAINT_STEPS" --place "$place" --seed 1000 --overwrite --no-progress
     fi
+  done
+}
+
+show() { sed -n '/^## Segmentation/,/^!\[/p' "$1/report.md"; }
+
+cross_validate() {  # the folders given, cross-validated over the 40 training pairs (finished segmenters cached)
+  # No built-in --copy-paste here: it would paste the validation pairs' defects too; the
+  # copy-paste folders record their sources, so they are cross-validated like the painted ones.
+  "$PY" -m defect_gen evaluate "${REAL[@]}" --synthetic "$@" --out "$RUN_DIR/report_cv" \
+    --folds "$FOLDS" --ratios "$RATIOS" --seeds "$CV_SEEDS" "${SEG[@]}"
+}
+
+held_out() {  # real only and the folders given (+ built-in copy-paste) on the held-out photos
+  local base=()
+  [ "$COPY_PASTE" = 1 ] && base=(--copy-paste "$GOOD")
+  [ "$#" -gt 0 ] && base+=(--synthetic "$@")
+  "$PY" -m defect_gen evaluate "${REAL[@]}" "${base[@]}" --out "$RUN_DIR/report" --ratios "$RATIOS" \
+    --seeds "$SEEDS" "${SEG[@]}"
+}
+
+choose_mix() {  # mix --choose the per-class best folder into samples/per_class; fails when none helps
+  local at="${RATIOS##*,}"  # the choice compares the folders at the last ratio
+  if [ ! -f "$MIX/mix_settings.json" ]; then
+    mkdir -p "$LOGS"
+    # its table is kept, for the summary at the end
+    "$PY" -m defect_gen mix --choose "$RUN_DIR/report_cv" --ratio "$at" --out "$MIX" 2>&1 | tee "$LOGS/per_class_choice.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || return 1
+  elif [ -f "$LOGS/per_class_choice.txt" ]; then
+    cat "$LOGS/per_class_choice.txt"
   fi
-  if [ -n "${MIX:-}" ]; then
-    # As many generated pairs per chosen class as the folders had at that ratio: ratio x (chosen / all classes).
-    mix_ratio="$("$PY" -c 'import json, sys
+  return 0
+}
+
+evaluate_mix() {  # the per-class mix on the held-out photos
+  # As many generated pairs per chosen class as the folders had at that ratio: ratio x (chosen / all classes).
+  local mix_ratio
+  mix_ratio="$("$PY" -c 'import json, sys
 takes = json.load(open(sys.argv[1]))["takes"]
 classes = json.load(open(sys.argv[2]))["classes"]
 print(round(float(sys.argv[3]) * sum(len(t["classes"]) for t in takes) / len(classes), 4))' \
-      "$MIX/mix_settings.json" "$RUN_DIR/report_cv/results.json" "$at")"
-    # Its own report (its ratio differs), sharing the held-out report's cached real-only segmenters.
-    mkdir -p "$RUN_DIR/report/segmenters" "$RUN_DIR/report_per_class"
-    [ -e "$RUN_DIR/report_per_class/segmenters" ] || ln -s ../report/segmenters "$RUN_DIR/report_per_class/segmenters"
+    "$MIX/mix_settings.json" "$RUN_DIR/report_cv/results.json" "${RATIOS##*,}")"
+  # Its own report (its ratio differs), sharing the held-out report's cached real-only segmenters.
+  mkdir -p "$RUN_DIR/report/segmenters" "$RUN_DIR/report_per_class"
+  [ -e "$RUN_DIR/report_per_class/segmenters" ] || ln -s ../report/segmenters "$RUN_DIR/report_per_class/segmenters"
+  "$PY" -m defect_gen evaluate "${REAL[@]}" --synthetic "$MIX" --out "$RUN_DIR/report_per_class" \
+    --ratios "$mix_ratio" --seeds "$SEEDS" "${SEG[@]}"
+}
+
+evaluate_all() {  # cross-validation and choice, then the held-out reports; finished segmenters are reused
+  if [ "$FOLDS" -gt 0 ]; then
+    cross_validate "${PAINTED_DIRS[@]}" "${CP_DIRS[@]}"
+    show "$RUN_DIR/report_cv"
   fi
-  BASE=(); [ "$COPY_PASTE" = 1 ] && BASE=(--copy-paste "$GOOD")
-  [ "${#HELDOUT[@]}" -gt 0 ] && BASE+=(--synthetic "${HELDOUT[@]}")
-  "$PY" -m defect_gen evaluate "${REAL[@]}" "${BASE[@]}" --out "$RUN_DIR/report" --ratios "$RATIOS" \
-    --seeds "$SEEDS" "${SEG[@]}"
-  sed -n '/^## Segmentation/,/^!\[/p' "$RUN_DIR/report/report.md"
-  if [ -n "${MIX:-}" ]; then
-    "$PY" -m defect_gen evaluate "${REAL[@]}" --synthetic "$MIX" --out "$RUN_DIR/report_per_class" \
-      --ratios "$mix_ratio" --seeds "$SEEDS" "${SEG[@]}"
-    sed -n '/^## Segmentation/,/^!\[/p' "$RUN_DIR/report_per_class/report.md"
+  local heldout=("${CP_DIRS[@]}")
+  [ "$HELDOUT_PAINTED" = 1 ] && heldout=("${PAINTED_DIRS[@]}" "${heldout[@]}")
+  held_out "${heldout[@]}"
+  show "$RUN_DIR/report"
+  if [ "$FOLDS" -gt 0 ] && [ "$PER_CLASS" = 1 ]; then
+    if choose_mix; then
+      evaluate_mix
+      show "$RUN_DIR/report_per_class"
+    else
+      echo "no per-class mix (see the line above)" >&2
+    fi
   fi
-fi
+  return 0
+}
+
+# --- two lanes on a small machine -------------------------------------------------------------
+# The copy-paste baselines need no model: while one lane trains the painting model and paints,
+# the other makes the copy-paste folders and trains their cross-validation and held-out
+# segmenters (real only first). Then the generator lane cross-validates the painted folders
+# (real only and copy-paste already cached), chooses the per-class mix and trains its held-out
+# segmenters. Each lane gets half the threads: two 1-thread jobs on 2 cores train more per hour
+# than one 2-thread job. The last step reuses every cached segmenter and prints the tables.
+
+wait_for() {  # wait_for FILE PID: until FILE exists; fails if PID ends first without making it
+  until [ -f "$1" ]; do
+    if ! kill -0 "$2" 2>/dev/null; then [ -f "$1" ] && break; return 1; fi
+    sleep 10
+  done
+}
+
+join_lane() {  # join_lane PID LOG NAME: wait for a lane; on failure show its log's end
+  if ! wait "$1"; then
+    echo "the $3 lane failed; the end of $2:" >&2
+    tail -n 20 "$2" >&2
+    exit 1
+  fi
+}
+
+lane_failed() { echo "the generator lane failed; the end of $1:" >&2; tail -n 20 "$1" >&2; exit 1; }
+
+say() { echo "[$(date +%H:%M:%S)] $*"; }
+
+run_lanes() {
+  local half=$(( THREADS / 2 > 0 ? THREADS / 2 : 1 )) gen base cv_done="$LOGS/cv_baselines.done"
+  local glog="$LOGS/generator.log" blog="$LOGS/baselines.log"
+  mkdir -p "$LOGS"; rm -f "$cv_done"
+  # A stopped script stops its lanes (and the python each one is running).
+  trap 'for p in $(jobs -p); do pkill -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; true' EXIT
+  trap 'exit 130' INT TERM
+  export OMP_NUM_THREADS=$half
+  say "generator lane: training, then painting (log $glog)"
+  ( train_model; make_folders "${PAINTED[@]}" ) > "$glog" 2>&1 &
+  gen=$!
+  if ! wait_for "$MODEL/selected_files.json" "$gen"; then join_lane "$gen" "$glog" generator; fi
+  say "baseline lane: copy-paste folders, their cross-validation, then the held-out real-only and copy-paste segmenters (log $blog)"
+  ( make_folders "${CP[@]}"
+    if [ "$FOLDS" -gt 0 ]; then cross_validate "${CP_DIRS[@]}"; fi
+    touch "$cv_done"
+    held_out "${CP_DIRS[@]}" ) > "$blog" 2>&1 &
+  base=$!
+  join_lane "$gen" "$glog" generator
+  say "painted folders done"
+  if [ "$FOLDS" -gt 0 ]; then
+    wait_for "$cv_done" "$base" || join_lane "$base" "$blog" baseline
+    say "generator lane: cross-validating the painted folders"
+    cross_validate "${PAINTED_DIRS[@]}" "${CP_DIRS[@]}" >> "$glog" 2>&1 || lane_failed "$glog"
+    if [ "$PER_CLASS" = 1 ] && choose_mix >> "$glog" 2>&1; then
+      say "generator lane: the per-class mix on the held-out photos"
+      evaluate_mix >> "$glog" 2>&1 || lane_failed "$glog"
+    fi
+  fi
+  join_lane "$base" "$blog" baseline
+  trap - EXIT INT TERM
+  say "both lanes done; the reports (cached segmenters reused):"
+  export OMP_NUM_THREADS=$THREADS
+  evaluate_all
+  say "done"
+}
+
+main() {
+  if [ "$STAGE" = all ] && [ "$PARALLEL" = 1 ]; then run_lanes; return; fi
+  if [ "$STAGE" = all ] || [ "$STAGE" = train ]; then train_model; fi
+  if [ "$STAGE" = all ] || [ "$STAGE" = paint ]; then make_folders "${PAINTED[@]}" "${CP[@]}"; fi
+  if [ "$STAGE" = all ] || [ "$STAGE" = evaluate ]; then evaluate_all; fi
+}
+
+# One line, read whole before it runs: editing this file while it runs changes nothing.
+main; exit
