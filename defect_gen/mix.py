@@ -14,6 +14,8 @@ Each pair keeps its manifest row (its `source` and `background`, which `evaluate
 the leak check read), renamed `<folder name>_<name>` so that pairs from two folders never
 collide, with `from` added: the folder it came from. The folder is written under
 OUT.partial and renamed to OUT only when complete; an existing OUT is never replaced.
+OUT/preview.png shows a few pairs of each class, cropped around the defect, to check by eye
+what the mix holds before a segmenter trains on it.
 """
 
 from __future__ import annotations
@@ -24,12 +26,18 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 from defect_gen import fsutil
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.evaluate.data import manifest_rows
+from defect_gen.io import read_image, read_mask, save_pair_grid
 
 SETTINGS = "mix_settings.json"
 SUBDIRS = ("images", "masks")  # the paired layout; masks_color/ is made when a pair has a colour mask
+PREVIEW = "preview.png"
+PREVIEW_PER_CLASS = 3
+PREVIEW_CROP = 96  # px around a defect: a whole photo would show a thin crack as a few pixels
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,49 @@ def _copy_pair(take: Take, row: dict, tmp: str) -> dict:
     return {**row, "name": name, "files": files, "from": take.folder}
 
 
+def _crop_around(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A size x size window on the mask's defects (white padding where the photo is smaller),
+    centred on the defect pixel nearest their centroid: with two defects far apart, the
+    centroid itself can lie on neither."""
+    ys, xs = np.nonzero(mask)
+    cy, cx = mask.shape[0] // 2, mask.shape[1] // 2
+    if len(ys):
+        k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
+        cy, cx = int(ys[k]), int(xs[k])
+    crop_img = np.full((size, size, 3), 255, np.uint8)
+    crop_mask = np.zeros((size, size), np.uint8)
+    top = min(max(cy - size // 2, 0), max(mask.shape[0] - size, 0))
+    left = min(max(cx - size // 2, 0), max(mask.shape[1] - size, 0))
+    window = (slice(top, top + size), slice(left, left + size))
+    h, w = mask[window].shape
+    crop_img[:h, :w], crop_mask[:h, :w] = image[window], mask[window]
+    return crop_img, crop_mask
+
+
+def write_preview(folder: str, rows: list[dict]) -> str | None:
+    """folder/preview.png: the first PREVIEW_PER_CLASS pairs of each class (as listed in the
+    rows, classes in name order), each cropped around its defect; None when no row names a class."""
+    by_class: dict[str, list[dict]] = {}
+    for row in rows:
+        for name in row.get("classes") or []:
+            by_class.setdefault(name, []).append(row)
+    images, masks = [], []
+    for name in sorted(by_class):
+        for row in by_class[name][:PREVIEW_PER_CLASS]:
+            image = read_image(os.path.join(folder, row["files"]["image"]))
+            mask = read_mask(os.path.join(folder, row["files"]["mask"]))
+            if image.shape[:2] != mask.shape:
+                continue  # a mismatched pair is the trainer's error to report, not the preview's
+            crop = _crop_around(image, mask, PREVIEW_CROP)
+            images.append(crop[0])
+            masks.append(crop[1])
+    if not images:
+        return None
+    path = os.path.join(folder, PREVIEW)
+    save_pair_grid(path, images, masks, ncols=PREVIEW_PER_CLASS)
+    return path
+
+
 def mix_folders(takes: list[Take], out: str, log=print) -> dict[str, int]:
     """Write the pairs each take selects into one folder `out`; returns the pairs per class."""
     folders = [os.path.normpath(t.folder) for t in takes]
@@ -172,13 +223,16 @@ def mix_folders(takes: list[Take], out: str, log=print) -> dict[str, int]:
     for sub in SUBDIRS:
         fsutil.make_output_dir(os.path.join(tmp, sub), "--out")
     per_class: Counter = Counter()
+    written = []
     try:
         with open(os.path.join(tmp, "manifest.jsonl"), "w", encoding="utf-8") as manifest:
             for t, rows in chosen:
                 for row in rows:
-                    manifest.write(json.dumps(_copy_pair(t, row, tmp)) + "\n")
+                    written.append(_copy_pair(t, row, tmp))
+                    manifest.write(json.dumps(written[-1]) + "\n")
                     per_class.update(row.get("classes") or [])
                 log(f"{t.folder}: {len(rows)} pairs ({', '.join(t.classes) if t.classes else 'every class'})")
+        preview = write_preview(tmp, written)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a missing file, a full disk, Ctrl-C: no half-made folder left
         raise
@@ -187,5 +241,6 @@ def mix_folders(takes: list[Take], out: str, log=print) -> dict[str, int]:
                   for t, rows in chosen]})
     os.replace(tmp, out)
     log(f"wrote {sum(len(r) for _, r in chosen)} pairs to {out}: "
-        + ", ".join(f"{c} {n}" for c, n in sorted(per_class.items())))
+        + ", ".join(f"{c} {n}" for c, n in sorted(per_class.items()))
+        + (f"; preview: {os.path.join(out, PREVIEW)}" if preview else ""))
     return dict(per_class)

@@ -155,3 +155,35 @@ def test_a_listed_file_missing_leaves_no_folder_behind(tmp_path):
     with pytest.raises(DataError, match="masks/pair_001.png .listed for pair pair_001. does not exist"):
         mix_folders([Take(folder, None)], out, log=lambda _: None)
     assert not os.path.exists(out) and not os.path.exists(out + ".partial")
+
+
+def test_mix_preview_shows_each_class_cropped_around_its_defect(tmp_path):
+    painted = _folder(tmp_path, "painted", ["scratch", "stain", "hole", "scratch"])
+    out = str(tmp_path / "mix")
+    mix_folders([Take(painted, None)], out, log=lambda _: None)
+    preview = Image.open(os.path.join(out, "preview.png"))
+    # 4 pairs, classes hole | scratch x2 | stain in rows of 3: 96 px crops upscaled x2 to 192,
+    # three panels 2 px apart per cell, cells 6 px apart
+    assert preview.size == (3 * (3 * 192 + 2 * 2) + 2 * 6, 2 * 192 + 6)
+    top_left = np.asarray(preview)[:192, :192]
+    assert (top_left[4:10, 4:10] == 10 * 2 + len("painted")).all()  # the hole pair's photo, first
+    assert (top_left[-10:, -10:] == 255).all()  # an 8 px photo: the rest of the crop is padding
+
+
+def test_crop_around_keeps_the_window_inside_the_photo_and_on_the_defect():
+    from defect_gen.mix import _crop_around
+    image = np.arange(200 * 300 * 3, dtype=np.uint32).reshape(200, 300, 3).astype(np.uint8)
+    mask = np.zeros((200, 300), np.uint8)
+    mask[190:200, 295:300] = 2  # in the bottom-right corner
+    crop_img, crop_mask = _crop_around(image, mask, 96)
+    assert crop_mask.sum() == mask.sum()  # every defect pixel inside the window
+    assert (crop_img == image[104:, 204:]).all()  # pushed back inside, not padded
+
+
+def test_crop_around_two_far_defects_shows_one_of_them():
+    from defect_gen.mix import _crop_around
+    mask = np.zeros((300, 300), np.uint8)
+    mask[10:20, 10:20] = 1
+    mask[280:290, 280:300] = 1  # the centroid (~(190, 195)) is on neither
+    _, crop_mask = _crop_around(np.zeros((300, 300, 3), np.uint8), mask, 96)
+    assert crop_mask.sum() >= 100
