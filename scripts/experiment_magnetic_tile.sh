@@ -198,7 +198,7 @@ evaluate_all() {  # cross-validation and choice, then the held-out reports; fini
 wait_for() {  # wait_for FILE PID: until FILE exists; fails if PID ends first without making it
   until [ -f "$1" ]; do
     if ! kill -0 "$2" 2>/dev/null; then [ -f "$1" ] && break; return 1; fi
-    sleep 10
+    sleep 2
   done
 }
 
