@@ -135,6 +135,7 @@ held_out() {  # real only and the folders given (+ built-in copy-paste) on the h
   local base=()
   [ "$COPY_PASTE" = 1 ] && base=(--copy-paste "$GOOD")
   [ "$#" -gt 0 ] && base+=(--synthetic "$@")
+  if [ "${#base[@]}" = 0 ]; then echo "no held-out report: no copy-paste folder (HELDOUT_PAINTED=1 or COPY_PASTE=1 add one)"; return 0; fi
   "$PY" -m defect_gen evaluate "${REAL[@]}" "${base[@]}" --out "$RUN_DIR/report" --ratios "$RATIOS" \
     --seeds "$SEEDS" "${SEG[@]}"
 }
@@ -175,7 +176,7 @@ evaluate_all() {  # cross-validation and choice, then the held-out reports; fini
   local heldout=("${CP_DIRS[@]}")
   [ "$HELDOUT_PAINTED" = 1 ] && heldout=("${PAINTED_DIRS[@]}" "${heldout[@]}")
   held_out "${heldout[@]}"
-  show "$RUN_DIR/report"
+  [ -f "$RUN_DIR/report/report.md" ] && show "$RUN_DIR/report"
   if [ "$FOLDS" -gt 0 ] && [ "$PER_CLASS" = 1 ]; then
     if choose_mix; then
       evaluate_mix
@@ -228,7 +229,7 @@ run_lanes() {
   if ! wait_for "$MODEL/selected_files.json" "$gen"; then join_lane "$gen" "$glog" generator; fi
   say "baseline lane: copy-paste folders, their cross-validation, then the held-out real-only and copy-paste segmenters (log $blog)"
   ( make_folders "${CP[@]}"
-    if [ "$FOLDS" -gt 0 ]; then cross_validate "${CP_DIRS[@]}"; fi
+    if [ "$FOLDS" -gt 0 ] && [ "${#CP_DIRS[@]}" -gt 0 ]; then cross_validate "${CP_DIRS[@]}"; fi
     touch "$cv_done"
     held_out "${CP_DIRS[@]}" ) > "$blog" 2>&1 &
   base=$!

@@ -130,3 +130,13 @@ def test_one_lane_runs_the_stages_in_order(study):
         "evaluate report_cv: paint_same_source_s1 cp_same_source", "evaluate report: cp_same_source",
         "mix", "evaluate report_per_class: per_class"]
     assert {c["threads"] for c in calls} == {None}  # the user's own thread settings, untouched
+
+
+def test_without_a_copy_paste_folder_the_painted_one_is_still_judged(study):
+    run, _ = study
+    done, calls = run(BACKGROUNDS="good", PLACES="random")
+    assert done.returncode == 0, done.stderr
+    kinds = {_kind(c) for c in calls}
+    assert "evaluate report_cv: paint_s1" in kinds and "evaluate report_per_class: per_class" in kinds
+    assert not any(k.startswith("evaluate report:") for k in kinds)  # nothing to compare there
+    assert "no held-out report" in done.stdout
