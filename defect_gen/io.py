@@ -210,6 +210,20 @@ def pair_grid(images, masks, ncols: int = 4, gap: int = 2) -> np.ndarray:
     return grid
 
 
+def defect_window(focus: np.ndarray, size: int) -> tuple[slice, slice]:
+    """The square window, side min(size, h, w), of a preview crop on the True pixels of `focus`
+    (HxW): centred on the one nearest their centroid, since a curved crack's centroid, or that
+    of two defects far apart, can lie on none of them; the top-left corner when there are none."""
+    h, w = focus.shape
+    side = min(size, h, w)
+    top = left = 0
+    rows, cols = np.nonzero(focus)
+    if len(rows):
+        k = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+        top, left = int(min(max(rows[k] - side / 2, 0), h - side)), int(min(max(cols[k] - side / 2, 0), w - side))
+    return slice(top, top + side), slice(left, left + side)
+
+
 def save_pair_grid(path, images, masks, ncols: int = 4) -> None:
     """Write `pair_grid(images, masks, ncols)` as a PNG."""
     write_png(path, pair_grid(images, masks, ncols=ncols))

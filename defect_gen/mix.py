@@ -1,10 +1,11 @@
 """Combine generated pair folders class by class: `defect-gen mix --take DIR[:CLASS,...] --out DIR`.
 
 Different sources help different classes. On magnetic tile generated and pasted cracks cost
-a segmenter more crack IoU than the other classes' pairs add, and painted uneven surfaces
-cost it where pasted ones do not (docs/results.md, round 9). A mix takes, from each folder, only the pairs of the classes named after
-its `:` (every pair without a list): a pair is taken when every class its manifest row lists
-is among them. The result is one paired-layout folder that `evaluate`, `filter` and a user's
+a segmenter more crack IoU than the other classes' pairs add (false cracks on photos without
+one), and painted uneven surfaces cost it where pasted ones do not (docs/results.md, rounds 9
+and 10). A mix takes, from each folder, only the pairs of the classes named after its `:`
+(every pair without a list): a pair is taken when every class its manifest row lists is among
+them. The result is one paired-layout folder that `evaluate`, `filter` and a user's
 own training read like any other. Which source to take for which class is the user's choice,
 made on their own pairs: `evaluate --folds K` reports per-class IoU without held-out photos,
 and `--choose REPORT_DIR` makes the choice from such a report: for each class, the folder whose
@@ -31,7 +32,7 @@ import numpy as np
 from defect_gen import fsutil
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.evaluate.data import manifest_rows
-from defect_gen.io import read_image, read_mask, save_pair_grid
+from defect_gen.io import defect_window, read_image, read_mask, save_pair_grid
 
 SETTINGS = "mix_settings.json"
 SUBDIRS = ("images", "masks")  # the paired layout; masks_color/ is made when a pair has a colour mask
@@ -160,19 +161,11 @@ def _copy_pair(take: Take, row: dict, tmp: str) -> dict:
 
 
 def _crop_around(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A size x size window on the mask's defects (white padding where the photo is smaller),
-    centred on the defect pixel nearest their centroid: with two defects far apart, the
-    centroid itself can lie on neither."""
-    ys, xs = np.nonzero(mask)
-    cy, cx = mask.shape[0] // 2, mask.shape[1] // 2
-    if len(ys):
-        k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
-        cy, cx = int(ys[k]), int(xs[k])
+    """A size x size crop on the mask's defects (`io.defect_window`), white padding where the
+    photo is smaller."""
+    window = defect_window(mask > 0, size)
     crop_img = np.full((size, size, 3), 255, np.uint8)
     crop_mask = np.zeros((size, size), np.uint8)
-    top = min(max(cy - size // 2, 0), max(mask.shape[0] - size, 0))
-    left = min(max(cx - size // 2, 0), max(mask.shape[1] - size, 0))
-    window = (slice(top, top + size), slice(left, left + size))
     h, w = mask[window].shape
     crop_img[:h, :w], crop_mask[:h, :w] = image[window], mask[window]
     return crop_img, crop_mask

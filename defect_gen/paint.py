@@ -36,7 +36,7 @@ from defect_gen.conditioning import IMAGE_EXTS
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.gaussian_diffusion import GaussianDiffusion
 from defect_gen.generator import check_sampler
-from defect_gen.io import read_image
+from defect_gen.io import defect_window, read_image
 from defect_gen.masks import image_to_uint8, one_hot, resize_mask, uint8_to_image
 from defect_gen.respace import space_timesteps
 from defect_gen.samplers import KnownRegion, known_region_sampler
@@ -353,16 +353,9 @@ def _preview_cell(photo: np.ndarray, rgb: np.ndarray, mask: np.ndarray, size: in
     centred where the result differs from the given photo, so a training photo's own defects
     (kept in the mask with --backgrounds training / same_class) do not take the crop."""
     changed = np.any(rgb != photo, axis=-1) if rgb.shape == photo.shape else np.zeros(mask.shape, bool)
-    rows, cols = np.nonzero(changed if changed.any() else mask)
-    h, w = mask.shape
-    side = min(size, h, w)
-    top = left = 0
-    if len(rows):  # centred on the defect pixel nearest the centroid (a curved crack's centroid misses it)
-        k = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
-        top, left = int(min(max(rows[k] - side / 2, 0), h - side)), int(min(max(cols[k] - side / 2, 0), w - side))
-    crop = (slice(top, top + side), slice(left, left + side))
+    crop = defect_window(changed if changed.any() else mask > 0, size)
     cells = rgb[crop], mask[crop], photo[crop]
-    if side < size:  # a photo smaller than a cell: enlarge, the grid needs equal cells
+    if crop[0].stop - crop[0].start < size:  # a photo smaller than a cell: enlarge, the grid needs equal cells
         cells = tuple(np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((size, size), Image.NEAREST))
                       for c in cells)
     return cells

@@ -25,9 +25,18 @@ from defect_gen.evaluate.data import load_real
 from defect_gen.evaluate.segmenter import build_segmenter, predict
 
 
+def read_results(report: str) -> dict:
+    path = os.path.join(report, "results.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--report {report}: cannot read results.json ({exc}); expected an `evaluate` --out folder")
+
+
 def cached_models(report: str, label: str, seg: dict) -> list:
     """The run's segmenters, seed order, found in REPORT/segmenters by their cached mIoU."""
-    results = json.load(open(os.path.join(report, "results.json"), encoding="utf-8"))
+    results = read_results(report)
     runs = {f'{r["label"]} x{r["ratio"]:g}': r for r in results["runs"]}
     if label not in runs:
         raise SystemExit(f"--run {label!r}: not in {report}/results.json; runs there: {', '.join(runs)}")
@@ -64,7 +73,7 @@ def main():
     p.add_argument("--class", dest="cls", required=True, help="the class to count, e.g. Crack")
     p.add_argument("--near", type=int, default=3, help="px around a true pixel counted as near")
     args = p.parse_args()
-    results = json.load(open(os.path.join(args.report, "results.json"), encoding="utf-8"))
+    results = read_results(args.report)
     if args.cls not in results["classes"]:
         raise SystemExit(f"--class {args.cls}: not a class of {args.report} ({', '.join(results['classes'])})")
     k = results["classes"].index(args.cls) + 1
