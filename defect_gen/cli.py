@@ -170,6 +170,10 @@ def _add_evaluate(sub) -> None:
                         "(0: uniform over real + synthetic, i.e. 1 / (1 + ratio))")
     p.add_argument("--image_size", type=int, default=128, help="evaluation size: real and synthetic pairs are "
                    "resized to it alike")
+    p.add_argument("--negatives", type=int, default=0, metavar="N",
+                   help="add N defect-free photos of the real config (data.good_folders; all-background masks) "
+                        "to every training set, real only included, as a user with spare good photos would; "
+                        "ratios still count defect pairs (default 0)")
     p.add_argument("--max_heldout", type=int, default=None,
                    help="at most this many held-out real pairs (seeded pick; default: all)")
     p.add_argument("--folds", type=int, default=0, metavar="K",
@@ -524,6 +528,8 @@ def cmd_evaluate(args) -> int:
                         ("--width", args.width), ("--max_heldout", args.max_heldout or 1), ("--image_size", size)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.negatives < 0:
+        raise ConfigError(f"--negatives must be >= 0 (defect-free photos per training set), got {args.negatives}")
     if args.crop < 0:
         raise ConfigError(f"--crop must be >= 0 (0, or at least --image_size: whole images), got {args.crop}")
     if not 0.0 <= args.real_finish < 1.0:
@@ -540,6 +546,7 @@ def cmd_evaluate(args) -> int:
                       crop=args.crop, real_finish=args.real_finish, real_share=args.real_share)
     settings = EvalSettings(ratios=parse_ratios(args.ratios), seeds=args.seeds, image_size=size,
                             max_heldout=args.max_heldout, copy_paste_dir=args.copy_paste, seg=seg,
+                            negatives=args.negatives,
                             progress=not args.no_progress)
     if args.folds:
         results = crossvalidate(cfg, args.real, args.synthetic, args.out, settings, args.folds)
@@ -554,6 +561,7 @@ def cmd_evaluate(args) -> int:
                *(["--real_finish", f"{args.real_finish:g}"] if args.real_finish else []),
                *(["--real_share", f"{args.real_share:g}"] if args.real_share else []),
                *(["--max_heldout", str(args.max_heldout)] if args.max_heldout else []),
+               *(["--negatives", str(args.negatives)] if args.negatives else []),
                *(["--folds", str(args.folds)] if args.folds else []), "--segmenter", args.segmenter]
     command = " ".join(shlex.quote(a) for a in command)
     print(f"report: {write_report(results, args.out, command)}")

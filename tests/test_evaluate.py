@@ -400,3 +400,92 @@ def test_real_share_reuses_the_real_only_runs_and_is_reported(demo, tmp_path):
     assert len(set(os.listdir(out / "segmenters")) - cached) == 2  # only the two mixed runs are new
     report = (out / "report.md").read_text()
     assert "50% of each mixed batch real" in report and "--real_share 0.5" in report
+
+
+# ---------------------------------------------------------------------------------------
+# --negatives: defect-free photos in every training set
+
+
+@pytest.fixture(scope="module")
+def demo_with_good(demo, tmp_path_factory):
+    """The demo data plus three defect-free pairs (empty masks), as a user's good photos."""
+    import shutil
+
+    data = tmp_path_factory.mktemp("good") / "data"
+    shutil.copytree(demo / "data", data)
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 90 + 10 * i, np.uint8)).save(data / "images" / f"good_{i}.png")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(data / "masks" / f"good_{i}.png")
+    return data
+
+
+def _record_training(monkeypatch, module):
+    """Stand in for train_segmenter in `module`: record (pairs, num_real, defect-free pairs) of each run."""
+    seen = []
+
+    def fake(images, masks, num_classes, settings, seed, num_real=None):
+        empty = int((masks.reshape(len(masks), -1).amax(1) == 0).sum())
+        seen.append((len(images), num_real, empty))
+        return build_segmenter("unet", num_classes, 4).eval()
+    monkeypatch.setattr(module, "train_segmenter", fake)
+    return seen
+
+
+def test_negatives_join_every_training_set_and_ratios_count_defect_pairs(demo, demo_with_good, tmp_path,
+                                                                         monkeypatch):
+    from defect_gen.evaluate import run
+
+    seen = _record_training(monkeypatch, run)
+    args = ["evaluate", "--real", "configs/demo_small.yaml", "--set", f"data.root={demo_with_good}",
+            "--set", "data.num_images_per_class=2", "--synthetic", str(demo / "syn"), "--seeds", "1", "--steps", "1",
+            "--image_size", "16", "--max_heldout", "8", "--no-progress", "--ratios", "1"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--out", str(tmp_path / "neg"), "--negatives", "2"]) == 0
+    res = json.loads((tmp_path / "neg" / "results.json").read_text())
+    n = res["num_train"]  # defect pairs only
+    # real only, then real + n synthetic pairs (ratio 1 of the defect pairs, not of defect + negatives)
+    (plain_real, plain_mix), (neg_real, neg_mix) = seen[:2], seen[2:]
+    assert plain_real == (n, n, 0) and plain_mix[:2] == (2 * n, n)
+    assert neg_real == (n + 2, n + 2, 2) and neg_mix[:2] == (2 * n + 2, n + 2) and neg_mix[2] >= 2
+    assert [r["num_synthetic"] for r in res["runs"]] == [0, n]
+    assert res["settings"]["negatives"] == 2 and "+ 2 defect-free photos" in res["split"]
+    report = (tmp_path / "neg" / "report.md").read_text()
+    assert "--negatives 2" in report and "+ 2 defect-free photos (empty masks) in every training set" in report
+    # different training sets, different cache keys: nothing of the plain report is reused
+    assert not set(os.listdir(tmp_path / "plain" / "segmenters")) & set(os.listdir(tmp_path / "neg" / "segmenters"))
+
+
+def test_negatives_in_every_cross_validation_fold(demo, demo_with_good, tmp_path, monkeypatch):
+    from defect_gen.evaluate import run
+
+    seen = _record_training(monkeypatch, run)
+    assert main(["evaluate", "--real", "configs/demo_small.yaml", "--set", f"data.root={demo_with_good}",
+                 "--set", "data.num_images_per_class=2", "--synthetic", str(demo / "syn"), "--seeds", "1",
+                 "--steps", "1", "--image_size", "16", "--no-progress", "--ratios", "1", "--folds", "2",
+                 "--negatives", "3", "--out", str(tmp_path / "cv")]) == 0
+    res = json.loads((tmp_path / "cv" / "results.json").read_text())
+    n = res["num_train"]
+    real_runs, mixed_runs = seen[:2], seen[2:]
+    assert len(mixed_runs) == 2 and sum(r[0] - 3 for r in real_runs) == n  # each fold trains on the others
+    for (size, num_real, empty), (msize, mreal, _) in zip(real_runs, mixed_runs):
+        assert num_real == size and empty == 3  # the negatives, never validated on
+        assert mreal == num_real and msize == 2 * size - 3  # x1 of the fold's defect pairs
+
+
+def test_held_out_split_holds_no_negative(demo_with_good):
+    from defect_gen.evaluate.data import load_negatives
+
+    cfg = load_config("configs/demo_small.yaml", [f"data.root={demo_with_good}", "data.num_images_per_class=2"])
+    _, held, _ = load_real(cfg, "cfg", 16)
+    negs = load_negatives(cfg, "cfg", 3, 16)
+    assert sorted(negs.names) == [f"images/good_{i}.png" for i in range(3)] and int(negs.masks.max()) == 0
+    assert not set(negs.names) & set(held.names)
+    assert load_negatives(cfg, "cfg", 2, 16).names == load_negatives(cfg, "cfg", 2, 16).names  # a fixed pick
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--negatives", "-1"], "--negatives must be >= 0"),
+    (["--negatives", "4"], "--negatives 4: the real config configs/demo_small.yaml has 0 defect-free image(s)"),
+])
+def test_negatives_user_errors(demo, tmp_path, extra, message):
+    _assert_one_line_error(demo, tmp_path, extra, message)

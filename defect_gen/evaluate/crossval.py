@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from defect_gen.config import Config
 from defect_gen.errors import ConfigError
-from defect_gen.evaluate.data import PairSet, concat, load_synthetic, load_train, manifest_rows
+from defect_gen.evaluate.data import (PairSet, concat, load_negatives, load_synthetic, load_train,
+                                      manifest_rows)
 from defect_gen.evaluate.metrics import scores
 from defect_gen.evaluate.run import Results, Run, EvalSettings, folder_labels, score_run
 
@@ -90,10 +91,10 @@ def _cv_run(results: Results, label: str, ratio: float, folds: list[tuple], bar)
     for seed in range(s.seeds):
         total = 0
         for f, (train, val, pool) in enumerate(folds):
-            pairs = train
+            pairs = real = results.with_negatives(train)
             if syn is not None:  # a subset per seed and fold; the same init as real only
-                pairs = concat(train, syn.subset(sorted(random.Random(seed * 1009 + f).sample(pool, needs[f]))))
-            total = total + score_run(pairs, len(train), val, results, seed)[0]
+                pairs = concat(real, syn.subset(sorted(random.Random(seed * 1009 + f).sample(pool, needs[f]))))
+            total = total + score_run(pairs, len(real), val, results, seed)[0]
             bar.update()
         per_seed.append(scores(total, results.class_names))
     return Run(label, ratio, 0 if syn is None else round(float(np.mean(needs))), per_seed)
@@ -117,10 +118,14 @@ def crossvalidate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_
     how = (f"{how}; {folds}-fold cross-validation over these {len(real)} pairs: each scored once, by segmenters "
            f"trained on the other folds ({min(len(real) - len(g) for g in groups)}-"
            f"{max(len(real) - len(g) for g in groups)} real pairs)")
+    negatives = None
+    if settings.negatives:  # in every fold's training set, never validated on (they hold no defect)
+        negatives = load_negatives(cfg, config_path, settings.negatives, size, settings.progress)
+        how += f"; + {settings.negatives} defect-free photos (empty masks) in every training set"
     log(f"{how}; at {size} px")
     results = Results(config_path, how, classes, settings, real, real, synthetic,
                       cache_dir=os.path.join(out_dir, "segmenters"), folds=folds,
-                      folders=dict(zip(folder_labels(synthetic_dirs), synthetic_dirs)))
+                      folders=dict(zip(folder_labels(synthetic_dirs), synthetic_dirs)), negatives=negatives)
     os.makedirs(results.cache_dir, exist_ok=True)
     bar = tqdm(total=folds * settings.seeds * (1 + len(synthetic) * len(settings.ratios)), desc="segmenters",
                disable=not settings.progress, leave=False)

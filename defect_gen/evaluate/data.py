@@ -104,6 +104,19 @@ def load_real(cfg: Config, config_path: str, size: int, max_heldout: int | None 
             _load(rest, d, report.kind, size, "loading held-out", progress), how)
 
 
+def load_negatives(cfg: Config, config_path: str, n: int, size: int, progress: bool = False) -> PairSet:
+    """`n` defect-free photos of the real config (its good folders), with all-background masks:
+    negatives a user adds to every segmenter's training set. A seeded pick (seed 0), the same
+    for every run, seed and fold; never in the held-out split, which holds defect images only."""
+    report = check_dataset(cfg.data, progress=progress)
+    good = [p for p in report.pairs if not p.class_pixels]
+    if len(good) < n:
+        raise DataError(f"--negatives {n}: the real config {config_path} has {len(good)} defect-free image(s) "
+                        f"(data.good_folders {list(cfg.data.good_folders)} under data.root); expected at least {n}")
+    pick = sorted(random.Random(0).sample(good, n), key=lambda p: p.record.image)
+    return _load(pick, cfg.data, report.kind, size, "loading negatives", progress)
+
+
 def load_synthetic(path: str, classes: list[str], size: int, progress: bool = False) -> PairSet:
     """A `defect-gen sample` folder (paired layout: images/ + masks/ class indices) at `size`."""
     if not os.path.isdir(os.path.join(path, "images")) or not os.path.isdir(os.path.join(path, "masks")):

@@ -148,7 +148,7 @@ def _json_ready(results: Results) -> dict:
     s = results.settings
     return {"real_config": results.real_config, "split": results.how, "classes": results.class_names,
             "settings": {"ratios": s.ratios, "seeds": s.seeds, "image_size": s.image_size, "folds": results.folds,
-                         "max_heldout": s.max_heldout, "copy_paste_dir": s.copy_paste_dir,
+                         "max_heldout": s.max_heldout, "copy_paste_dir": s.copy_paste_dir, "negatives": s.negatives,
                          "segmenter": vars(s.seg)},
             "num_train": len(results.train), "num_heldout": len(results.heldout), "synthetic": results.folders,
             "runs": [{"label": r.label, "ratio": r.ratio, "num_synthetic": r.num_synthetic, "per_seed": r.per_seed,

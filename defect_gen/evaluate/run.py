@@ -25,8 +25,8 @@ from defect_gen.checkpoint import atomic_save
 from defect_gen.config import Config
 from defect_gen.errors import ConfigError
 from defect_gen.evaluate import quality
-from defect_gen.evaluate.data import (PairSet, check_no_leak, class_counts, concat, copy_paste_pairs, load_real,
-                                      load_synthetic)
+from defect_gen.evaluate.data import (PairSet, check_no_leak, class_counts, concat, copy_paste_pairs, load_negatives,
+                                      load_real, load_synthetic)
 from defect_gen.evaluate.metrics import confusion, mean_std, scores
 from defect_gen.evaluate.segmenter import SegSettings, build_segmenter, predict, train_segmenter
 from defect_gen.io import write_png
@@ -39,6 +39,7 @@ class EvalSettings:
     image_size: int = 128
     max_heldout: int | None = None  # None: every defect image outside the training split
     copy_paste_dir: str | None = None  # defect-free photos for the copy-paste baseline (None: no baseline)
+    negatives: int = 0  # defect-free photos of the real config added to every training set (real ones)
     seg: SegSettings = field(default_factory=SegSettings)
     progress: bool = True
 
@@ -73,6 +74,12 @@ class Results:
     seconds: float = 0.0
     folds: int = 0  # > 0: cross-validated over the training pairs (crossval.py); heldout is then train
     folders: dict[str, str] = field(default_factory=dict)  # label -> --synthetic folder (for `mix --choose`)
+    negatives: PairSet | None = None  # defect-free photos in every training set (settings.negatives of them)
+
+    def with_negatives(self, real: PairSet) -> PairSet:
+        """`real` defect pairs followed by the negatives: the real part of a training set. Ratios
+        count the defect pairs only, so a ratio means the same synthetic pairs with or without them."""
+        return concat(real, self.negatives) if self.negatives is not None else real
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -137,7 +144,7 @@ def score_run(train: PairSet, num_real: int, val: PairSet, results: Results, see
 
 def _score(train: PairSet, results: Results, seed: int):
     """(held-out scores, model) of one segmenter trained on `train` (the real split first)."""
-    conf, model = score_run(train, len(results.train), results.heldout, results, seed)
+    conf, model = score_run(train, len(results.with_negatives(results.train)), results.heldout, results, seed)
     return scores(conf, results.class_names), model
 
 
@@ -147,9 +154,9 @@ def _train_runs(results: Results, log) -> list:
     seeds = range(s.seeds)
     bar = tqdm(total=s.seeds * (1 + len(results.synthetic) * len(s.ratios)), desc="segmenters",
                disable=not s.progress, leave=False)
-    baseline = []
+    baseline, real = [], results.with_negatives(results.train)
     for seed in seeds:
-        baseline.append(_score(results.train, results, seed))
+        baseline.append(_score(real, results, seed))
         bar.update()
     results.runs.append(Run("real only", 0.0, 0, [sc for sc, _ in baseline]))
     log(f"real only ({n_real} pairs): mIoU {results.runs[-1].summary['mIoU'][0]:.3f}")
@@ -163,7 +170,7 @@ def _train_runs(results: Results, log) -> list:
             per_seed = []
             for seed in seeds:  # a different synthetic subset for each seed, the same init as real only
                 pick = sorted(random.Random(seed).sample(range(len(syn)), n))
-                per_seed.append(_score(concat(results.train, syn.subset(pick)), results, seed)[0])
+                per_seed.append(_score(concat(real, syn.subset(pick)), results, seed)[0])
                 bar.update()
             results.runs.append(Run(label, ratio, n, per_seed))
             log(f"{label} x{ratio:g} ({n} pairs): mIoU {results.runs[-1].summary['mIoU'][0]:.3f}")
@@ -224,6 +231,10 @@ def evaluate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_dir: 
     size = settings.image_size
     train, held, how = load_real(cfg, config_path, size, settings.max_heldout, progress=settings.progress)
     check_no_leak(held, synthetic_dirs, config_path)
+    negatives = None
+    if settings.negatives:
+        negatives = load_negatives(cfg, config_path, settings.negatives, size, settings.progress)
+        how += f"; + {settings.negatives} defect-free photos (empty masks) in every training set"
     log(f"{how}; at {size} px")
     _report_heldout(held, list(cfg.data.classes), log)
     synthetic = {}
@@ -234,7 +245,7 @@ def evaluate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_dir: 
                       for label, d in zip(folder_labels(synthetic_dirs), synthetic_dirs)})
     results = Results(config_path, how, list(cfg.data.classes), settings, train, held, synthetic,
                       cache_dir=os.path.join(out_dir, "segmenters"),
-                      folders=dict(zip(folder_labels(synthetic_dirs), synthetic_dirs)))
+                      folders=dict(zip(folder_labels(synthetic_dirs), synthetic_dirs)), negatives=negatives)
     os.makedirs(results.cache_dir, exist_ok=True)
     models = _train_runs(results, log)
     _quality(results, models)
