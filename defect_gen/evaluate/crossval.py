@@ -27,10 +27,9 @@ from tqdm.auto import tqdm
 
 from defect_gen.config import Config
 from defect_gen.errors import ConfigError
-from defect_gen.evaluate.data import (PairSet, concat, load_negatives, load_synthetic, load_train,
-                                      manifest_rows)
+from defect_gen.evaluate.data import PairSet, concat, load_synthetic, load_train, manifest_rows
 from defect_gen.evaluate.metrics import scores
-from defect_gen.evaluate.run import Results, Run, EvalSettings, folder_labels, score_run
+from defect_gen.evaluate.run import Results, Run, EvalSettings, add_negatives, folder_labels, score_run
 
 
 def fold_groups(pairs: PairSet, num_classes: int, folds: int, seed: int = 0) -> list[list[int]]:
@@ -118,10 +117,8 @@ def crossvalidate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_
     how = (f"{how}; {folds}-fold cross-validation over these {len(real)} pairs: each scored once, by segmenters "
            f"trained on the other folds ({min(len(real) - len(g) for g in groups)}-"
            f"{max(len(real) - len(g) for g in groups)} real pairs)")
-    negatives = None
-    if settings.negatives:  # in every fold's training set, never validated on (they hold no defect)
-        negatives = load_negatives(cfg, config_path, settings.negatives, size, settings.progress)
-        how += f"; + {settings.negatives} defect-free photos (empty masks) in every training set"
+    # Negatives join every fold's training set and are never validated on (they hold no defect).
+    negatives, how = add_negatives(cfg, config_path, settings, how)
     log(f"{how}; at {size} px")
     results = Results(config_path, how, classes, settings, real, real, synthetic,
                       cache_dir=os.path.join(out_dir, "segmenters"), folds=folds,

@@ -82,6 +82,14 @@ class Results:
         return concat(real, self.negatives) if self.negatives is not None else real
 
 
+def add_negatives(cfg: Config, config_path: str, settings: EvalSettings, how: str) -> tuple[PairSet | None, str]:
+    """(the `settings.negatives` defect-free photos, or None; `how` saying so) for evaluate and --folds."""
+    if not settings.negatives:
+        return None, how
+    negatives = load_negatives(cfg, config_path, settings.negatives, settings.image_size, settings.progress)
+    return negatives, f"{how}; + {settings.negatives} defect-free photos (empty masks) in every training set"
+
+
 def parse_ratios(text: str) -> list[float]:
     """'0.5,1,2' -> [0.5, 1.0, 2.0]; ConfigError names the bad value."""
     try:
@@ -144,7 +152,8 @@ def score_run(train: PairSet, num_real: int, val: PairSet, results: Results, see
 
 def _score(train: PairSet, results: Results, seed: int):
     """(held-out scores, model) of one segmenter trained on `train` (the real split first)."""
-    conf, model = score_run(train, len(results.with_negatives(results.train)), results.heldout, results, seed)
+    num_real = len(results.train) + (len(results.negatives) if results.negatives is not None else 0)
+    conf, model = score_run(train, num_real, results.heldout, results, seed)
     return scores(conf, results.class_names), model
 
 
@@ -231,10 +240,7 @@ def evaluate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_dir: 
     size = settings.image_size
     train, held, how = load_real(cfg, config_path, size, settings.max_heldout, progress=settings.progress)
     check_no_leak(held, synthetic_dirs, config_path)
-    negatives = None
-    if settings.negatives:
-        negatives = load_negatives(cfg, config_path, settings.negatives, size, settings.progress)
-        how += f"; + {settings.negatives} defect-free photos (empty masks) in every training set"
+    negatives, how = add_negatives(cfg, config_path, settings, how)
     log(f"{how}; at {size} px")
     _report_heldout(held, list(cfg.data.classes), log)
     synthetic = {}
