@@ -181,6 +181,9 @@ def _add_evaluate(sub) -> None:
                         "(generated pairs made from a validation photo are left out of that fold); 0: held-out split")
     p.add_argument("--segmenter", choices=["unet", "deeplabv3"], default="unet",
                    help="unet: built-in small UNet; deeplabv3: torchvision's, from scratch (needs torchvision)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="segmenters trained at once, each in its own process with CPU threads / N threads "
+                        "(on a 2-core CPU, 2 train more per hour than 1: README); same runs, same cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -525,7 +528,8 @@ def cmd_evaluate(args) -> int:
     fsutil.check_writable(args.out, "--out")  # before minutes of training segmenters
     size = args.image_size
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--batch_size", args.batch_size),
-                        ("--width", args.width), ("--max_heldout", args.max_heldout or 1), ("--image_size", size)):
+                        ("--width", args.width), ("--max_heldout", args.max_heldout or 1), ("--image_size", size),
+                        ("--jobs", args.jobs)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     if args.negatives < 0:
@@ -546,8 +550,7 @@ def cmd_evaluate(args) -> int:
                       crop=args.crop, real_finish=args.real_finish, real_share=args.real_share)
     settings = EvalSettings(ratios=parse_ratios(args.ratios), seeds=args.seeds, image_size=size,
                             max_heldout=args.max_heldout, copy_paste_dir=args.copy_paste, seg=seg,
-                            negatives=args.negatives,
-                            progress=not args.no_progress)
+                            negatives=args.negatives, jobs=args.jobs, progress=not args.no_progress)
     if args.folds:
         results = crossvalidate(cfg, args.real, args.synthetic, args.out, settings, args.folds)
     else:
@@ -562,7 +565,8 @@ def cmd_evaluate(args) -> int:
                *(["--real_share", f"{args.real_share:g}"] if args.real_share else []),
                *(["--max_heldout", str(args.max_heldout)] if args.max_heldout else []),
                *(["--negatives", str(args.negatives)] if args.negatives else []),
-               *(["--folds", str(args.folds)] if args.folds else []), "--segmenter", args.segmenter]
+               *(["--folds", str(args.folds)] if args.folds else []), "--segmenter", args.segmenter,
+               *(["--jobs", str(args.jobs)] if args.jobs > 1 else [])]
     command = " ".join(shlex.quote(a) for a in command)
     print(f"report: {write_report(results, args.out, command)}")
     return 0

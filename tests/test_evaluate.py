@@ -489,3 +489,53 @@ def test_held_out_split_holds_no_negative(demo_with_good):
 ])
 def test_negatives_user_errors(demo, tmp_path, extra, message):
     _assert_one_line_error(demo, tmp_path, extra, message)
+
+
+# ---------------------------------------------------------------------------------------
+# Several segmenters at once (--jobs)
+
+
+def _runs(out) -> list:
+    return [(r["label"], r["ratio"], r["per_seed"]) for r in json.loads((out / "results.json").read_text())["runs"]]
+
+
+def _evaluate_any(demo, out, folds, *extra):
+    """_evaluate, or with --folds (which has no --max_heldout) when `folds`."""
+    if not folds:
+        return _evaluate(demo, out, *extra)
+    return main(["evaluate", "--real", "configs/demo_small.yaml", "--set", f"data.root={demo / 'data'}",
+                 "--set", "data.num_images_per_class=2", "--synthetic", str(demo / "syn"), "--out", str(out),
+                 "--seeds", "1", "--steps", "4", "--image_size", "16", "--no-progress", "--folds", "2", *extra])
+
+
+@pytest.mark.parametrize("folds, extra", [(False, ["--ratios", "0.5,1"]), (True, ["--ratios", "1,2"])])
+def test_jobs_give_the_serial_scores_and_fill_the_same_cache(demo, tmp_path, folds, extra):
+    # Workers get half the threads; the serial run is given as many, so the sums run in the same order.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))
+    try:
+        assert _evaluate_any(demo, tmp_path / "serial", folds, *extra) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert _evaluate_any(demo, tmp_path / "jobs", folds, *extra, "--jobs", "2") == 0
+    serial, jobs = _runs(tmp_path / "serial"), _runs(tmp_path / "jobs")
+    assert len(serial) == 3 and jobs == serial
+    cached = sorted(os.listdir(tmp_path / "serial" / "segmenters"))
+    assert sorted(os.listdir(tmp_path / "jobs" / "segmenters")) == cached and len(cached) == 6
+    assert "--jobs 2" in (tmp_path / "jobs" / "report.md").read_text()
+
+
+def test_run_parallel_runs_every_task_and_reraises_a_workers_error(tmp_path):
+    import math
+
+    from defect_gen.evaluate.parallel import run_parallel
+
+    dirs = [str(tmp_path / f"d{i}") for i in range(3)]
+    run_parallel(os.makedirs, [(d,) for d in dirs], 3, 2, "dirs", progress=False)
+    assert all(os.path.isdir(d) for d in dirs)
+    with pytest.raises(ValueError, match="math domain error"):
+        run_parallel(math.sqrt, [(4.0,), (-1.0,), (9.0,)], 3, 2, "roots", progress=False)
+
+
+def test_jobs_must_be_positive(demo, tmp_path):
+    _assert_one_line_error(demo, tmp_path, ["--jobs", "0"], "--jobs must be >= 1, got 0")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -29,7 +30,8 @@ from defect_gen.config import Config
 from defect_gen.errors import ConfigError
 from defect_gen.evaluate.data import PairSet, concat, load_synthetic, load_train, manifest_rows
 from defect_gen.evaluate.metrics import scores
-from defect_gen.evaluate.run import Results, Run, EvalSettings, add_negatives, folder_labels, score_run
+from defect_gen.evaluate.run import (Results, Run, EvalSettings, add_negatives, folder_labels, score_run,
+                                     train_uncached)
 
 
 def fold_groups(pairs: PairSet, num_classes: int, folds: int, seed: int = 0) -> list[list[int]]:
@@ -72,31 +74,54 @@ def fold_sets(real: PairSet, groups: list[list[int]], made: list[set[str]]) -> l
     return out
 
 
+def _cv_needs(results: Results, label: str, ratio: float, folds: list[tuple]) -> tuple[list[int], str | None]:
+    """(synthetic pairs each fold's training set takes, None) or ([], why a fold cannot have them)."""
+    needs = [round(ratio * len(train)) for train, _, _ in folds]
+    if results.synthetic.get(label) is not None:
+        short = [(f, n, len(pool)) for f, (n, (_, _, pool)) in enumerate(zip(needs, folds)) if n > len(pool) or n < 1]
+        if short:
+            f, n, have = short[0]
+            return [], (f"{label} x{ratio:g}: fold {f} needs {n} synthetic pairs, {have} of the folder's "
+                        f"are not made from that fold's photos")
+    return needs, None
+
+
+def _cv_sets(results: Results, label: str, folds: list[tuple], needs: list[int]) -> Iterator[tuple]:
+    """(training set, its real count, validation pairs, seed) for every seed and fold: the real
+    pairs of the other folds, then a subset per seed and fold of the synthetic pairs allowed."""
+    syn = results.synthetic.get(label)
+    for seed in range(results.settings.seeds):
+        for f, (train, val, pool) in enumerate(folds):
+            pairs = real = results.with_negatives(train)
+            if syn is not None:  # the same init as real only
+                pairs = concat(real, syn.subset(sorted(random.Random(seed * 1009 + f).sample(pool, needs[f]))))
+            yield pairs, len(real), val, seed
+
+
 def _cv_run(results: Results, label: str, ratio: float, folds: list[tuple], bar) -> Run | None:
     """One training set over every fold and seed; None (and a note) when a fold lacks pairs.
 
     `folds`: (real training pairs, validation pairs, indices of the synthetic pairs allowed)."""
-    s, syn = results.settings, results.synthetic.get(label)
-    needs = [round(ratio * len(train)) for train, _, _ in folds]
-    if syn is not None:
-        short = [(f, n, len(pool)) for f, (n, (_, _, pool)) in enumerate(zip(needs, folds)) if n > len(pool) or n < 1]
-        if short:
-            f, n, have = short[0]
-            results.skipped.append(f"{label} x{ratio:g}: fold {f} needs {n} synthetic pairs, {have} of the folder's "
-                                   f"are not made from that fold's photos")
-            bar.update(s.seeds * len(folds))
-            return None
-    per_seed = []
-    for seed in range(s.seeds):
-        total = 0
-        for f, (train, val, pool) in enumerate(folds):
-            pairs = real = results.with_negatives(train)
-            if syn is not None:  # a subset per seed and fold; the same init as real only
-                pairs = concat(real, syn.subset(sorted(random.Random(seed * 1009 + f).sample(pool, needs[f]))))
-            total = total + score_run(pairs, len(real), val, results, seed)[0]
-            bar.update()
-        per_seed.append(scores(total, results.class_names))
-    return Run(label, ratio, 0 if syn is None else round(float(np.mean(needs))), per_seed)
+    needs, short = _cv_needs(results, label, ratio, folds)
+    if short:
+        results.skipped.append(short)
+        bar.update(results.settings.seeds * len(folds))
+        return None
+    totals = [0] * results.settings.seeds  # each seed's confusion, summed over the folds
+    for pairs, num_real, val, seed in _cv_sets(results, label, folds, needs):
+        totals[seed] = totals[seed] + score_run(pairs, num_real, val, results, seed)[0]
+        bar.update()
+    per_seed = [scores(total, results.class_names) for total in totals]
+    synthetic = 0 if results.synthetic.get(label) is None else round(float(np.mean(needs)))
+    return Run(label, ratio, synthetic, per_seed)
+
+
+def _cv_jobs(results: Results, plan: list[tuple]) -> Iterator[tuple]:
+    """Every segmenter the cross-validation of `plan` ((label, ratio, folds) runs) will score."""
+    for label, ratio, folds in plan:
+        needs, short = _cv_needs(results, label, ratio, folds)
+        if not short:
+            yield from _cv_sets(results, label, folds, needs)
 
 
 def crossvalidate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_dir: str, settings: EvalSettings,
@@ -124,13 +149,14 @@ def crossvalidate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_
                       cache_dir=os.path.join(out_dir, "segmenters"), folds=folds,
                       folders=dict(zip(folder_labels(synthetic_dirs), synthetic_dirs)), negatives=negatives)
     os.makedirs(results.cache_dir, exist_ok=True)
-    bar = tqdm(total=folds * settings.seeds * (1 + len(synthetic) * len(settings.ratios)), desc="segmenters",
-               disable=not settings.progress, leave=False)
-    for label, ratio in [(None, 0.0)] + [(lb, r) for lb in synthetic for r in settings.ratios]:
-        run = _cv_run(results, label or "real only", ratio, per_fold[label], bar)
+    plan = [("real only", 0.0, per_fold[None])] + [(lb, r, per_fold[lb]) for lb in synthetic for r in settings.ratios]
+    train_uncached(results, lambda: _cv_jobs(results, plan))
+    bar = tqdm(total=folds * settings.seeds * len(plan), desc="segmenters", disable=not settings.progress, leave=False)
+    for label, ratio, label_folds in plan:
+        run = _cv_run(results, label, ratio, label_folds, bar)
         if run is not None:
             results.runs.append(run)
-            what = f"{run.label} x{ratio:g} ({run.num_synthetic} pairs per fold)" if label else run.label
+            what = f"{run.label} x{ratio:g} ({run.num_synthetic} pairs per fold)" if ratio else run.label
             log(f"{what}: cross-validated mIoU {run.summary['mIoU'][0]:.3f}")
     bar.close()
     results.seconds = time.time() - start

@@ -17,6 +17,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -28,6 +29,7 @@ from defect_gen.evaluate import quality
 from defect_gen.evaluate.data import (PairSet, check_no_leak, class_counts, concat, copy_paste_pairs, load_negatives,
                                       load_real, load_synthetic)
 from defect_gen.evaluate.metrics import confusion, mean_std, scores
+from defect_gen.evaluate.parallel import run_parallel
 from defect_gen.evaluate.segmenter import SegSettings, build_segmenter, predict, train_segmenter
 from defect_gen.io import write_png
 
@@ -40,6 +42,7 @@ class EvalSettings:
     max_heldout: int | None = None  # None: every defect image outside the training split
     copy_paste_dir: str | None = None  # defect-free photos for the copy-paste baseline (None: no baseline)
     negatives: int = 0  # defect-free photos of the real config added to every training set (real ones)
+    jobs: int = 1  # segmenters trained at once, each in its own process (parallel.py)
     seg: SegSettings = field(default_factory=SegSettings)
     progress: bool = True
 
@@ -123,6 +126,31 @@ def _run_key(train: PairSet, num_real: int, val: PairSet, results: Results, seed
     return h.hexdigest()[:24]
 
 
+def _cache_path(train: PairSet, num_real: int, val: PairSet, results: Results, seed: int) -> str | None:
+    if not results.cache_dir:
+        return None
+    return os.path.join(results.cache_dir, f"{_run_key(train, num_real, val, results, seed)}.pt")
+
+
+def train_and_cache(train: PairSet, num_real: int, val: PairSet, seg: SegSettings, class_names: list[str],
+                    seed: int, path: str | None):
+    """Train one segmenter on `train` (its first `num_real` pairs real); (its pixel confusion
+    matrix on `val`, the model), both kept in `path` when given (atomically: a stopped run
+    leaves no half-written file). Runs in a worker process under --jobs."""
+    num_classes = len(class_names) + 1
+    model = train_segmenter(train.images, train.masks, num_classes, seg, seed, num_real)
+    conf = confusion(predict(model, val.images), val.masks, num_classes)
+    if path:
+        atomic_save({"scores": scores(conf, class_names), "confusion": torch.from_numpy(conf),
+                     "model": model.state_dict()}, path)
+    return conf, model
+
+
+def _train_to_cache(*args) -> None:
+    """train_and_cache for a worker process: the model stays in its file, not sent back."""
+    train_and_cache(*args)
+
+
 def score_run(train: PairSet, num_real: int, val: PairSet, results: Results, seed: int):
     """Train one segmenter on `train` (its first `num_real` pairs real) with `seed`; (its pixel
     confusion matrix on `val`, the model).
@@ -131,8 +159,7 @@ def score_run(train: PairSet, num_real: int, val: PairSet, results: Results, see
     evaluation that was stopped, or one that adds a folder, reuses every run already done.
     """
     num_classes = len(results.class_names) + 1
-    key = _run_key(train, num_real, val, results, seed)
-    path = os.path.join(results.cache_dir, f"{key}.pt") if results.cache_dir else None
+    path = _cache_path(train, num_real, val, results, seed)
     if path and os.path.exists(path):
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model = build_segmenter(results.settings.seg.arch, num_classes, results.settings.seg.width)
@@ -142,49 +169,90 @@ def score_run(train: PairSet, num_real: int, val: PairSet, results: Results, see
             return saved["confusion"].numpy(), model
         # Runs cached before the confusion was kept: predicting again costs seconds, not a training.
         return confusion(predict(model, val.images), val.masks, num_classes), model
-    model = train_segmenter(train.images, train.masks, num_classes, results.settings.seg, seed, num_real)
-    conf = confusion(predict(model, val.images), val.masks, num_classes)
-    if path:
-        atomic_save({"scores": scores(conf, results.class_names), "confusion": torch.from_numpy(conf),
-                     "model": model.state_dict()}, path)
-    return conf, model
+    return train_and_cache(train, num_real, val, results.settings.seg, results.class_names, seed, path)
+
+
+def train_uncached(results: Results, jobs: Callable[[], Iterator[tuple]]) -> None:
+    """With settings.jobs > 1, train every run that `jobs()` lists ((train, num_real, val, seed)
+    tuples, in the order the scoring loop will ask for them) and the cache lacks, that many at
+    a time; the scoring loop that follows then finds each one cached. `jobs` is called twice
+    (count, then train), so only the sets being trained are held in memory, not all of them."""
+    s = results.settings
+    if s.jobs < 2 or not results.cache_dir:
+        return
+    todo = {p for p in (_cache_path(*job[:3], results, job[3]) for job in jobs()) if not os.path.exists(p)}
+    if not todo:
+        return
+
+    def tasks():
+        for train, num_real, val, seed in jobs():
+            path = _cache_path(train, num_real, val, results, seed)
+            if path in todo:
+                todo.discard(path)  # the same set twice (e.g. two identical folders) trains once
+                yield train, num_real, val, s.seg, results.class_names, seed, path
+
+    run_parallel(_train_to_cache, tasks(), len(todo), s.jobs, "segmenters", s.progress)
+
+
+def _num_real(results: Results) -> int:
+    """The real pairs at the start of every training set: the defect pairs, then the negatives."""
+    return len(results.train) + (len(results.negatives) if results.negatives is not None else 0)
 
 
 def _score(train: PairSet, results: Results, seed: int):
     """(held-out scores, model) of one segmenter trained on `train` (the real split first)."""
-    num_real = len(results.train) + (len(results.negatives) if results.negatives is not None else 0)
-    conf, model = score_run(train, num_real, results.heldout, results, seed)
+    conf, model = score_run(train, _num_real(results), results.heldout, results, seed)
     return scores(conf, results.class_names), model
 
 
-def _train_runs(results: Results, log) -> list:
-    """All segmentation runs; returns the real-only models (one per seed) for mask consistency."""
-    s, n_real = results.settings, len(results.train)
-    seeds = range(s.seeds)
-    bar = tqdm(total=s.seeds * (1 + len(results.synthetic) * len(s.ratios)), desc="segmenters",
-               disable=not s.progress, leave=False)
-    baseline, real = [], results.with_negatives(results.train)
-    for seed in seeds:
-        baseline.append(_score(real, results, seed))
-        bar.update()
-    results.runs.append(Run("real only", 0.0, 0, [sc for sc, _ in baseline]))
-    log(f"real only ({n_real} pairs): mIoU {results.runs[-1].summary['mIoU'][0]:.3f}")
+def _specs(results: Results) -> list[tuple[str, float, PairSet | None, int]]:
+    """(label, ratio, synthetic folder's pairs or None, synthetic count) of every held-out run,
+    real only first. A ratio that needs more pairs than a folder holds is noted, never shrunk."""
+    n_real, out = len(results.train), [("real only", 0.0, None, 0)]
     for label, syn in results.synthetic.items():
-        for ratio in s.ratios:
+        for ratio in results.settings.ratios:
             n = round(ratio * n_real)
             if n < 1 or n > len(syn):
                 results.skipped.append(f"{label} x{ratio:g}: needs {n} synthetic pairs, the folder has {len(syn)}")
-                bar.update(s.seeds)
-                continue
-            per_seed = []
-            for seed in seeds:  # a different synthetic subset for each seed, the same init as real only
-                pick = sorted(random.Random(seed).sample(range(len(syn)), n))
-                per_seed.append(_score(concat(real, syn.subset(pick)), results, seed)[0])
-                bar.update()
-            results.runs.append(Run(label, ratio, n, per_seed))
-            log(f"{label} x{ratio:g} ({n} pairs): mIoU {results.runs[-1].summary['mIoU'][0]:.3f}")
+            else:
+                out.append((label, ratio, syn, n))
+    return out
+
+
+def _training_set(results: Results, syn: PairSet | None, n: int, seed: int) -> PairSet:
+    """The real split, then (a different seeded subset for each seed) n pairs of `syn`."""
+    real = results.with_negatives(results.train)
+    if syn is None:
+        return real
+    return concat(real, syn.subset(sorted(random.Random(seed).sample(range(len(syn)), n))))
+
+
+def _jobs(results: Results, specs: list) -> Iterator[tuple]:
+    """(train, num_real, held-out pairs, seed) of every held-out run, in _train_runs' order."""
+    for _, _, syn, n in specs:
+        for seed in range(results.settings.seeds):
+            yield _training_set(results, syn, n, seed), _num_real(results), results.heldout, seed
+
+
+def _train_runs(results: Results, specs: list, log) -> list:
+    """Score every run of `specs` (each seed: the same init as real only); returns the
+    real-only models (one per seed) for mask consistency."""
+    s = results.settings
+    bar = tqdm(total=s.seeds * len(specs), desc="segmenters", disable=not s.progress, leave=False)
+    real_models = []
+    for label, ratio, syn, n in specs:
+        per_seed = []
+        for seed in range(s.seeds):
+            sc, model = _score(_training_set(results, syn, n, seed), results, seed)
+            per_seed.append(sc)
+            if syn is None:
+                real_models.append(model)
+            bar.update()
+        results.runs.append(Run(label, ratio, n, per_seed))
+        what = f"{label} ({len(results.train)} pairs)" if syn is None else f"{label} x{ratio:g} ({n} pairs)"
+        log(f"{what}: mIoU {results.runs[-1].summary['mIoU'][0]:.3f}")
     bar.close()
-    return [model for _, model in baseline]
+    return real_models
 
 
 def _fidelity(results: Results, synthetic_dirs: list[str], out_dir: str) -> None:
@@ -253,7 +321,9 @@ def evaluate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_dir: 
                       cache_dir=os.path.join(out_dir, "segmenters"),
                       folders=dict(zip(folder_labels(synthetic_dirs), synthetic_dirs)), negatives=negatives)
     os.makedirs(results.cache_dir, exist_ok=True)
-    models = _train_runs(results, log)
+    specs = _specs(results)
+    train_uncached(results, lambda: _jobs(results, specs))
+    models = _train_runs(results, specs, log)
     _quality(results, models)
     _fidelity(results, synthetic_dirs, out_dir)
     results.seconds = time.time() - start
