@@ -570,6 +570,8 @@ def test_a_manifest_that_is_a_link_is_refused(models, tmp_path, capsys, flag):
     assert victim.read_bytes() == before  # neither repaired (truncated) nor appended to
 
 
+# torch's unpickler warns about the "pickle protocol" it reads out of random bytes: expected here.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_random_bytes_as_a_checkpoint_are_always_one_line(tmp_path):
     import random
 
