@@ -1,9 +1,10 @@
 """Several segmenters at once: `defect-gen evaluate --jobs N`.
 
-A 2000-step segmenter keeps one CPU core busy for minutes, and one training uses a second
-core poorly: on the 2-core AMD EPYC of docs/results.md two one-thread trainings side by
-side finished two segmenters per 9 min where one two-thread training took 6 min for one.
-So `--jobs N` trains N at a time, each in its own process with (CPU threads / N) threads.
+A segmenter is a small UNet on 64 px crops, too small a workload to keep many threads busy,
+so training several at once, each in its own process with (CPU threads / N) threads, can
+finish more per hour. How much depends on the machine: on a 2-core AMD EPYC,
+scripts/bench_jobs.py measured 44.9 segmenters per hour with --jobs 2 against 42.1 with
+--jobs 1 (docs/results.md, round 12); measure before relying on it.
 
 Workers are spawned, not forked: a forked child inherits torch's thread pool in whatever
 state the parent left it, which can hang. Tasks are handed out as workers free up, so only

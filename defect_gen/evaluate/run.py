@@ -180,7 +180,8 @@ def train_uncached(results: Results, jobs: Callable[[], Iterator[tuple]]) -> Non
     s = results.settings
     if s.jobs < 2 or not results.cache_dir:
         return
-    todo = {p for p in (_cache_path(*job[:3], results, job[3]) for job in jobs()) if not os.path.exists(p)}
+    paths = (_cache_path(train, num_real, val, results, seed) for train, num_real, val, seed in jobs())
+    todo = {path for path in paths if not os.path.exists(path)}
     if not todo:
         return
 
