@@ -537,5 +537,18 @@ def test_run_parallel_runs_every_task_and_reraises_a_workers_error(tmp_path):
         run_parallel(math.sqrt, [(4.0,), (-1.0,), (9.0,)], 3, 2, "roots", progress=False)
 
 
+def test_run_parallel_reports_a_worker_killed_from_outside():
+    # A worker killed without raising (the kernel's OOM killer sends SIGKILL) must end the run
+    # with its reason, not leave the parent waiting for a result that will never come.
+    import signal
+
+    from defect_gen.evaluate.parallel import run_parallel
+
+    with pytest.raises(RuntimeError, match="killed by SIGKILL, out of memory"):
+        run_parallel(signal.raise_signal, [(signal.SIGKILL,)], 1, 1, "killed", progress=False)
+    with pytest.raises(RuntimeError, match="died without an error \\(exit code 3\\)"):
+        run_parallel(os._exit, [(3,)], 1, 2, "exits", progress=False)
+
+
 def test_jobs_must_be_positive(demo, tmp_path):
     _assert_one_line_error(demo, tmp_path, ["--jobs", "0"], "--jobs must be >= 1, got 0")

@@ -6,49 +6,102 @@ finish more per hour. How much depends on the machine: on a 2-core AMD EPYC,
 scripts/bench_jobs.py measured 44.9 segmenters per hour with --jobs 2 against 42.1 with
 --jobs 1 (docs/results.md, round 12); measure before relying on it.
 
-Workers are spawned, not forked: a forked child inherits torch's thread pool in whatever
-state the parent left it, which can hang. Tasks are handed out as workers free up, so only
-about N training sets are in memory at once however many runs there are; the first error
-(or Ctrl-C) stops every worker, and what finished is already on disk.
+Each task runs in a fresh spawned process, at most N at a time. Spawned, not forked: a forked
+child inherits torch's thread pool in whatever state the parent left it, which can hang. A
+process per task rather than a multiprocessing.Pool: the start-up (about a second, importing
+torch) is nothing beside minutes of training, and the parent waits on the processes
+themselves, so a worker killed from outside (out of memory) is an error naming its exit
+code, where a Pool would wait forever for the result it lost. Tasks are handed out as workers
+free up, so only about N training sets are in memory at once; the first error (or Ctrl-C)
+stops every worker, and what finished is already on disk.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import queue
+import signal
+import traceback
+from multiprocessing.connection import wait
 from typing import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def run_parallel(fn: Callable, tasks: Iterable[tuple], total: int, workers: int, desc: str,
                  progress: bool = True) -> None:
-    """Call `fn(*task)` for every task, `workers` at a time in spawned processes (fn and its
-    arguments must pickle; what fn returns is dropped: it is expected to write its result)."""
+    """Call `fn(*task)` for every task, `workers` at a time, each in its own spawned process
+    (fn and its arguments must pickle; what fn returns is dropped: it is expected to write its
+    result). A worker's exception is raised here; a worker that dies without one (killed) is
+    a RuntimeError."""
     threads = max(1, torch.get_num_threads() // workers)
-    done: queue.SimpleQueue = queue.SimpleQueue()
+    context = multiprocessing.get_context("spawn")
+    running: dict = {}  # process sentinel -> (process, receiving end of its error pipe)
     bar = tqdm(total=total, desc=f"{desc} ({workers} at a time)", disable=not progress, leave=False)
-    # Pool.__exit__ terminates the workers: on an error or Ctrl-C nothing keeps training.
-    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (threads,)) as pool:
-        in_flight = 0
+    try:
         for task in tasks:
-            if in_flight == workers:
-                _finished(done.get(), bar)
-                in_flight -= 1
-            pool.apply_async(fn, task, callback=done.put, error_callback=done.put)
-            in_flight += 1
-        for _ in range(in_flight):
-            _finished(done.get(), bar)
-    bar.close()
+            if len(running) == workers:
+                _reap(running, bar)
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_work, args=(fn, task, threads, send), daemon=True)
+            process.start()
+            send.close()  # the child has its own copy; the parent only reads
+            running[process.sentinel] = (process, receive)
+        while running:
+            _reap(running, bar)
+    finally:
+        # An error here or in a worker, or Ctrl-C: nothing keeps training.
+        for process, _ in running.values():
+            process.terminate()
+        for process, receive in running.values():
+            process.join()
+            receive.close()
+        bar.close()
 
 
-def _finished(outcome, bar) -> None:
-    """A task's outcome from the queue: re-raise a worker's exception here, else count it."""
-    if isinstance(outcome, BaseException):
-        raise outcome
-    bar.update()
+def _reap(running: dict, bar) -> None:
+    """Wait until at least one worker ends; count each that finished, raise what went wrong."""
+    for sentinel in wait(list(running)):
+        process, receive = running.pop(sentinel)
+        process.join()
+        error = _received(receive)
+        if error is not None:
+            raise error
+        if process.exitcode != 0:
+            raise RuntimeError(f"a worker process died without an error ({_exit_reason(process.exitcode)}); "
+                               "finished runs are saved: run the same command again to go on")
+        bar.update()
+
+
+def _received(receive):
+    """The exception a worker sent, or None: a worker that succeeded (or was killed) sent nothing
+    and closed its end, which reads as end-of-file."""
+    try:
+        return receive.recv() if receive.poll() else None
+    except EOFError:
+        return None
+    finally:
+        receive.close()
+
+
+def _exit_reason(code: int) -> str:
+    if code >= 0:
+        return f"exit code {code}"
+    name = signal.Signals(-code).name
+    return f"killed by {name}" + (", out of memory?" if name == "SIGKILL" else "")
+
+
+def _work(fn: Callable, task: tuple, threads: int, send) -> None:
+    """A worker process: run one task; an exception goes to the parent, with this traceback."""
+    torch.set_num_threads(threads)
+    try:
+        fn(*task)
+    except BaseException as exc:
+        exc.add_note("in the worker process:\n" + traceback.format_exc().rstrip())
+        try:
+            send.send(exc)
+        except Exception:  # an exception that does not pickle: its text will do
+            send.send(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1) from None
+    finally:
+        send.close()
