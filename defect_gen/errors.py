@@ -23,6 +23,11 @@ class CheckpointError(DefectGenError):
     """A checkpoint is missing, corrupt, unsafe, or does not fit the model."""
 
 
+class WorkerDied(DefectGenError):
+    """A worker process ended without an error of its own: killed from outside, most often by
+    the kernel when memory runs out. The machine's doing, so one line, not a traceback."""
+
+
 def short_repr(value, limit: int = 80) -> str:
     """repr() for error messages, bounded in time and length: a YAML value built from nested
     aliases (a "billion laughs") would take minutes and gigabytes to repr() in full."""

@@ -542,11 +542,12 @@ def test_run_parallel_reports_a_worker_killed_from_outside():
     # with its reason, not leave the parent waiting for a result that will never come.
     import signal
 
+    from defect_gen.errors import WorkerDied
     from defect_gen.evaluate.parallel import run_parallel
 
-    with pytest.raises(RuntimeError, match="killed by SIGKILL, out of memory"):
+    with pytest.raises(WorkerDied, match="killed by SIGKILL, out of memory"):
         run_parallel(signal.raise_signal, [(signal.SIGKILL,)], 1, 1, "killed", progress=False)
-    with pytest.raises(RuntimeError, match="died without an error \\(exit code 3\\)"):
+    with pytest.raises(WorkerDied, match="died without an error \\(exit code 3\\)"):
         run_parallel(os._exit, [(3,)], 1, 2, "exits", progress=False)
 
 

@@ -27,13 +27,15 @@ from typing import Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
+from defect_gen.errors import WorkerDied
+
 
 def run_parallel(fn: Callable, tasks: Iterable[tuple], total: int, workers: int, desc: str,
                  progress: bool = True) -> None:
     """Call `fn(*task)` for every task, `workers` at a time, each in its own spawned process
     (fn and its arguments must pickle; what fn returns is dropped: it is expected to write its
     result). A worker's exception is raised here; a worker that dies without one (killed) is
-    a RuntimeError."""
+    a WorkerDied error."""
     threads = max(1, torch.get_num_threads() // workers)
     context = multiprocessing.get_context("spawn")
     running: dict = {}  # process sentinel -> (process, receiving end of its error pipe)
@@ -68,7 +70,7 @@ def _reap(running: dict, bar) -> None:
         if error is not None:
             raise error
         if process.exitcode != 0:
-            raise RuntimeError(f"a worker process died without an error ({_exit_reason(process.exitcode)}); "
+            raise WorkerDied(f"a worker process died without an error ({_exit_reason(process.exitcode)}); "
                                "finished runs are saved: run the same command again to go on")
         bar.update()
 
