@@ -543,12 +543,13 @@ def test_run_parallel_reports_a_worker_killed_from_outside():
     import signal
 
     from defect_gen.errors import WorkerDied
-    from defect_gen.evaluate.parallel import run_parallel
+    from defect_gen.evaluate.parallel import _exit_reason, run_parallel
 
     with pytest.raises(WorkerDied, match="killed by SIGKILL, out of memory"):
         run_parallel(signal.raise_signal, [(signal.SIGKILL,)], 1, 1, "killed", progress=False)
     with pytest.raises(WorkerDied, match="died without an error \\(exit code 3\\)"):
         run_parallel(os._exit, [(3,)], 1, 2, "exits", progress=False)
+    assert _exit_reason(-40) == "killed by signal 40"  # a real-time signal has no name
 
 
 def test_jobs_must_be_positive(demo, tmp_path):

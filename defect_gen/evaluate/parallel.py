@@ -71,7 +71,7 @@ def _reap(running: dict, bar) -> None:
             raise error
         if process.exitcode != 0:
             raise WorkerDied(f"a worker process died without an error ({_exit_reason(process.exitcode)}); "
-                               "finished runs are saved: run the same command again to go on")
+                             "finished runs are saved: run the same command again to go on")
         bar.update()
 
 
@@ -89,7 +89,10 @@ def _received(receive):
 def _exit_reason(code: int) -> str:
     if code >= 0:
         return f"exit code {code}"
-    name = signal.Signals(-code).name
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:  # a signal number Python has no name for (a real-time signal)
+        return f"killed by signal {-code}"
     return f"killed by {name}" + (", out of memory?" if name == "SIGKILL" else "")
 
 
