@@ -248,6 +248,9 @@ def _add_paint(sub) -> None:
     p.add_argument("--place", choices=["random", "source"], default="random",
                    help="random: anywhere, with quarter turns; source: where the defect was in its own photo "
                         "(relative, +-5 %%), for defects tied to a place such as breaks at a tile's edge")
+    p.add_argument("--match_light", action="store_true",
+                   help="scale each pasted defect's pixels by the surface light around its new place over that "
+                        "around it in its own photo, so it keeps its own contrast to the surface")
     p.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="class-conditional models: classifier-free guidance towards each window's mask classes "
                         "(default 1 = plain conditional)")
@@ -602,7 +605,7 @@ def cmd_paint(args) -> int:
     settings = paint.PaintSettings(args.sample_dir, args.num_samples, args.good_dir or "", args.seed, args.steps,
                                    args.sampler, args.eta, 0.0 if args.copy_paste else args.strength,
                                    scale[0], scale[1], args.margin, place=args.place, backgrounds=args.backgrounds,
-                                   overwrite=args.overwrite, progress=not args.no_progress)
+                                   match_light=args.match_light, overwrite=args.overwrite, progress=not args.no_progress)
     if args.copy_paste:
         painter, cfg = paint.Painter(None, None, 0, 1, 0), load_config(args.config, args.overrides)
     else:

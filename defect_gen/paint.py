@@ -67,6 +67,9 @@ class PaintSettings:
     margin: int = 16  # photo pixels around the defect inside the denoised window
     blend: int = 2  # defect region dilated by this many pixels: the border is redrawn too
     place: str = "random"  # random: anywhere, turned; source: where the defect was in its own photo
+    # Scale the pasted pixels by the light of the surface around the new place over that around
+    # the defect in its own photo, so the defect keeps its own contrast to the surface.
+    match_light: bool = False
     # good: defect-free photos of good_dir; training: the training split's own photos;
     # same_class: those of them that hold a defect of the pasted defect's class
     backgrounds: str = "good"
@@ -175,6 +178,21 @@ def place(src: Source, photo_hw: tuple[int, int], rng: np.random.Generator,
     return Placement(top, left, mask, pixels)
 
 
+SURROUND = (2, 8)  # the ring of surface whose light is compared: 2 to 8 px beyond the defect
+LIGHT_GAIN = (0.25, 4.0)  # the gain --match_light may apply, per channel
+
+
+def surround_mean(image: np.ndarray, defect: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray | None:
+    """Mean RGB (3,) of the surface in a ring around `defect` (a boolean map), leaving out
+    `exclude` (other defects); None where the ring is empty (a defect filling the photo)."""
+    ring = dilate(defect, SURROUND[1]) & ~dilate(defect, SURROUND[0])
+    if exclude is not None:
+        ring &= ~dilate(exclude, SURROUND[0])
+    if not ring.any():
+        return None
+    return image[ring].reshape(-1, image.shape[-1]).astype(np.float64).mean(axis=0)
+
+
 def full_mask(p: Placement, photo_hw: tuple[int, int]) -> np.ndarray:
     out = np.zeros(photo_hw, np.uint8)
     h, w = p.mask.shape
@@ -182,12 +200,26 @@ def full_mask(p: Placement, photo_hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def copy_paste(photo: np.ndarray, p: Placement) -> np.ndarray:
-    """The photo with the defect's own pixels pasted where its mask is set."""
+def copy_paste(photo: np.ndarray, p: Placement, surround: np.ndarray | None = None,
+               existing: np.ndarray | None = None) -> np.ndarray:
+    """The photo with the defect's own pixels pasted where its mask is set.
+
+    `surround` (--match_light), the mean RGB around the defect in its own photo (`surround_mean`):
+    the pixels are first scaled, per channel, by the mean light of the photo's surface around
+    the new place over it (`existing`, the photo's own defects, left out of the ring). Photos
+    of one line differ in exposure by 2x and more; pasted unscaled, a dark blowhole from a
+    bright photo can come out brighter than a darker photo's surface around it, a defect no
+    real photo shows."""
     out = photo.copy()
     h, w = p.mask.shape
+    pixels = p.pixels
+    if surround is not None:
+        target = surround_mean(photo, full_mask(p, photo.shape[:2]) > 0, None if existing is None else existing > 0)
+        if target is not None:
+            gain = np.clip(target / np.maximum(surround, 1.0), *LIGHT_GAIN)
+            pixels = np.clip(np.rint(pixels * gain), 0, 255).astype(np.uint8)
     region = out[p.top:p.top + h, p.left:p.left + w]
-    region[p.mask > 0] = p.pixels[p.mask > 0]
+    region[p.mask > 0] = pixels[p.mask > 0]
     return out
 
 
@@ -325,7 +357,8 @@ def paint_pair(painter: Painter, s: PaintSettings, photo: np.ndarray, src: Sourc
     p, overlap = place_clear(src, existing, rng, s)
     if p is None:  # a defect-free photo: one draw, as always (same seed, same pair)
         p = place(src, hw, rng, (s.scale_min, s.scale_max), s.place)
-    composite = copy_paste(photo, p)
+    surround = surround_mean(src.image, src.mask > 0) if s.match_light else None
+    composite = copy_paste(photo, p, surround, existing)
     placed = full_mask(p, hw)
     mask = placed if existing is None else np.where(placed > 0, placed, existing).astype(np.uint8)
     details = {"window": None} if existing is None else {"window": None, "overlap": overlap}

@@ -132,6 +132,50 @@ def test_copy_paste_writes_pairs_at_the_photo_size(tiny, tmp_path):
                  "--num_samples", "4", "--no-progress"]) == 2
 
 
+def test_match_light_keeps_the_defects_contrast_to_the_surface():
+    # a defect at half its surface's light, from a photo lit at 100, pasted into one lit at 180
+    mask = np.zeros((30, 30), np.uint8)
+    mask[12:18, 12:18] = 1
+    image = np.full((30, 30, 3), 100, np.uint8)
+    image[mask > 0] = 50
+    src = paint.Source("s", image, mask)
+    p = paint.Placement(5, 7, mask[12:18, 12:18], image[12:18, 12:18])
+    photo = np.full((40, 50, 3), 180, np.uint8)
+    surround = paint.surround_mean(src.image, src.mask > 0)
+    assert np.allclose(surround, 100)
+    matched = paint.copy_paste(photo, p, surround)
+    assert (matched[5:11, 7:13] == 90).all() and (matched[11:, :] == 180).all()  # 50 * 180 / 100
+    assert (paint.copy_paste(photo, p)[5:11, 7:13] == 50).all()  # plain copy-paste: the pixels as they were
+    # the photo's own defects are left out of its surface light
+    existing = np.zeros((40, 50), np.uint8)
+    existing[5:11, 14:20] = 2
+    photo[existing > 0] = 0
+    assert (paint.copy_paste(photo, p, surround, existing)[5:11, 7:13] == 90).all()
+    # a gain past LIGHT_GAIN is clipped; a defect that leaves no ring is pasted as it is
+    assert (paint.copy_paste(np.full((40, 50, 3), 250, np.uint8), paint.Placement(5, 7, p.mask, p.pixels),
+                             np.full(3, 20.0))[5:11, 7:13] == 200).all()  # 50 * 4, not 50 * 12.5
+    assert paint.surround_mean(image, np.ones((30, 30), bool)) is None
+
+
+def test_copy_paste_with_match_light_moves_only_the_defect_pixels(tiny, tmp_path):
+    cfg = _config(str(tmp_path), str(tiny / "data"))
+    runs = {}
+    for flag in ([], ["--match_light"]):
+        out = str(tmp_path / f"cp{len(flag)}")
+        assert main(["paint", "--copy-paste", "--config", cfg, "--good", str(tiny / "good"), "--sample_dir", out,
+                     "--num_samples", "3", "--no-progress", *flag]) == 0
+        runs[bool(flag)] = out
+    assert json.loads(open(os.path.join(runs[True], "paint_settings.json")).read())["match_light"] is True
+    rows = [json.loads(line) for line in open(os.path.join(runs[True], "manifest.jsonl"))]
+    for r in rows:
+        plain, matched = (_read(runs[m], r["files"]["image"]) for m in (False, True))
+        mask = _read(runs[True], r["files"]["mask"])
+        assert np.array_equal(mask, _read(runs[False], r["files"]["mask"]))  # the same placements
+        assert np.array_equal(plain[mask == 0], matched[mask == 0])
+        # defect pixels 30 on a surface of 90-140 (mean ~115), pasted on 150-200 (mean ~175): brighter
+        assert (plain[mask > 0] == 30).all() and 40 < matched[mask > 0].mean() < 52
+
+
 @pytest.fixture(scope="module")
 def model(tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("model")
