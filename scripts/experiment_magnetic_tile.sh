@@ -16,7 +16,8 @@
 #              strength (1: defects drawn from noise inside the placed training masks;
 #              0.3: the pasted real defect redrawn from t = 300) and placement
 #              (random spots, or --place source: where the defect was in its own photo),
-#              plus copy-paste folders (source places; every place on training photos);
+#              plus copy-paste folders (source places; every place on training photos;
+#              each pasted defect's light matched to its new surface, MATCH_LIGHT=1);
 #              a finished folder is kept.
 # 3. evaluate  (FOLDS > 0) `defect-gen evaluate --folds` over the 40 training pairs, no held-out
 #              photo: real only and real + each folder, per class, into $RUN_DIR/report_cv; then
@@ -53,6 +54,8 @@ STRENGTHS="${STRENGTHS:-1}"          # one folder per strength, e.g. STRENGTHS="
 PLACES="${PLACES:-source}"           # paint --place: random -> paint_sS, source -> paint_source_sS
 BACKGROUNDS="${BACKGROUNDS:-same_class}"  # good: MT_Free photos; training: the 40 training photos (paint_train_*);
                                           # same_class: those of the pasted defect's class (paint_same_*)
+MATCH_LIGHT="${MATCH_LIGHT:-1}"      # 1: copy-paste folders with paint --match_light (each pasted defect scaled to
+                                     # the surface light of its new place; round 14), named cp_..._light
 RATIOS="${RATIOS:-2}"                # best of 0.5,1,2,4 for copy-paste in round 7 (chosen on the held-out photos)
 SEEDS="${SEEDS:-3}"
 SEG_STEPS="${SEG_STEPS:-2000}"       # segmenter steps; at 1000 the segmenters had not settled (round 4)
@@ -78,17 +81,20 @@ LOGS="$RUN_DIR/logs"
 MIX="$RUN_DIR/samples/per_class"
 
 # Folder names: paint_[train_|same_][source_]sS for painted pairs, copy_paste_source (MT_Free
-# photos) and cp_{train,same}_{random,source} (training photos) for copy-paste folders.
+# photos) and cp_{train,same}_{random,source} (training photos) for copy-paste folders, with
+# _light at the end when MATCH_LIGHT=1.
 bg_flags() { if [ "$1" = good ]; then echo "--good $GOOD"; else echo "--backgrounds $1"; fi; }
 bg_tag() { case "$1" in training) echo "train_" ;; same_class) echo "same_" ;; esac; }
+LIGHT_TAG=""; LIGHT=()
+if [ "$MATCH_LIGHT" = 1 ]; then LIGHT_TAG="_light"; LIGHT=(--match_light); fi
 PAINTED=(); CP=()  # (output folder, background, place[, strength]) as "dir|bg|place|s"
 for bg in $BACKGROUNDS; do
   for place in $PLACES; do
     tag="$(bg_tag "$bg")"; [ "$place" = source ] && tag="${tag}source_"
     for s in $STRENGTHS; do PAINTED+=("$RUN_DIR/samples/paint_${tag}s$s|$bg|$place|$s"); done
     # random copy-paste onto MT_Free is evaluate's built-in baseline (COPY_PASTE=1), not a folder
-    if [ "$bg" != good ]; then CP+=("$RUN_DIR/samples/cp_$(bg_tag "$bg")$place|$bg|$place|0")
-    elif [ "$place" = source ]; then CP+=("$RUN_DIR/samples/copy_paste_source|$bg|$place|0"); fi
+    if [ "$bg" != good ]; then CP+=("$RUN_DIR/samples/cp_$(bg_tag "$bg")$place$LIGHT_TAG|$bg|$place|0")
+    elif [ "$place" = source ]; then CP+=("$RUN_DIR/samples/copy_paste_source$LIGHT_TAG|$bg|$place|0"); fi
   done
 done
 dirs() { local x; for x in "$@"; do echo "${x%%|*}"; done; }
@@ -113,7 +119,7 @@ make_folders() {  # paint or copy-paste each "dir|bg|place|strength"; a finished
       # shellcheck disable=SC2046
       "$PY" -m defect_gen paint --copy-paste --config "$CONFIG" --set "data.root=$DATA" \
         --set "data.selection_file=$MODEL/selected_files.json" $(bg_flags "$bg") --sample_dir "$out" \
-        --num_samples "$N_PAINT" --place "$place" --seed 1000 --overwrite --no-progress
+        --num_samples "$N_PAINT" --place "$place" --seed 1000 "${LIGHT[@]}" --overwrite --no-progress
     else
       # shellcheck disable=SC2046
       "$PY" -m defect_gen paint --model "$MODEL" $(bg_flags "$bg") --sample_dir "$out" --num_samples "$N_PAINT" \

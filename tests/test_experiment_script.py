@@ -91,14 +91,14 @@ def test_two_lanes_then_the_reports_with_every_thread(study):
     assert done.returncode == 0, done.stderr
     kinds = [_kind(c) for c in calls]
     # the copy-paste folder's cross-validation runs before the painted one's, which reuses it
-    assert kinds.index("evaluate report_cv: cp_same_source") < \
-        kinds.index("evaluate report_cv: paint_same_source_s1 cp_same_source")
-    assert kinds.index("paint painted") < kinds.index("evaluate report_cv: paint_same_source_s1 cp_same_source")
+    assert kinds.index("evaluate report_cv: cp_same_source_light") < \
+        kinds.index("evaluate report_cv: paint_same_source_s1 cp_same_source_light")
+    assert kinds.index("paint painted") < kinds.index("evaluate report_cv: paint_same_source_s1 cp_same_source_light")
     assert kinds.index("mix") < kinds.index("evaluate report_per_class: per_class")
     lanes, final = calls[:-3], calls[-3:]  # the reports come after both lanes have ended
     assert {c["threads"] for c in lanes} == {"1"}  # two lanes on 2 threads: one each
-    assert [_kind(c) for c in final] == ["evaluate report_cv: paint_same_source_s1 cp_same_source",
-                                         "evaluate report: cp_same_source",
+    assert [_kind(c) for c in final] == ["evaluate report_cv: paint_same_source_s1 cp_same_source_light",
+                                         "evaluate report: cp_same_source_light",
                                          "evaluate report_per_class: per_class"]
     assert {c["threads"] for c in final} == {"2"}
     per_class = calls[kinds.index("evaluate report_per_class: per_class")]["args"]
@@ -109,8 +109,8 @@ def test_two_lanes_then_the_reports_with_every_thread(study):
     again, calls = run()  # finished folders and the mix are kept: no training, painting or choosing again
     assert again.returncode == 0, again.stderr
     assert {_kind(c) for c in calls[len(kinds):]} == {
-        "train", "evaluate report_cv: cp_same_source", "evaluate report_cv: paint_same_source_s1 cp_same_source",
-        "evaluate report: cp_same_source", "evaluate report_per_class: per_class"}
+        "train", "evaluate report_cv: cp_same_source_light", "evaluate report_cv: paint_same_source_s1 cp_same_source_light",
+        "evaluate report: cp_same_source_light", "evaluate report_per_class: per_class"}
 
 
 def test_a_failing_lane_stops_the_study_and_shows_its_log(study):
@@ -127,7 +127,7 @@ def test_one_lane_runs_the_stages_in_order(study):
     assert done.returncode == 0, done.stderr
     assert [_kind(c) for c in calls] == [
         "train", "paint painted", "paint copy-paste",
-        "evaluate report_cv: paint_same_source_s1 cp_same_source", "evaluate report: cp_same_source",
+        "evaluate report_cv: paint_same_source_s1 cp_same_source_light", "evaluate report: cp_same_source_light",
         "mix", "evaluate report_per_class: per_class"]
     assert {c["threads"] for c in calls} == {None}  # the user's own thread settings, untouched
 
@@ -140,3 +140,19 @@ def test_without_a_copy_paste_folder_the_painted_one_is_still_judged(study):
     assert "evaluate report_cv: paint_s1" in kinds and "evaluate report_per_class: per_class" in kinds
     assert not any(k.startswith("evaluate report:") for k in kinds)  # nothing to compare there
     assert "no held-out report" in done.stdout
+
+
+def test_copy_paste_folders_match_the_light_unless_told_not_to(study):
+    run, tmp = study
+    done, calls = run()
+    assert done.returncode == 0, done.stderr
+    pastes = [c["args"] for c in calls if _kind(c) == "paint copy-paste"]
+    assert len(pastes) == 1 and "--match_light" in pastes[0]
+    assert pastes[0][pastes[0].index("--sample_dir") + 1].endswith("cp_same_source_light")
+    assert not any("--match_light" in c["args"] for c in calls if _kind(c) == "paint painted")
+    os.remove(tmp / "calls.jsonl")
+    done, calls = run(MATCH_LIGHT="0", RUN_DIR=str(tmp / "plain"))
+    assert done.returncode == 0, done.stderr
+    pastes = [c["args"] for c in calls if _kind(c) == "paint copy-paste"]
+    assert len(pastes) == 1 and "--match_light" not in pastes[0]
+    assert pastes[0][pastes[0].index("--sample_dir") + 1].endswith("cp_same_source")
