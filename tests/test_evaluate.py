@@ -87,6 +87,17 @@ def test_tiny_unet_learns_a_square():
     assert build_segmenter("unet", 5, 8)(torch.zeros(1, 3, 20, 20)).shape == (1, 5, 20, 20)  # any size
 
 
+@pytest.mark.parametrize("steps", [1, 2, 10])
+def test_short_smoke_runs_train(steps):
+    # torch's one-cycle schedule divided by zero at exactly 10 steps (a tenth of them warming up)
+    images = torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8)
+    masks = torch.randint(0, 2, (2, 16, 16), dtype=torch.uint8)
+    model = train_segmenter(images, masks, 2, SegSettings(steps=steps, batch_size=2, width=4, crop=0), seed=0)
+    torch.manual_seed(0)  # train_segmenter's own seeding: the weights it started from
+    before = build_segmenter("unet", 2, 4)
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), before.state_dict().values()))
+
+
 def _recorded_draws(monkeypatch, n: int):
     """n random 16 px pairs, and the list each training batch's pair indices are appended to."""
     from defect_gen.evaluate import segmenter

@@ -180,7 +180,7 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, num_classes: int,
     g = torch.Generator().manual_seed(seed)  # batches, crops and flips
     model = build_segmenter(settings.arch, num_classes, settings.width)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.1)
+    sched = _one_cycle(opt, settings)
     weights = class_weights(masks, num_classes)
     model.train()
     finish_from = settings.steps - round(settings.real_finish * settings.steps)
@@ -193,8 +193,20 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, num_classes: int,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
     return model.eval()
+
+
+def _one_cycle(opt, settings: SegSettings):
+    """One-cycle learning rate: a tenth of the steps warming up, the rest annealing. torch's
+    schedule divides by the warm-up's length in steps, which is zero at 10 steps or fewer:
+    there the warm-up takes 1.5 steps (a smoke run with --steps 5 trains, it does not crash),
+    and a single step keeps the rate constant."""
+    if settings.steps < 2:
+        return None
+    pct = 0.1 if settings.steps > 10 else 1.5 / settings.steps
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=pct)
 
 
 @torch.no_grad()
