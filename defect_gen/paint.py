@@ -407,6 +407,9 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
         raise ConfigError(f"--place must be one of {', '.join(PLACES)}, got {s.place!r}")
     if s.backgrounds not in BACKGROUNDS:
         raise ConfigError(f"--backgrounds must be one of {', '.join(BACKGROUNDS)}, got {s.backgrounds!r}")
+    if s.match_light and painter.denoise is not None and s.strength >= 1:
+        raise ConfigError("--match_light scales the pasted real defect: it needs --copy-paste or --strength below 1 "
+                          "(at 1 the model draws the defect from noise)")
     if not 0 < s.scale_min <= s.scale_max:
         raise ConfigError(f"--scale must be two factors 0 < min <= max, got {s.scale_min}, {s.scale_max}")
     goods = list_good_images(s.good_dir) if s.backgrounds == "good" else sources

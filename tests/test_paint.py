@@ -206,6 +206,14 @@ def test_paint_generates_only_the_defect_region(tiny, model, tmp_path):
     assert np.array_equal(_read(out, "images/paint_00001.png"), _read(again, "images/paint_00001.png"))
 
 
+def test_match_light_needs_a_pasted_defect(tiny, model, tmp_path, capsys):
+    args = ["paint", "--model", str(model), "--good", str(tiny / "good"), "--num_samples", "1", "--no-progress",
+            "--match_light"]
+    assert main([*args, "--sample_dir", str(tmp_path / "s1")]) == 2  # strength 1: nothing pasted to scale
+    assert "--match_light scales the pasted real defect" in capsys.readouterr().err
+    assert main([*args, "--sample_dir", str(tmp_path / "s05"), "--strength", "0.5", "--steps", "2"]) == 0
+
+
 @pytest.mark.parametrize("sampler", ["dpmpp_2m", "ddpm"])
 def test_paint_with_other_samplers_keeps_the_photo_and_the_seed(tiny, model, tmp_path, sampler):
     """DPM-Solver++(2M) and DDPM run the same known-region loop as DDIM: the photo is kept
