@@ -86,7 +86,11 @@ MIX="$RUN_DIR/samples/per_class"
 bg_flags() { if [ "$1" = good ]; then echo "--good $GOOD"; else echo "--backgrounds $1"; fi; }
 bg_tag() { case "$1" in training) echo "train_" ;; same_class) echo "same_" ;; esac; }
 LIGHT_TAG=""; LIGHT=()
-if [ "$MATCH_LIGHT" = 1 ]; then LIGHT_TAG="_light"; LIGHT=(--match_light); fi
+case "$MATCH_LIGHT" in
+  1) LIGHT_TAG="_light"; LIGHT=(--match_light) ;;
+  0) ;;
+  *) echo "MATCH_LIGHT must be 0 or 1, got '$MATCH_LIGHT'" >&2; exit 2 ;;
+esac
 PAINTED=(); CP=()  # (output folder, background, place[, strength]) as "dir|bg|place|s"
 for bg in $BACKGROUNDS; do
   for place in $PLACES; do

@@ -156,3 +156,5 @@ def test_copy_paste_folders_match_the_light_unless_told_not_to(study):
     pastes = [c["args"] for c in calls if _kind(c) == "paint copy-paste"]
     assert len(pastes) == 1 and "--match_light" not in pastes[0]
     assert pastes[0][pastes[0].index("--sample_dir") + 1].endswith("cp_same_source")
+    done, _ = run(MATCH_LIGHT="yes", RUN_DIR=str(tmp / "bad"))
+    assert done.returncode == 2 and "MATCH_LIGHT must be 0 or 1, got 'yes'" in done.stderr

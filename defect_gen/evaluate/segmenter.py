@@ -200,9 +200,9 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, num_classes: int,
 
 def _one_cycle(opt, settings: SegSettings):
     """One-cycle learning rate: a tenth of the steps warming up, the rest annealing. torch's
-    schedule divides by the warm-up's length in steps, which is zero at 10 steps or fewer:
-    there the warm-up takes 1.5 steps (a smoke run with --steps 5 trains, it does not crash),
-    and a single step keeps the rate constant."""
+    schedule divides by the warm-up's length, 0.1 x steps - 1: zero at 10 steps (a
+    ZeroDivisionError), negative below. Up to 10 steps the warm-up takes 1.5 steps instead, and
+    a single step keeps the rate constant."""
     if settings.steps < 2:
         return None
     pct = 0.1 if settings.steps > 10 else 1.5 / settings.steps
