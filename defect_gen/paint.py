@@ -185,12 +185,19 @@ LIGHT_GAIN = (0.25, 4.0)  # the gain --match_light may apply, per channel
 def surround_mean(image: np.ndarray, defect: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray | None:
     """Mean RGB (3,) of the surface in a ring around `defect` (a boolean map), leaving out
     `exclude` (other defects); None where the ring is empty (a defect filling the photo)."""
-    ring = dilate(defect, SURROUND[1]) & ~dilate(defect, SURROUND[0])
+    rows, cols = np.nonzero(defect)
+    if not len(rows):
+        return None
+    # Only the defect's box plus the ring and the exclusion's reach can matter: dilating that
+    # crop instead of the whole photo gives the same ring at a fraction of the cost.
+    pad = SURROUND[1] + SURROUND[0]
+    box = (slice(max(rows.min() - pad, 0), rows.max() + 1 + pad), slice(max(cols.min() - pad, 0), cols.max() + 1 + pad))
+    ring = dilate(defect[box], SURROUND[1]) & ~dilate(defect[box], SURROUND[0])
     if exclude is not None:
-        ring &= ~dilate(exclude, SURROUND[0])
+        ring &= ~dilate(exclude[box], SURROUND[0])
     if not ring.any():
         return None
-    return image[ring].reshape(-1, image.shape[-1]).astype(np.float64).mean(axis=0)
+    return image[box][ring].reshape(-1, image.shape[-1]).astype(np.float64).mean(axis=0)
 
 
 def full_mask(p: Placement, photo_hw: tuple[int, int]) -> np.ndarray:
