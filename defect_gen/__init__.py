@@ -13,7 +13,7 @@ __all__ = ["DefectGenError", "DefectGenerator", "GeneratedPairs", "__version__"]
 
 # Imported on first use (PEP 562): `defect-gen --help` and the CLI's other light paths
 # start without loading torch.
-_EXPORTS = {"DefectGenerator": "defect_gen.generator", "GeneratedPairs": "defect_gen.generator",
+_EXPORTS = {"DefectGenerator": "defect_gen.pipeline.generator", "GeneratedPairs": "defect_gen.pipeline.generator",
             "DefectGenError": "defect_gen.errors"}
 
 

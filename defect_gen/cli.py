@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 
 from defect_gen import fsutil
@@ -135,9 +134,6 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 where it is faster (GPUs with bf16; CPUs with AMX/AVX512-BF16), else fp32")
-    p.add_argument("--reference", action="store_true",
-                   help="also time the published training step re-created on the same network, taking turns "
-                        "with this project's step in the same run, and print the ratio")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -277,16 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from defect_gen import dist_util
+    from defect_gen import distributed
     from defect_gen.config import load_config, resolve_num_defect, to_yaml
-    from defect_gen.train_util import TrainLoop, finished_checkpoint, resolve_device
+    from defect_gen.training.loop import TrainLoop, finished_checkpoint, resolve_device
 
     cfg = resolve_num_defect(load_config(args.config, args.overrides), args.num_defect)
     if args.dry_run:
         print(to_yaml(cfg), end="")
         return 0
     device = resolve_device(cfg.train.device)
-    dinfo = dist_util.init(device.type)
+    dinfo = distributed.init(device.type)
     # A finished run is said to be finished before the data is loaded (minutes, on a big set).
     finished = finished_checkpoint(args.work_dir, cfg.train.max_steps)
     if finished:
@@ -294,7 +290,7 @@ def cmd_train(args) -> int:
             print(f"{args.work_dir} has already finished: {finished[0]} is at step {finished[1]} "
                   f"(train.max_steps {cfg.train.max_steps}); to train further raise it, e.g. --set "
                   f"train.max_steps={2 * cfg.train.max_steps}")
-        dist_util.cleanup()
+        distributed.cleanup()
         return 0
     if device.type == "cuda":
         import torch
@@ -312,7 +308,7 @@ def cmd_train(args) -> int:
             print(f"defect-gen train: {_interrupted(args.work_dir, loop)}", file=sys.stderr)
         return 130
     finally:
-        dist_util.cleanup()
+        distributed.cleanup()
     if dinfo.is_main:
         print(f"checkpoint: {path}")
     return 0
@@ -340,8 +336,8 @@ def _sigterm_as_interrupt():
 
 
 def _interrupted(work_dir: str, loop) -> str:
-    from defect_gen import checkpoint as ckpt_lib
-    from defect_gen.train_util import checkpoint_step
+    from defect_gen.models import checkpoint as ckpt_lib
+    from defect_gen.training.loop import checkpoint_step
 
     at = f" at step {loop.step}" if loop is not None else ""
     latest = ckpt_lib.latest(work_dir)
@@ -354,10 +350,11 @@ def _interrupted(work_dir: str, loop) -> str:
 def cmd_sample(args) -> int:
     import torch
 
-    from defect_gen import dist_util
+    from defect_gen import distributed
     from defect_gen.errors import ConfigError
-    from defect_gen.sample import SampleSettings, check_settings, generate, load_model
-    from defect_gen.train_util import resolve_device
+    from defect_gen.models.loading import load_model
+    from defect_gen.pipeline.sample_to_folder import SampleSettings, check_settings, generate
+    from defect_gen.training.loop import resolve_device
 
     if args.batch_size != "auto" and not args.batch_size.isdigit():
         raise ConfigError(f"--batch_size must be a positive integer or auto, got {args.batch_size!r}")
@@ -372,7 +369,7 @@ def cmd_sample(args) -> int:
         allow_mismatch=args.allow_model_mismatch, guidance=args.guidance)
     check_settings(settings)
     device = resolve_device(args.device)
-    dinfo = dist_util.init(device.type)
+    dinfo = distributed.init(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", dinfo.local_rank)
     large = small = None
@@ -390,7 +387,7 @@ def cmd_sample(args) -> int:
         with _sigterm_as_interrupt():  # a stopped job says, like Ctrl-C, how to finish it
             summary = generate(large, small, settings, device, progress=not args.no_progress)
     finally:
-        dist_util.cleanup()
+        distributed.cleanup()
     if dinfo.world_size > 1:
         print(f"rank {dinfo.rank}: {len(summary.rows)} pairs")
     if summary.wanted and not summary.pairs:
@@ -425,7 +422,7 @@ def cmd_info(args) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from defect_gen.config import load_config, resolve_num_defect
-    from defect_gen.unet import build_unet, num_channels, receptive_field
+    from defect_gen.core.unet import build_unet, num_channels, receptive_field
 
     cfg = resolve_num_defect(load_config(args.config, args.overrides), args.num_defect)
     size = cfg.model.image_size
@@ -450,7 +447,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from defect_gen.datasets.demo import make_demo_data
+    from defect_gen.data.demo import make_demo_data
 
     fsutil.check_writable(args.dir, "make-demo-data DIR")
     try:
@@ -463,7 +460,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from defect_gen.export import export_run, refuse_existing
+    from defect_gen.models.export import export_run, refuse_existing
 
     fsutil.check_writable(args.out, "--out")
     refuse_existing(args.out, args.force)  # before the checkpoint is read: a refusal costs nothing
@@ -472,8 +469,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from defect_gen.export import refuse_existing
-    from defect_gen.published import convert
+    from defect_gen.models.export import refuse_existing
+    from defect_gen.models.published import convert
 
     fsutil.check_writable(args.out, "--out")
     refuse_existing(args.out, args.force)
@@ -484,8 +481,8 @@ def cmd_convert(args) -> int:
 def cmd_data(args) -> int:
     """`data check`: print the report; exit 1 when it found problems (training would refuse)."""
     from defect_gen.config import load_config, resolve_num_defect
-    from defect_gen.datasets.check import check_dataset, format_report
-    from defect_gen.datasets.dataset import select_pairs
+    from defect_gen.data.check import check_dataset, format_report
+    from defect_gen.data.dataset import select_pairs
 
     cfg = resolve_num_defect(load_config(args.config, args.overrides), args.num_defect)
     # masks are also resized as training will, to name those that lose most of a class there
@@ -500,10 +497,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from defect_gen.bench import format_table, run_bench, to_json
     from defect_gen.config import load_config, resolve_num_defect
     from defect_gen.errors import ConfigError
-    from defect_gen.train_util import resolve_device
+    from defect_gen.training.bench import format_table, run_bench, to_json
+    from defect_gen.training.loop import resolve_device
 
     extra = [f"model.image_size={args.image_size}"] if args.image_size else []
     cfg = resolve_num_defect(load_config(args.config, extra), args.num_defect)
@@ -512,7 +509,7 @@ def cmd_bench(args) -> int:
         raise ConfigError(f"--batch_size and --iters must be >= 1, got {args.batch_size} and {args.iters}")
     channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
     result = run_bench(cfg, small, resolve_device(args.device), args.batch_size, args.iters, args.compile,
-                       channels_last, precision=args.precision, reference=args.reference)
+                       channels_last, precision=args.precision)
     print(to_json(result) if args.json else format_table(result))
     return 0
 
@@ -522,10 +519,10 @@ def cmd_evaluate(args) -> int:
 
     from defect_gen.config import load_config
     from defect_gen.errors import ConfigError
-    from defect_gen.evaluate.crossval import crossvalidate
-    from defect_gen.evaluate.report import write_report
-    from defect_gen.evaluate.run import EvalSettings, evaluate, parse_ratios
-    from defect_gen.evaluate.segmenter import SegSettings
+    from defect_gen.evaluation.crossval import crossvalidate
+    from defect_gen.evaluation.report import write_report
+    from defect_gen.evaluation.run import EvalSettings, evaluate, parse_ratios
+    from defect_gen.evaluation.segmenter import SegSettings
 
     cfg = load_config(args.real, args.overrides)
     fsutil.check_writable(args.out, "--out")  # before minutes of training segmenters
@@ -586,11 +583,11 @@ def _scale_range(text: str) -> tuple[float, float]:
 
 
 def cmd_paint(args) -> int:
-    from defect_gen import paint
     from defect_gen.config import load_config
     from defect_gen.errors import ConfigError
-    from defect_gen.sample import load_model
-    from defect_gen.train_util import resolve_device
+    from defect_gen.models.loading import load_model
+    from defect_gen.pipeline import painting
+    from defect_gen.training.loop import resolve_device
 
     if args.copy_paste == bool(args.model):
         raise ConfigError("paint: give --model (a small-RF model) or --copy-paste (no model), exactly one")
@@ -602,30 +599,30 @@ def cmd_paint(args) -> int:
         raise ConfigError("paint: give --good DIR (defect-free photos) or --backgrounds training/same_class, "
                           "exactly one")
     scale = _scale_range(args.scale)
-    settings = paint.PaintSettings(args.sample_dir, args.num_samples, args.good_dir or "", args.seed, args.steps,
+    settings = painting.PaintSettings(args.sample_dir, args.num_samples, args.good_dir or "", args.seed, args.steps,
                                    args.sampler, args.eta, 0.0 if args.copy_paste else args.strength,
                                    scale[0], scale[1], args.margin, place=args.place, backgrounds=args.backgrounds,
                                    match_light=args.match_light, overwrite=args.overwrite, progress=not args.no_progress)
     if args.copy_paste:
-        painter, cfg = paint.Painter(None, None, 0, 1, 0), load_config(args.config, args.overrides)
+        painter, cfg = painting.Painter(None, None, 0, 1, 0), load_config(args.config, args.overrides)
     else:
         loaded = load_model(args.model, resolve_device(args.device))
-        painter = paint.painter_from_model(loaded, resolve_device(args.device), args.guidance)
+        painter = painting.painter_from_model(loaded, resolve_device(args.device), args.guidance)
         cfg = load_config(args.config, args.overrides) if args.config else loaded.cfg
         if cfg.data.classes != loaded.cfg.data.classes:
             raise ConfigError(f"--config {args.config}: classes {cfg.data.classes} differ from the model's "
                               f"{loaded.cfg.data.classes}")
-    sources = paint.training_sources(cfg, progress=not args.no_progress)
+    sources = painting.training_sources(cfg, progress=not args.no_progress)
     print(f"defects from {len(sources)} training pairs of {cfg.data.root}")
-    paint.paint(painter, sources, list(cfg.data.classes), settings)
+    painting.paint(painter, sources, list(cfg.data.classes), settings)
     return 0
 
 
 def cmd_filter(args) -> int:
     from defect_gen.config import load_config
     from defect_gen.errors import ConfigError
-    from defect_gen.evaluate.filtering import FilterSettings, filter_folders
-    from defect_gen.evaluate.segmenter import SegSettings
+    from defect_gen.evaluation.filtering import FilterSettings, filter_folders
+    from defect_gen.evaluation.segmenter import SegSettings
 
     cfg = load_config(args.real, args.overrides)
     fsutil.check_writable(args.out, "--out")  # before minutes of training a segmenter
@@ -640,7 +637,7 @@ def cmd_filter(args) -> int:
 
 def cmd_mix(args) -> int:
     from defect_gen.errors import ConfigError
-    from defect_gen.mix import choose_takes, mix_folders, parse_take
+    from defect_gen.evaluation.mix import choose_takes, mix_folders, parse_take
 
     if args.ratio is not None and not args.choose:
         raise ConfigError("--ratio goes with --choose (which report ratio to compare at)")

@@ -63,7 +63,7 @@ class DiffusionConfig:
     t_max: typing.Optional[int] = None  # None = num_timesteps
 
 
-# The dataset layouts `defect_gen.datasets.layouts` reads (README "Data layouts" shows each).
+# The dataset layouts `defect_gen.data.layouts` reads (README "Data layouts" shows each).
 DATA_LAYOUTS = ("paired", "mvtec", "defect_spectrum", "official", "class_folders")
 
 

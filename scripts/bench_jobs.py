@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from defect_gen.bench import cpu_name
+from defect_gen.training.bench import cpu_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data", "magnetic-tile")

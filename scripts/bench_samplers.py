@@ -18,8 +18,8 @@ import time
 import torch
 
 from defect_gen import DefectGenerator
-from defect_gen.bench import cpu_name
-from defect_gen.samplers import SAMPLERS, randn_rows
+from defect_gen.core.samplers import SAMPLERS, randn_rows
+from defect_gen.training.bench import cpu_name
 
 RUNS = (("dpmpp_2m", 10), ("dpmpp_2m", 20), ("ddim", 20), ("ddim", 50))
 

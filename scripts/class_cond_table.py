@@ -28,11 +28,11 @@ import sys
 import torch
 
 from defect_gen.config import load_config
-from defect_gen.datasets.check import check_dataset
-from defect_gen.datasets.dataset import select_pairs
-from defect_gen.evaluate import quality
-from defect_gen.evaluate.data import _load, concat, load_synthetic
-from defect_gen.evaluate.segmenter import SegSettings, train_segmenter
+from defect_gen.data.check import check_dataset
+from defect_gen.data.dataset import select_pairs
+from defect_gen.evaluation import quality
+from defect_gen.evaluation.data import _load, concat, load_synthetic
+from defect_gen.evaluation.segmenter import SegSettings, train_segmenter
 
 
 def _count(folder: str) -> tuple[int, int, int, int] | None:

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from defect_gen.config import load_config
-from defect_gen.io import read_image, read_mask, write_png
-from defect_gen.masks import overlay
-from defect_gen.paint import training_sources
+from defect_gen.core.masks import overlay
+from defect_gen.data.image_io import read_image, read_mask, write_png
+from defect_gen.pipeline.painting import training_sources
 
 CROP, PER_SOURCE, GAP = 96, 2, 4
 

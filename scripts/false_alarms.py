@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from defect_gen.config import load_config
-from defect_gen.evaluate.data import load_real
-from defect_gen.evaluate.segmenter import build_segmenter, predict
+from defect_gen.evaluation.data import load_real
+from defect_gen.evaluation.segmenter import build_segmenter, predict
 
 
 def read_results(report: str) -> dict:

@@ -12,7 +12,7 @@ one copy-paste run.
 import argparse
 import json
 
-from defect_gen.plots import errorbar_plot, parse_renames
+from defect_gen.training.plots import errorbar_plot, parse_renames
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ drawn once, with the most seeds any of them has.
 import argparse
 import json
 
-from defect_gen.plots import line_plot, parse_renames
+from defect_gen.training.plots import line_plot, parse_renames
 
 
 def seed_series(paths: list[str], ratios: list[float], rename: dict[str, str]) -> dict[str, list[float]]:

@@ -22,8 +22,8 @@ def train_tiny_models(root, num_timesteps: int):
     """A 1-step-trained large (attention) and small model at 16 px on 4 demo pairs, in
     root/large and root/small (quality is irrelevant: fault and safety tests need files)."""
     from defect_gen.config import from_dict
-    from defect_gen.datasets.demo import make_demo_data
-    from defect_gen.train_util import TrainLoop
+    from defect_gen.data.demo import make_demo_data
+    from defect_gen.training.loop import TrainLoop
 
     make_demo_data(str(root / "data"), num_images=4, image_size=16, seed=0)
     for name, shape in (("large", {"channel_mult": [1, 2], "attention_downsample": [2]}),

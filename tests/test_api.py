@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 from test_sample_modes import CLASSES, SIZE, _model, _square
 
-from defect_gen import DefectGenerator, DefectGenError, sample
+from defect_gen import DefectGenerator, DefectGenError
+from defect_gen.models import loading
+from defect_gen.pipeline import sample_to_folder
 
 
 def _gen(follow: bool = False, **kw) -> DefectGenerator:
@@ -32,9 +34,9 @@ def test_a_pair_is_its_seed_alone_and_the_cli_job_writes_the_same_pairs(tmp_path
     out = _gen().generate(4, seed=2, steps=4, batch_size=3, keep_empty=True)
     alone = _gen().generate(1, seed=5, steps=4, keep_empty=True)
     assert np.array_equal(alone.images[0], out.images[3]) and np.array_equal(alone.masks[0], out.masks[3])
-    s = sample.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=0, steps=4, num_samples=4, seed=2,
+    s = sample_to_folder.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=0, steps=4, num_samples=4, seed=2,
                               batch_size=2, keep_empty=True)
-    sample.generate(_model(), None, s, torch.device("cpu"), progress=False)
+    sample_to_folder.generate(_model(), None, s, torch.device("cpu"), progress=False)
     for image, mask, meta in zip(out.images, out.masks, out.metadata):
         name = meta["name"]
         assert np.array_equal(np.asarray(Image.open(tmp_path / "s" / "images" / f"{name}.png")), image)
@@ -98,21 +100,21 @@ def test_from_pretrained_records_which_weights_made_the_pairs(tmp_path):
     assert large["step"] == 1 and large["path"].endswith(".pt") and large["path"].startswith("/")
     assert large["sha256"] == hashlib.sha256(open(large["path"], "rb").read()).hexdigest()
     assert out.weights == gen.weights and out.images.shape == (2, 16, 16, 3)
-    s = sample.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=10, steps=4, num_samples=2,
+    s = sample_to_folder.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=10, steps=4, num_samples=2,
                               keep_empty=True, sampler="dpmpp_2m")
-    sample.generate(gen.large, gen.small, s, torch.device("cpu"), progress=False)
+    sample_to_folder.generate(gen.large, gen.small, s, torch.device("cpu"), progress=False)
     settings = json.loads((tmp_path / "s" / "sample_settings.json").read_text())
     rows = [json.loads(line) for line in (tmp_path / "s" / "manifest.jsonl").read_text().splitlines()]
     assert settings["weights"] == gen.weights and all(r["weights"] == gen.weights for r in rows)
     s.resume = True  # the same weights: nothing left to do
-    assert sample.generate(gen.large, gen.small, s, torch.device("cpu"), progress=False).wanted == 0
+    assert sample_to_folder.generate(gen.large, gen.small, s, torch.device("cpu"), progress=False).wanted == 0
     settings["weights"]["large"]["sha256"] = "0" * 64  # pairs made by other weights must not be mixed in
     (tmp_path / "s" / "sample_settings.json").write_text(json.dumps(settings))
     with pytest.raises(DefectGenError, match="differ from the run .*weights"):
-        sample.generate(gen.large, gen.small, s, torch.device("cpu"), progress=False)
+        sample_to_folder.generate(gen.large, gen.small, s, torch.device("cpu"), progress=False)
 
 
-def _trained_on(t_min: int = 0, t_max: int | None = None) -> sample.LoadedModel:
+def _trained_on(t_min: int = 0, t_max: int | None = None) -> loading.LoadedModel:
     model = _model()
     model.cfg.diffusion.t_min, model.cfg.diffusion.t_max = t_min, t_max
     return model
@@ -154,10 +156,10 @@ def test_generate_errors_name_the_api_parameters_not_cli_flags(kwargs, needle, t
 
 
 def test_the_cli_path_still_names_its_flags(tmp_path):
-    s = sample.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=500, steps=2)
+    s = sample_to_folder.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=500, steps=2)
     with pytest.raises(DefectGenError, match=r"--step_inference 500 needs the small-RF model \(--small_recep\)"):
-        sample.generate(_model(), None, s, torch.device("cpu"), progress=False)
-    s = sample.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=0, steps=2,
+        sample_to_folder.generate(_model(), None, s, torch.device("cpu"), progress=False)
+    s = sample_to_folder.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=0, steps=2,
                               mask_dir=str(tmp_path / "missing"))
     with pytest.raises(DefectGenError, match=f"--mask {tmp_path / 'missing'}: folder not found"):
-        sample.generate(_model(), None, s, torch.device("cpu"), progress=False)
+        sample_to_folder.generate(_model(), None, s, torch.device("cpu"), progress=False)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from defect_gen.cli import main
-from defect_gen.datasets.demo import make_demo_data
+from defect_gen.data.demo import make_demo_data
 
 
 @pytest.fixture(scope="module")

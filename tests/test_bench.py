@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from defect_gen.bench import format_table, run_bench
 from defect_gen.cli import main
 from defect_gen.config import from_dict
+from defect_gen.training.bench import format_table, run_bench
 
 
 def _cfg(**model):
@@ -33,7 +33,9 @@ def test_bench_fields_are_consistent():
 def test_bench_reference_times_the_published_step_in_the_same_run():
     import torch
 
-    r = run_bench(_cfg(), None, torch.device("cpu"), batch_size=2, iters=1, reference=True)
+    from experiments.published_step.reference_step import ReferenceStep
+
+    r = run_bench(_cfg(), None, torch.device("cpu"), batch_size=2, iters=1, reference=ReferenceStep)
     assert r.reference_train_ms > 0
     assert r.speedup_vs_reference == pytest.approx(r.reference_train_ms / r.train_ms)
     assert "published step" in format_table(r) and f"{r.speedup_vs_reference:.2f}x" in format_table(r)

@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from defect_gen import checkpoint as ckpt
 from defect_gen.errors import CheckpointError
+from defect_gen.models import checkpoint as ckpt
 
 
 def test_atomic_save_keeps_old_file_when_write_fails(tmp_path, monkeypatch):

@@ -9,14 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from defect_gen import checkpoint as ckpt_lib
-from defect_gen import guidance, paint, sample
 from defect_gen.cli import main
 from defect_gen.config import Config, DataConfig, ModelConfig, from_dict, to_dict
+from defect_gen.core import guidance
+from defect_gen.core.masks import one_hot
+from defect_gen.core.unet import build_unet, class_condition
 from defect_gen.errors import ConfigError
-from defect_gen.masks import one_hot
-from defect_gen.train_util import TrainLoop
-from defect_gen.unet import build_unet, class_condition
+from defect_gen.models import checkpoint as ckpt_lib
+from defect_gen.models import loading
+from defect_gen.pipeline import painting, sample_to_folder
+from defect_gen.training.loop import TrainLoop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["scratch", "stain", "hole"]
@@ -99,27 +101,27 @@ class CondStandIn(nn.Module):
 
 def _stand_in(class_cond=True):
     cfg = Config(model=ModelConfig(image_size=16, class_cond=class_cond), data=DataConfig(classes=list(CLASSES)))
-    return sample.LoadedModel(CondStandIn(), cfg, "stand-in")
+    return loading.LoadedModel(CondStandIn(), cfg, "stand-in")
 
 
 def test_classes_condition_the_model_and_every_first_candidate_is_kept(tmp_path):
     for w in (1.0, 2.0):
-        s = sample.SampleSettings(sample_dir=str(tmp_path / f"w{w}"), step_inference=0, steps=3, num_samples=3,
+        s = sample_to_folder.SampleSettings(sample_dir=str(tmp_path / f"w{w}"), step_inference=0, steps=3, num_samples=3,
                                   batch_size=2, classes=["hole"], guidance=w)
-        summary = sample.generate(_stand_in(), None, s, torch.device("cpu"), progress=False)
+        summary = sample_to_folder.generate(_stand_in(), None, s, torch.device("cpu"), progress=False)
         assert summary.pairs == summary.tries == 3
         assert all(row["classes"] == ["hole"] for row in summary.rows)
         settings = json.loads((tmp_path / f"w{w}" / "sample_settings.json").read_text())
         assert settings["guidance"] == w
     # Unconditional stand-in (class 1 only): rejection, and --guidance is refused.
-    s = sample.SampleSettings(sample_dir=str(tmp_path / "u"), step_inference=0, steps=3, num_samples=2,
+    s = sample_to_folder.SampleSettings(sample_dir=str(tmp_path / "u"), step_inference=0, steps=3, num_samples=2,
                               classes=["hole"], max_tries=2)
-    assert sample.generate(_stand_in(False), None, s, torch.device("cpu"), progress=False).pairs == 0
+    assert sample_to_folder.generate(_stand_in(False), None, s, torch.device("cpu"), progress=False).pairs == 0
     with pytest.raises(ConfigError, match="class-conditional"):
-        sample.generate(_stand_in(False), None, sample.SampleSettings(
+        sample_to_folder.generate(_stand_in(False), None, sample_to_folder.SampleSettings(
             sample_dir=str(tmp_path / "g"), step_inference=0, classes=["hole"], guidance=2.0), torch.device("cpu"))
     with pytest.raises(ConfigError, match="--classes"):
-        sample.check_settings(sample.SampleSettings(sample_dir=str(tmp_path / "h"), step_inference=0, guidance=2.0))
+        sample_to_folder.check_settings(sample_to_folder.SampleSettings(sample_dir=str(tmp_path / "h"), step_inference=0, guidance=2.0))
 
 
 def test_tiny_conditional_train_and_sample_end_to_end(tmp_path, capsys):
@@ -159,10 +161,10 @@ def test_old_checkpoints_without_the_key_load_as_unconditional(tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"format": ckpt_lib.FORMAT, "config": saved, "step": 1, "model": net.state_dict(),
                 "ema": {"0.9999": net.state_dict()}}, path)
-    loaded = sample.load_model(str(path), torch.device("cpu"))
+    loaded = loading.load_model(str(path), torch.device("cpu"))
     assert loaded.cfg.model.class_cond is False and not hasattr(loaded.model, "class_embed")
     with pytest.raises(ConfigError, match="class-conditional"):
-        sample.make_plan(loaded, None, 0, None, torch.device("cpu"), guidance=2.0)
+        sample_to_folder.make_plan(loaded, None, 0, None, torch.device("cpu"), guidance=2.0)
 
 
 def test_paint_conditions_each_window_on_its_mask_classes():
@@ -175,19 +177,19 @@ def test_paint_conditions_each_window_on_its_mask_classes():
 
     cfg = from_dict({"model": {**SMALL, "class_cond": True}, "data": {"classes": CLASSES}})
     loaded = types.SimpleNamespace(cfg=cfg, path="run", model=Net())
-    painter = paint.painter_from_model(loaded, torch.device("cpu"), 2.0)
+    painter = painting.painter_from_model(loaded, torch.device("cpu"), 2.0)
     index = np.zeros((8, 8), np.uint8)
     index[2, 2] = 3
     painter.conditioned(index)(torch.zeros(1, 7, 8, 8), 5)
     assert torch.equal(seen[-1], torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]))  # cond | null
     loaded.cfg = from_dict({"model": SMALL, "data": {"classes": CLASSES}})
-    assert paint.painter_from_model(loaded, torch.device("cpu")).conditioned is None
+    assert painting.painter_from_model(loaded, torch.device("cpu")).conditioned is None
     with pytest.raises(ConfigError, match="class-conditional"):
-        paint.painter_from_model(loaded, torch.device("cpu"), 2.0)
+        painting.painter_from_model(loaded, torch.device("cpu"), 2.0)
 
 
 def test_resuming_with_class_cond_switched_is_refused():
-    from defect_gen.train_util import resume_differences
+    from defect_gen.training.loop import resume_differences
 
     plain = from_dict({"model": SMALL, "data": {"classes": CLASSES}})
     cond = from_dict({"model": {**SMALL, "class_cond": True}, "data": {"classes": CLASSES}})

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from defect_gen import checkpoint as ckpt_lib
 from defect_gen.cli import main
+from defect_gen.models import checkpoint as ckpt_lib
 
 TINY = ["--set", "model.image_size=32", "--set", "model.model_channels=32", "--set", "train.batch_size=4",
         "--set", "train.max_steps=3", "--set", "train.save_every=2", "--set", "train.log_every=1"]

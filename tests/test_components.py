@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from defect_gen.masks import _grow_within
-from defect_gen.postprocess import connected_components
+from defect_gen.core.masks import _grow_within
+from defect_gen.core.postprocess import connected_components
 
 
 def _flood_fill(binary):

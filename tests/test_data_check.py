@@ -4,14 +4,14 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, SHARED
+
 from defect_gen.cli import main
 from defect_gen.config import DataConfig
-from defect_gen.datasets.check import check_dataset, format_report
-from defect_gen.datasets.dataset import DefectDataset
+from defect_gen.data.check import check_dataset, format_report
+from defect_gen.data.dataset import DefectDataset
+from defect_gen.data.image_io import write_png
 from defect_gen.errors import DataError
-from defect_gen.io import write_png
 
 S = 16
 CLASSES = ["scratch", "stain"]

@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 
 from defect_gen.config import DATA_LAYOUTS, DataConfig, from_dict
-from defect_gen.datasets.dataset import DefectDataset
-from defect_gen.datasets.demo import make_demo_data
-from defect_gen.datasets.layouts import LAYOUTS
+from defect_gen.data.dataset import DefectDataset
+from defect_gen.data.demo import make_demo_data
+from defect_gen.data.image_io import write_png
+from defect_gen.data.layouts import LAYOUTS
 from defect_gen.errors import ConfigError
-from defect_gen.io import write_png
 
 S = 16  # fixture image side
 
@@ -293,7 +293,7 @@ def spectrum_pair(cat, folder, name, mask, with_mask=True):
 def test_defect_spectrum_folder_must_be_a_class_and_its_masks_must_hold_it(tmp_path):
     """Issue 12 item 9: with 'fray' (value 3) left out of data.classes, its masks were read as
     whatever class data.classes put at value 3, silently."""
-    from defect_gen.datasets.check import check_dataset
+    from defect_gen.data.check import check_dataset
 
     cat = tmp_path / "cable"
     spectrum_pair(cat, "crack", "a", blob())
@@ -316,7 +316,7 @@ def test_defect_spectrum_folder_must_be_a_class_and_its_masks_must_hold_it(tmp_p
 
 
 def test_defect_photo_with_an_empty_mask_is_noted(tmp_path):
-    from defect_gen.datasets.check import check_dataset
+    from defect_gen.data.check import check_dataset
 
     spectrum_pair(tmp_path / "cat", "crack", "a", blob())
     spectrum_pair(tmp_path / "cat", "crack", "blank", blob() * 0)
@@ -327,7 +327,7 @@ def test_defect_photo_with_an_empty_mask_is_noted(tmp_path):
 
 def test_mvtec_reads_train_good_and_combined_class_index_masks(tmp_path):
     """Issue 12 item 20: MVTec's train/good was ignored; a combined/ folder was 'not a class'."""
-    from defect_gen.datasets.check import check_dataset
+    from defect_gen.data.check import check_dataset
 
     make_mvtec(tmp_path)
     write_png(tmp_path / "train" / "good" / "100.png", photo(7))
@@ -347,8 +347,8 @@ def test_mvtec_reads_train_good_and_combined_class_index_masks(tmp_path):
 def test_multi_class_pair_written_in_mvtec_layout_reads_back_with_its_classes(tmp_path):
     """Issue 12 item 20: a pair with several classes went to combined/ as a 0/255 mask and
     could not be read back; it is now written as class indices there."""
-    from defect_gen.datasets.check import check_dataset
-    from defect_gen.writers import write_pair
+    from defect_gen.data.check import check_dataset
+    from defect_gen.pipeline.pair_folder import write_pair
 
     index = (blob() + 2 * blob(top=10, left=10)).astype(np.uint8)
     single = blob().astype(np.uint8)

@@ -1,11 +1,11 @@
-"""Tests of the procedural demo dataset (defect_gen.datasets.demo)."""
+"""Tests of the procedural demo dataset (defect_gen.data.demo)."""
 
 import numpy as np
 import pytest
 
-from defect_gen.datasets.demo import CLASSES, HOLE, SCRATCH, STAIN, make_demo_data
+from defect_gen.data.demo import CLASSES, HOLE, SCRATCH, STAIN, make_demo_data
+from defect_gen.data.image_io import read_image, read_mask
 from defect_gen.errors import DataError
-from defect_gen.io import read_image, read_mask
 
 NUM, SIZE = 12, 32
 

@@ -1,9 +1,16 @@
 import pytest
 import torch
-
 from conftest import reference_file
-from defect_gen.gaussian_diffusion import GaussianDiffusion, cosine_betas, linear_betas
-from defect_gen.respace import space_timesteps, split_at, window, with_switch
+
+from defect_gen.core.diffusion import (
+    GaussianDiffusion,
+    cosine_betas,
+    linear_betas,
+    space_timesteps,
+    split_at,
+    window,
+    with_switch,
+)
 
 
 def test_cosine_schedule_matches_published():

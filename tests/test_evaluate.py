@@ -9,21 +9,19 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 from tqdm.auto import tqdm
 
 from defect_gen.cli import main
 from defect_gen.config import load_config
 from defect_gen.errors import ConfigError
-from defect_gen.evaluate import quality
-from defect_gen.evaluate import crossval
-from defect_gen.evaluate.crossval import fold_groups, fold_sets, made_from
-from defect_gen.evaluate.data import PairSet, export_train_masks, load_real
-from defect_gen.evaluate.metrics import confusion, fmt, mean_std, scores
-from defect_gen.evaluate.run import EvalSettings, Results, parse_ratios
-from defect_gen.evaluate.segmenter import SegSettings, build_segmenter, predict, train_segmenter
-
-from conftest import ROOT
+from defect_gen.evaluation import crossval, quality
+from defect_gen.evaluation.crossval import fold_groups, fold_sets, made_from
+from defect_gen.evaluation.data import PairSet, export_train_masks, load_real
+from defect_gen.evaluation.metrics import confusion, fmt, mean_std, scores
+from defect_gen.evaluation.run import EvalSettings, Results, parse_ratios
+from defect_gen.evaluation.segmenter import SegSettings, build_segmenter, predict, train_segmenter
 
 TINY_MODEL = ["--set", "model.image_size=32", "--set", "model.model_channels=32", "--set", "train.batch_size=4",
               "--set", "train.max_steps=2", "--set", "train.save_every=2", "--set", "train.sample_every=0"]
@@ -100,7 +98,7 @@ def test_short_smoke_runs_train(steps):
 
 def _recorded_draws(monkeypatch, n: int):
     """n random 16 px pairs, and the list each training batch's pair indices are appended to."""
-    from defect_gen.evaluate import segmenter
+    from defect_gen.evaluation import segmenter
     images = torch.randint(0, 255, (n, 3, 16, 16), dtype=torch.uint8)
     masks = torch.randint(0, 2, (n, 16, 16), dtype=torch.uint8)
     drawn, crops = [], segmenter._crops
@@ -444,7 +442,7 @@ def _record_training(monkeypatch, module):
 
 def test_negatives_join_every_training_set_and_ratios_count_defect_pairs(demo, demo_with_good, tmp_path,
                                                                          monkeypatch):
-    from defect_gen.evaluate import run
+    from defect_gen.evaluation import run
 
     seen = _record_training(monkeypatch, run)
     args = ["evaluate", "--real", "configs/demo_small.yaml", "--set", f"data.root={demo_with_good}",
@@ -467,7 +465,7 @@ def test_negatives_join_every_training_set_and_ratios_count_defect_pairs(demo, d
 
 
 def test_negatives_in_every_cross_validation_fold(demo, demo_with_good, tmp_path, monkeypatch):
-    from defect_gen.evaluate import run
+    from defect_gen.evaluation import run
 
     seen = _record_training(monkeypatch, run)
     assert main(["evaluate", "--real", "configs/demo_small.yaml", "--set", f"data.root={demo_with_good}",
@@ -484,7 +482,7 @@ def test_negatives_in_every_cross_validation_fold(demo, demo_with_good, tmp_path
 
 
 def test_held_out_split_holds_no_negative(demo_with_good):
-    from defect_gen.evaluate.data import load_negatives
+    from defect_gen.evaluation.data import load_negatives
 
     cfg = load_config("configs/demo_small.yaml", [f"data.root={demo_with_good}", "data.num_images_per_class=2"])
     _, held, _ = load_real(cfg, "cfg", 16)
@@ -539,7 +537,7 @@ def test_jobs_give_the_serial_scores_and_fill_the_same_cache(demo, tmp_path, fol
 def test_run_parallel_runs_every_task_and_reraises_a_workers_error(tmp_path):
     import math
 
-    from defect_gen.evaluate.parallel import run_parallel
+    from defect_gen.evaluation.parallel import run_parallel
 
     dirs = [str(tmp_path / f"d{i}") for i in range(3)]
     run_parallel(os.makedirs, [(d,) for d in dirs], 3, 2, "dirs", progress=False)
@@ -554,7 +552,7 @@ def test_run_parallel_reports_a_worker_killed_from_outside():
     import signal
 
     from defect_gen.errors import WorkerDied
-    from defect_gen.evaluate.parallel import _exit_reason, run_parallel
+    from defect_gen.evaluation.parallel import _exit_reason, run_parallel
 
     with pytest.raises(WorkerDied, match="killed by SIGKILL, out of memory"):
         run_parallel(signal.raise_signal, [(signal.SIGKILL,)], 1, 1, "killed", progress=False)

@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import train_tiny_models
 from PIL import Image
 
-from conftest import train_tiny_models
-from defect_gen import export
 from defect_gen.cli import main
 from defect_gen.errors import CheckpointError, ConfigError, DefectGenError
-from defect_gen.sample import load_model
+from defect_gen.models import export
+from defect_gen.models.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +89,12 @@ def test_export_refuses_to_overwrite_without_force(models, exported, tmp_path, c
 
 
 def test_a_failed_export_leaves_nothing(models, tmp_path, monkeypatch):
-    import defect_gen.model_card
+    import defect_gen.models.model_card
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(defect_gen.model_card, "model_card", broken)
+    monkeypatch.setattr(defect_gen.models.model_card, "model_card", broken)
     with pytest.raises(DefectGenError, match="No space left on device"):
         export.export_run(str(models / "small"), str(tmp_path / "e"))
     assert os.listdir(tmp_path) == []
@@ -161,7 +161,7 @@ def test_convert_published_round_trip(tmp_path, capsys):
 
 
 def test_convert_published_refuses_our_own_checkpoints(models, tmp_path, capsys):
-    from defect_gen import checkpoint as ckpt_lib
+    from defect_gen.models import checkpoint as ckpt_lib
 
     ours = ckpt_lib.latest(str(models / "small"))
     code = main(["convert-published", ours, "--config", "configs/small.yaml", "--out", str(tmp_path / "c")])

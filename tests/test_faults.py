@@ -9,11 +9,10 @@ import sys
 import time
 
 import pytest
-
-from defect_gen import checkpoint as ckpt_lib
-from defect_gen.datasets.demo import make_demo_data
-
 from conftest import train_tiny_models
+
+from defect_gen.data.demo import make_demo_data
+from defect_gen.models import checkpoint as ckpt_lib
 
 
 def _train_args(data, work, max_steps):

@@ -9,14 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
-from defect_gen import writers
 from defect_gen.cli import main
-from defect_gen.evaluate import filtering
-from defect_gen.evaluate.data import PairSet
-
-from conftest import ROOT
+from defect_gen.evaluation import filtering
+from defect_gen.evaluation.data import PairSet
+from defect_gen.pipeline import pair_folder
 
 CLASSES = ["scratch", "stain", "hole"]  # configs/demo_small.yaml
 
@@ -88,7 +87,7 @@ def data(tmp_path_factory):
     assert main(["make-demo-data", str(root / "data"), "--num_images", "12", "--image_size", "32"]) == 0
     syn = root / "syn"
     os.makedirs(syn)
-    with open(syn / writers.MANIFEST, "w") as manifest:
+    with open(syn / pair_folder.MANIFEST, "w") as manifest:
         for i in range(6):
             mask = np.zeros((32, 48), np.uint8)
             mask[8:16, 8:16] = 1
@@ -97,7 +96,7 @@ def data(tmp_path_factory):
                 rgb[8:16, 8:16] = 255
             else:
                 rgb[20:28, 30:38] = 255
-            row = writers.write_pair(str(syn), "paired", f"paint_{i:05d}", rgb, mask, CLASSES)
+            row = pair_folder.write_pair(str(syn), "paired", f"paint_{i:05d}", rgb, mask, CLASSES)
             row.update(source="some/training.png", window=[0, 0, 32, 32])
             manifest.write(json.dumps(row) + "\n")
     (syn / "paint_settings.json").write_text("{}")
@@ -120,7 +119,7 @@ def test_filter_keeps_the_pairs_whose_defect_shows(data, tmp_path, monkeypatch):
     out = tmp_path / "f" / "syn"
     assert sorted(os.listdir(out / "images")) == ["paint_00000.png", "paint_00002.png", "paint_00004.png"]
     assert sorted(os.listdir(out / "masks")) == sorted(os.listdir(out / "images"))
-    rows = [json.loads(line) for line in (out / writers.MANIFEST).read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / pair_folder.MANIFEST).read_text().splitlines()]
     assert [r["name"] for r in rows] == ["paint_00000", "paint_00002", "paint_00004"]
     assert all(r["source"] == "some/training.png" and r["consistency"] > 0.3 for r in rows)  # the leak check reads it
     scores = [json.loads(line) for line in (out / filtering.SCORES).read_text().splitlines()]

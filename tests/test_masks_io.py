@@ -1,13 +1,11 @@
-"""Tests of defect_gen.masks (tensor/picture conversions) and defect_gen.io (file I/O)."""
+"""Tests of defect_gen.core.masks (tensor/picture conversions) and defect_gen.data.image_io (file I/O)."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from defect_gen.errors import DataError
-from defect_gen.io import pair_grid, read_image, read_mask, read_mask_rgb, write_png
-from defect_gen.masks import (
+from defect_gen.core.masks import (
     PALETTE,
     class_pixel_counts,
     colorize,
@@ -20,6 +18,8 @@ from defect_gen.masks import (
     stack_image_mask,
     uint8_to_image,
 )
+from defect_gen.data.image_io import pair_grid, read_image, read_mask, read_mask_rgb, write_png
+from defect_gen.errors import DataError
 
 
 def _index_map(shape=(2, 8, 8), num_defect=3, seed=0):

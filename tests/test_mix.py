@@ -11,9 +11,9 @@ from PIL import Image
 
 from defect_gen.cli import main
 from defect_gen.errors import ConfigError, DataError
-from defect_gen.evaluate.crossval import made_from
-from defect_gen.evaluate.data import load_synthetic
-from defect_gen.mix import Take, choose_takes, mix_folders, parse_take
+from defect_gen.evaluation.crossval import made_from
+from defect_gen.evaluation.data import load_synthetic
+from defect_gen.evaluation.mix import Take, choose_takes, mix_folders, parse_take
 
 CLASSES = ["scratch", "stain", "hole"]
 
@@ -171,7 +171,7 @@ def test_mix_preview_shows_each_class_cropped_around_its_defect(tmp_path):
 
 
 def test_crop_around_keeps_the_window_inside_the_photo_and_on_the_defect():
-    from defect_gen.mix import _crop_around
+    from defect_gen.evaluation.mix import _crop_around
     image = np.arange(200 * 300 * 3, dtype=np.uint32).reshape(200, 300, 3).astype(np.uint8)
     mask = np.zeros((200, 300), np.uint8)
     mask[190:200, 295:300] = 2  # in the bottom-right corner
@@ -181,7 +181,7 @@ def test_crop_around_keeps_the_window_inside_the_photo_and_on_the_defect():
 
 
 def test_crop_around_two_far_defects_shows_one_of_them():
-    from defect_gen.mix import _crop_around
+    from defect_gen.evaluation.mix import _crop_around
     mask = np.zeros((300, 300), np.uint8)
     mask[10:20, 10:20] = 1
     mask[280:290, 280:300] = 1  # the centroid (~(190, 195)) is on neither

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from defect_gen import paint
 from defect_gen.cli import main
 from defect_gen.config import load_config
-from defect_gen.datasets.dataset import DefectDataset, resize_pair
+from defect_gen.data.dataset import DefectDataset, resize_pair
 from defect_gen.errors import ConfigError
-from defect_gen.evaluate.data import check_no_leak, copy_paste_pairs, load_real
+from defect_gen.evaluation.data import check_no_leak, copy_paste_pairs, load_real
+from defect_gen.pipeline import painting
 
 H, W = 40, 56  # photos are not square: nothing may squash them
 
@@ -90,10 +90,10 @@ def test_native_crop_settings_are_checked(tiny, tmp_path, extra, message):
 
 def test_window_holds_the_defect_inside_the_photo():
     rng = np.random.default_rng(1)
-    src = paint.Source("s", np.zeros((30, 30, 3), np.uint8), np.pad(np.ones((9, 4), np.uint8), 10))
+    src = painting.Source("s", np.zeros((30, 30, 3), np.uint8), np.pad(np.ones((9, 4), np.uint8), 10))
     for _ in range(50):
-        p = paint.place(src, (40, 56), rng, (0.5, 2.0))
-        rows, cols = paint.window(p, (40, 56), 16, 4, 4)
+        p = painting.place(src, (40, 56), rng, (0.5, 2.0))
+        rows, cols = painting.window(p, (40, 56), 16, 4, 4)
         h, w = p.mask.shape
         assert rows.start <= p.top and p.top + h <= rows.stop <= 40 and rows.start >= 0
         assert cols.start <= p.left and p.left + w <= cols.stop <= 56 and cols.start >= 0
@@ -102,7 +102,7 @@ def test_window_holds_the_defect_inside_the_photo():
 
 
 def test_good_images_skip_the_masks_beside_them(tiny):
-    assert [os.path.basename(p) for p in paint.list_good_images(str(tiny / "good"))] == ["g0.jpg", "g1.jpg", "g2.jpg"]
+    assert [os.path.basename(p) for p in painting.list_good_images(str(tiny / "good"))] == ["g0.jpg", "g1.jpg", "g2.jpg"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -138,23 +138,23 @@ def test_match_light_keeps_the_defects_contrast_to_the_surface():
     mask[12:18, 12:18] = 1
     image = np.full((30, 30, 3), 100, np.uint8)
     image[mask > 0] = 50
-    src = paint.Source("s", image, mask)
-    p = paint.Placement(5, 7, mask[12:18, 12:18], image[12:18, 12:18])
+    src = painting.Source("s", image, mask)
+    p = painting.Placement(5, 7, mask[12:18, 12:18], image[12:18, 12:18])
     photo = np.full((40, 50, 3), 180, np.uint8)
-    surround = paint.surround_mean(src.image, src.mask > 0)
+    surround = painting.surround_mean(src.image, src.mask > 0)
     assert np.allclose(surround, 100)
-    matched = paint.copy_paste(photo, p, surround)
+    matched = painting.copy_paste(photo, p, surround)
     assert (matched[5:11, 7:13] == 90).all() and (matched[11:, :] == 180).all()  # 50 * 180 / 100
-    assert (paint.copy_paste(photo, p)[5:11, 7:13] == 50).all()  # plain copy-paste: the pixels as they were
+    assert (painting.copy_paste(photo, p)[5:11, 7:13] == 50).all()  # plain copy-paste: the pixels as they were
     # the photo's own defects are left out of its surface light
     existing = np.zeros((40, 50), np.uint8)
     existing[5:11, 14:20] = 2
     photo[existing > 0] = 0
-    assert (paint.copy_paste(photo, p, surround, existing)[5:11, 7:13] == 90).all()
+    assert (painting.copy_paste(photo, p, surround, existing)[5:11, 7:13] == 90).all()
     # a gain past LIGHT_GAIN is clipped; a defect that leaves no ring is pasted as it is
-    assert (paint.copy_paste(np.full((40, 50, 3), 250, np.uint8), paint.Placement(5, 7, p.mask, p.pixels),
+    assert (painting.copy_paste(np.full((40, 50, 3), 250, np.uint8), painting.Placement(5, 7, p.mask, p.pixels),
                              np.full(3, 20.0))[5:11, 7:13] == 200).all()  # 50 * 4, not 50 * 12.5
-    assert paint.surround_mean(image, np.ones((30, 30), bool)) is None
+    assert painting.surround_mean(image, np.ones((30, 30), bool)) is None
 
 
 def test_copy_paste_with_match_light_moves_only_the_defect_pixels(tiny, tmp_path):
@@ -194,7 +194,7 @@ def test_paint_generates_only_the_defect_region(tiny, model, tmp_path):
         image, mask = _read(out, r["files"]["image"]), _read(out, r["files"]["mask"])
         photo = np.asarray(Image.open(r["good"]).convert("RGB"))
         assert image.shape == photo.shape and mask.shape == photo.shape[:2]
-        region = paint.dilate(mask > 0, 2)  # the default blend
+        region = painting.dilate(mask > 0, 2)  # the default blend
         assert np.array_equal(image[~region], photo[~region])  # every other pixel as stored
         assert not np.array_equal(image[region], photo[region])  # the defect was drawn
         top, left, h, w = r["window"]
@@ -226,7 +226,7 @@ def test_paint_with_other_samplers_keeps_the_photo_and_the_seed(tiny, model, tmp
     row = json.loads(open(os.path.join(outs[0], "manifest.jsonl")).readline())
     image, mask = _read(outs[0], row["files"]["image"]), _read(outs[0], row["files"]["mask"])
     photo = np.asarray(Image.open(row["good"]).convert("RGB"))
-    region = paint.dilate(mask > 0, 2)
+    region = painting.dilate(mask > 0, 2)
     assert np.array_equal(image[~region], photo[~region]) and not np.array_equal(image[region], photo[region])
     assert np.array_equal(image, _read(outs[1], row["files"]["image"]))
     with open(os.path.join(outs[0], "paint_settings.json")) as f:
@@ -238,10 +238,10 @@ def test_paint_refuses_models_it_cannot_use(tiny, model, tmp_path):
     loaded = type("Loaded", (), {})()  # a stand-in for sample.load_model's result
     loaded.cfg, loaded.path = load_config(cfg, ["diffusion.t_max=20"]), "run"
     with pytest.raises(ConfigError, match="trained on t < 20"):
-        paint.painter_from_model(loaded, torch.device("cpu"))
+        painting.painter_from_model(loaded, torch.device("cpu"))
     loaded.cfg = load_config(cfg, ["model.attention_downsample=[2]"])
     with pytest.raises(ConfigError, match="without attention"):
-        paint.painter_from_model(loaded, torch.device("cpu"))
+        painting.painter_from_model(loaded, torch.device("cpu"))
     assert main(["paint", "--good", str(tiny / "good"), "--sample_dir", str(tmp_path / "x")]) == 2  # no model
 
 
@@ -313,16 +313,16 @@ def test_source_placement_keeps_the_defect_where_it_was():
     rng = np.random.default_rng(0)
     mask = np.zeros((40, 60), np.uint8)
     mask[:6, 20:30] = 1  # a break on the top edge of its photo
-    src = paint.Source("s", np.zeros((40, 60, 3), np.uint8), mask)
+    src = painting.Source("s", np.zeros((40, 60, 3), np.uint8), mask)
     for _ in range(20):
-        p = paint.place(src, (80, 120), rng, (1.0, 1.0), at="source")
+        p = painting.place(src, (80, 120), rng, (1.0, 1.0), at="source")
         assert p.mask.shape == (6, 10)  # no quarter turns
         assert p.top in (0, 80 - 6)  # still on an edge: the top one, or the bottom one after a flip
         # left at 20/60 of the width, or at (60 - 30)/60 after a mirror, give or take 5 % of 120
         assert abs(p.left - 40) <= 6 or abs(p.left - 60) <= 6
     with pytest.raises(ConfigError, match="--place must be one of random, source"):
-        paint.paint(paint.Painter(None, None, 0, 1, 1), [src], ["a"],
-                    paint.PaintSettings("/nonexistent", 1, "/nonexistent", place="edge"))
+        painting.paint(painting.Painter(None, None, 0, 1, 1), [src], ["a"],
+                    painting.PaintSettings("/nonexistent", 1, "/nonexistent", place="edge"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -331,7 +331,7 @@ def test_source_placement_keeps_the_defect_where_it_was():
 
 def test_paint_into_training_photos_keeps_their_defects(tiny, model, tmp_path):
     cfg = _config(str(tmp_path), str(tiny / "data"))
-    sources = {s.name: s for s in paint.training_sources(load_config(cfg))}
+    sources = {s.name: s for s in painting.training_sources(load_config(cfg))}
     for flags in (["--copy-paste", "--config", cfg], ["--model", str(model), "--steps", "2", "--margin", "2"]):
         out = str(tmp_path / flags[0].strip("-"))
         assert main(["paint", *flags, "--backgrounds", "training", "--sample_dir", out, "--num_samples", "6",
@@ -345,8 +345,8 @@ def test_paint_into_training_photos_keeps_their_defects(tiny, model, tmp_path):
             assert np.array_equal(mask[own], bg.mask[own]) and np.array_equal(image[own], bg.image[own])
             new = (mask > 0) & ~own
             assert new.any() and not r["overlap"]  # a second defect, clear of the first
-            assert not (paint.dilate(own, 2) & new).any()
-            untouched = ~paint.dilate(new, 2)  # the default blend
+            assert not (painting.dilate(own, 2) & new).any()
+            untouched = ~painting.dilate(new, 2)  # the default blend
             assert np.array_equal(image[untouched], bg.image[untouched])
 
 
@@ -389,13 +389,13 @@ def test_same_class_backgrounds_hold_a_defect_of_the_pasted_class():
     def src(name, cls):
         mask = np.zeros((8, 8), np.uint8)
         mask[2:4, 2:4] = cls
-        return paint.Source(name, np.zeros((8, 8, 3), np.uint8), mask)
+        return painting.Source(name, np.zeros((8, 8, 3), np.uint8), mask)
 
     photos = [src("a1", 1), src("a2", 1), src("b1", 2), src("c1", 3)]
-    assert [p.name for p in paint.background_choices(photos[0], photos, same_class=True)] == ["a2"]
-    assert [p.name for p in paint.background_choices(photos[0], photos, same_class=False)] == ["a2", "b1", "c1"]
+    assert [p.name for p in painting.background_choices(photos[0], photos, same_class=True)] == ["a2"]
+    assert [p.name for p in painting.background_choices(photos[0], photos, same_class=False)] == ["a2", "b1", "c1"]
     # no other photo of class 3: every other photo rather than none
-    assert [p.name for p in paint.background_choices(photos[3], photos, same_class=True)] == ["a1", "a2", "b1"]
+    assert [p.name for p in painting.background_choices(photos[3], photos, same_class=True)] == ["a1", "a2", "b1"]
 
 
 def test_preview_crop_follows_the_new_defect_not_the_photos_own():
@@ -405,8 +405,8 @@ def test_preview_crop_follows_the_new_defect_not_the_photos_own():
     mask[250:260, 250:260] = 2  # the placed one ...
     rgb = photo.copy()
     rgb[250:260, 250:260] = 30  # ... is where the result differs from the photo
-    result, crop_mask, given = paint._preview_cell(photo, rgb, mask, size=96)
+    result, crop_mask, given = painting._preview_cell(photo, rgb, mask, size=96)
     assert result.shape == (96, 96, 3) and (crop_mask == 2).sum() == 100 and (crop_mask == 1).sum() == 0
     # nothing changed (copy-paste of an identical patch): the mask still places the crop
-    _, crop_mask, _ = paint._preview_cell(photo, photo, mask, size=96)
+    _, crop_mask, _ = painting._preview_cell(photo, photo, mask, size=96)
     assert crop_mask.any()

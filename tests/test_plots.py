@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defect_gen.plots import errorbar_plot, histogram_plot, line_plot
+from defect_gen.training.plots import errorbar_plot, histogram_plot, line_plot
 
 
 def _png(path, size):

@@ -5,11 +5,11 @@ confirms it; the re-created published network computes what the project's networ
 import pytest
 import torch
 
-from defect_gen import precision
 from defect_gen.config import from_dict
+from defect_gen.core import precision
+from defect_gen.core.unet import AttentionBlock, build_unet
 from defect_gen.errors import ConfigError
-from defect_gen.reference_step import PublishedAttention, ReferenceStep, published_network
-from defect_gen.unet import AttentionBlock, build_unet
+from experiments.published_step.reference_step import PublishedAttention, ReferenceStep, published_network
 
 CPU = torch.device("cpu")
 
@@ -106,7 +106,7 @@ class _Recorder(torch.nn.Module):
 
 @pytest.mark.parametrize("bf16_time, expect_bf16", [(0.3, True), (1.2, False)])
 def test_sampling_auto_uses_bf16_only_where_measured_faster(monkeypatch, bf16_time, expect_bf16):
-    from defect_gen import generator
+    from defect_gen.pipeline import generator
 
     monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: "AVX512-BF16")
     monkeypatch.setattr(generator, "time_forward", lambda *a: {None: 1.0, torch.bfloat16: bf16_time}.__getitem__)

@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 import yaml
-
 from conftest import reference_file
+
 from defect_gen.cli import main
 from defect_gen.errors import CheckpointError, ConfigError
-from defect_gen.published import PUBLISHED_TARGETS, from_published_yaml
-from defect_gen.sample import load_model
+from defect_gen.models.loading import load_model
+from defect_gen.models.published import PUBLISHED_TARGETS, from_published_yaml
 
 TARGET = {"large": "models.unet.openaiunet.UNetModel", "small": "models.unet.unet_receptive.UNetModel"}
 
@@ -108,7 +108,8 @@ def test_sample_cli_with_published_checkpoints(tmp_path):
 
 def test_published_checkpoints_sample_with_their_cold_diffusion_step_by_default(tmp_path):
     # Issue 12 item 4: the published sampler is DDIM at eta 0; ours stay DDPM; --sampler overrides.
-    from defect_gen.sample import LoadedModel, SampleSettings, resolve_sampler
+    from defect_gen.models.loading import LoadedModel
+    from defect_gen.pipeline.sample_to_folder import SampleSettings, resolve_sampler
 
     path, config, _ = _published(tmp_path, "small")
     published = load_model(path, torch.device("cpu"), config_path=config)
@@ -123,7 +124,7 @@ def test_published_checkpoints_sample_with_their_cold_diffusion_step_by_default(
 
 def test_published_decoder_attention_uses_num_heads_upsample(tmp_path):
     # Issue 12 item 2: it was dropped as unused; the published decoder attention splits into that many heads.
-    from defect_gen.unet import AttentionBlock, build_unet
+    from defect_gen.core.unet import AttentionBlock, build_unet
 
     _, config, fixture = _published(tmp_path, "large")
     params = {**fixture["config"], "num_heads": 1, "num_heads_upsample": 4, "num_head_channels": -1}

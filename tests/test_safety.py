@@ -7,13 +7,13 @@ import os
 
 import pytest
 import torch
-
-from defect_gen import checkpoint as ckpt_lib
-from defect_gen import fsutil, writers
-from defect_gen.cli import main
-from defect_gen.datasets.demo import make_demo_data
-
 from conftest import train_tiny_models
+
+from defect_gen import fsutil
+from defect_gen.cli import main
+from defect_gen.data.demo import make_demo_data
+from defect_gen.models import checkpoint as ckpt_lib
+from defect_gen.pipeline import pair_folder
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_write_pair_refuses_a_path_outside_sample_dir(tmp_path):
 
     index = np.ones((4, 4), np.uint8)
     with pytest.raises(DefectGenError, match="outside"):
-        writers.write_pair(str(tmp_path / "s"), "mvtec", "x", np.zeros((4, 4, 3), np.uint8), index, ["../../up"])
+        pair_folder.write_pair(str(tmp_path / "s"), "mvtec", "x", np.zeros((4, 4, 3), np.uint8), index, ["../../up"])
     assert not (tmp_path / "up").exists()
 
 
@@ -148,7 +148,7 @@ def test_no_progress_training_prints_a_line_per_log_and_rerun_says_finished(trai
     def no_data(*a, **k):
         raise AssertionError("the data was loaded again")
 
-    monkeypatch.setattr("defect_gen.train_util.DefectDataset", no_data)
+    monkeypatch.setattr("defect_gen.training.loop.DefectDataset", no_data)
     code, err, out = _run(capsys, _train(train_cfg, work))
     assert code == 0 and f"{work} has already finished" in out and "step 2 (train.max_steps 2)" in out, out
 
@@ -169,7 +169,7 @@ def _sample_for(run, out):
 
 def test_interrupt_names_the_checkpoint_to_resume_from_and_metrics_do_not_repeat(train_cfg, tmp_path, capsys,
                                                                                  monkeypatch):
-    from defect_gen.train_util import TrainLoop
+    from defect_gen.training.loop import TrainLoop
 
     work = tmp_path / "run"
     real_step = TrainLoop.train_step
@@ -299,7 +299,7 @@ def test_disk_full_while_sampling_is_one_line(models, tmp_path, capsys, monkeypa
     def full(path, array):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(writers, "write_png", full)
+    monkeypatch.setattr(pair_folder, "write_png", full)
     code, err, _ = _run(capsys, _sample(models, tmp_path / "s"))
     _one_line(code, err, f"cannot write {tmp_path / 's' / 'images' / 'sample_000000.png'} (--sample_dir): No space "
                          f"left on device; free some space")
@@ -391,12 +391,12 @@ def _free_port():
 
 
 def test_a_missing_rank_ends_the_wait_with_one_line(train_cfg, tmp_path, capsys, monkeypatch):
-    from defect_gen import dist_util
+    from defect_gen import distributed
 
     port = _free_port()
     for key, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(dist_util, "RENDEZVOUS_TIMEOUT_S", 2)
+    monkeypatch.setattr(distributed, "RENDEZVOUS_TIMEOUT_S", 2)
     code, err, _ = _run(capsys, _train(train_cfg, tmp_path / "w"))
     _one_line(code, err, f"rank 0 of WORLD_SIZE=2 waited 2 s at 127.0.0.1:{port} for the other ranks, which did "
                          f"not all join")
@@ -453,14 +453,14 @@ def test_disk_full_while_writing_demo_data_is_one_line(tmp_path, capsys, monkeyp
     def full(path, array):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr("defect_gen.datasets.demo.write_png", full)
+    monkeypatch.setattr("defect_gen.data.demo.write_png", full)
     code, err, _ = _run(capsys, ["make-demo-data", str(tmp_path / "d"), "--num_images", "2", "--image_size", "16"])
     _one_line(code, err, f"cannot write {tmp_path / 'd' / 'images' / 'demo_0000.png'} (make-demo-data DIR): No space "
                          f"left on device; free some space")
 
 
 def test_results_json_writes_nan_as_null(tmp_path, monkeypatch):
-    from defect_gen.evaluate import report
+    from defect_gen.evaluation import report
 
     class Stop(Exception):
         pass
@@ -498,7 +498,7 @@ def test_interrupted_sampling_says_how_to_finish(models, tmp_path, capsys, monke
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(writers, "write_png", interrupt)
+    monkeypatch.setattr(pair_folder, "write_png", interrupt)
     code, err, _ = _run(capsys, _sample(models, tmp_path / "s"))
     assert code == 130 and err == ["defect-gen sample: interrupted; the pairs written so far are kept: add --resume "
                                    "to the same command to finish"]
@@ -590,7 +590,7 @@ def test_an_environment_oserror_anywhere_is_one_line(train_cfg, tmp_path, capsys
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "run" / "selected_files.json"))
 
-    monkeypatch.setattr("defect_gen.datasets.dataset.DefectDataset.write_selection", denied)
+    monkeypatch.setattr("defect_gen.data.dataset.DefectDataset.write_selection", denied)
     code, err, _ = _run(capsys, _train(train_cfg, tmp_path / "run"))
     _one_line(code, err, f"cannot access {tmp_path / 'run' / 'selected_files.json'}: Permission denied; choose a "
                          f"writable folder")

@@ -9,17 +9,18 @@ import torch
 from PIL import Image
 from torch import nn
 
-from defect_gen import conditioning, dist_util, sample, writers
+from defect_gen import distributed
 from defect_gen.cli import main
-from defect_gen.conditioning import place_randomly
 from defect_gen.config import Config, DataConfig, ModelConfig, to_dict
+from defect_gen.core.diffusion import GaussianDiffusion, cosine_betas, space_timesteps
+from defect_gen.core.masks import one_hot
+from defect_gen.core.postprocess import accept, drop_small_regions
+from defect_gen.core.samplers import KnownRegion, known_region_sampler, repaint_path, sample_ddim
+from defect_gen.core.unet import build_unet
 from defect_gen.errors import ConfigError, DataError, DefectGenError
-from defect_gen.gaussian_diffusion import GaussianDiffusion, cosine_betas
-from defect_gen.masks import one_hot
-from defect_gen.postprocess import accept, drop_small_regions
-from defect_gen.respace import space_timesteps
-from defect_gen.samplers import KnownRegion, known_region_sampler, repaint_path, sample_ddim
-from defect_gen.unet import build_unet
+from defect_gen.models import loading
+from defect_gen.pipeline import inputs, pair_folder, sample_to_folder
+from defect_gen.pipeline.inputs import place_randomly
 
 CLASSES = ["scratch", "stain", "hole"]
 SIZE = 16
@@ -46,15 +47,15 @@ class StandIn(nn.Module):
         return torch.cat([rgb, one_hot(index, len(CLASSES) + 1)], dim=1)
 
 
-def _model(follow: bool = False) -> sample.LoadedModel:
+def _model(follow: bool = False) -> loading.LoadedModel:
     cfg = Config(model=ModelConfig(image_size=SIZE), data=DataConfig(classes=list(CLASSES)))
-    return sample.LoadedModel(StandIn(follow), cfg, "stand-in")
+    return loading.LoadedModel(StandIn(follow), cfg, "stand-in")
 
 
-def _run(tmp_path, follow=False, name="out", **kw) -> sample.Summary:
-    s = sample.SampleSettings(sample_dir=str(tmp_path / name), step_inference=0, steps=kw.pop("steps", 4),
+def _run(tmp_path, follow=False, name="out", **kw) -> sample_to_folder.Summary:
+    s = sample_to_folder.SampleSettings(sample_dir=str(tmp_path / name), step_inference=0, steps=kw.pop("steps", 4),
                               **{"num_samples": 4, "batch_size": 3, **kw})
-    return sample.generate(_model(follow), None, s, torch.device("cpu"), progress=False)
+    return sample_to_folder.generate(_model(follow), None, s, torch.device("cpu"), progress=False)
 
 
 def _rows(tmp_path, name="out") -> list[dict]:
@@ -230,7 +231,7 @@ def test_good_mode_alone_places_the_models_masks_at_random(tmp_path):
 
 
 def test_layouts_write_training_sets_that_read_back(tmp_path):
-    from defect_gen.datasets.layouts import find_records
+    from defect_gen.data.layouts import find_records
 
     for layout in ("mvtec", "defect_spectrum"):
         _run(tmp_path, name=layout, layout=layout, num_samples=4, max_tries=50)
@@ -258,9 +259,9 @@ def test_overwrite_removes_only_the_previous_pairs(tmp_path):
 
 def test_ranks_split_the_pairs_without_gap_or_duplicate(tmp_path, monkeypatch):
     for rank in (0, 1):
-        monkeypatch.setattr(dist_util, "info", lambda rank=rank: dist_util.DistInfo(rank, 2))
+        monkeypatch.setattr(distributed, "info", lambda rank=rank: distributed.DistInfo(rank, 2))
         _run(tmp_path, num_samples=5, classes=["scratch"], max_tries=80)
-    writers.sort_manifest(str(tmp_path / "out"))
+    pair_folder.sort_manifest(str(tmp_path / "out"))
     rows = _rows(tmp_path)
     assert [r["name"] for r in rows] == [f"sample_{i:06d}" for i in range(5)]
     assert len({r["seed"] for r in rows}) == 5
@@ -301,7 +302,7 @@ def test_cli_with_a_real_tiny_unet_of_ours_in_mask_mode(tmp_path, capsys):
     raw = {k: v * 0 for k, v in net.state_dict().items()}
     torch.save({"format": "defect-gen/1", "config": to_dict(cfg), "model": raw, "ema": {str(cfg.train.ema_rate): net.state_dict()}},
                path)
-    model = sample.load_model(path, torch.device("cpu"))
+    model = loading.load_model(path, torch.device("cpu"))
     torch.testing.assert_close(model.model.state_dict()["out.2.weight"], net.state_dict()["out.2.weight"])  # EMA
     _write_masks(tmp_path / "given", [_square(2)])
     args = ["sample", "--small_recep", path, "--step_inference", "1000", "--steps", "3", "--num_samples", "2",
@@ -317,7 +318,7 @@ def test_cli_with_a_real_tiny_unet_of_ours_in_mask_mode(tmp_path, capsys):
     config_file.write_text("model: {image_size: 16, model_channels: 32, channel_mult: [1, 2], num_res_blocks: 1, "
                            "attention_downsample: [], middle_block: false}\ndata: {classes: [a, b, c]}\n")
     with pytest.raises(ConfigError, match="model.channel_mult is"):
-        sample.load_model(path, torch.device("cpu"), config_path=str(config_file))
+        loading.load_model(path, torch.device("cpu"), config_path=str(config_file))
     assert main([*args[:-3], "--batch_size", "many", "--sample_dir", str(tmp_path / "x"), "--no-progress"]) == 2
 
 
@@ -356,8 +357,8 @@ def test_min_defect_pixels_with_mask_names_the_masks_it_drops(tmp_path):
     speck[1, 1] = 2
     _write_masks(tmp_path / "given", [_square(1), speck, np.zeros((SIZE, SIZE)), _square(3) + speck])
     logged = []
-    masks = conditioning.read_masks(str(tmp_path / "given"), SIZE, 3, 2, False, classes=list(CLASSES),
-                                    log=logged.append, names=sample.FLAGS)  # as `sample --mask` logs them
+    masks = inputs.read_masks(str(tmp_path / "given"), SIZE, 3, 2, False, classes=list(CLASSES),
+                                    log=logged.append, names=sample_to_folder.FLAGS)  # as `sample --mask` logs them
     assert [os.path.basename(m.path) for m in masks] == ["m0.png", "m3.png"]
     folder = tmp_path / "given"
     assert logged == [f"--mask {folder}: 1 empty masks left out (--keep-empty uses them): m2.png",
@@ -371,11 +372,11 @@ def test_a_local_large_model_and_a_global_small_one_look_swapped():
     local = Config(model=ModelConfig(image_size=SIZE, model_channels=32, channel_mult=[1, 2], attention_downsample=[],
                                      middle_block=False), data=DataConfig(classes=list(CLASSES)))
     glob = Config(model=ModelConfig(image_size=SIZE), data=DataConfig(classes=list(CLASSES)))
-    small_net, large_net = sample.LoadedModel(None, local, "small.pt"), sample.LoadedModel(None, glob, "large.pt")
-    sample.check_roles(large_net, small_net, [999, 500], [499, 0], 500)
+    small_net, large_net = loading.LoadedModel(None, local, "small.pt"), loading.LoadedModel(None, glob, "large.pt")
+    sample_to_folder.check_roles(large_net, small_net, [999, 500], [499, 0], 500)
     with pytest.raises(ConfigError, match="look swapped: small.pt has a local receptive field"):
-        sample.check_roles(small_net, large_net, [999, 500], [499, 0], 500)
-    sample.check_roles(small_net, large_net, [], [999, 0], 1000)  # one model alone serves every step
+        sample_to_folder.check_roles(small_net, large_net, [999, 500], [499, 0], 500)
+    sample_to_folder.check_roles(small_net, large_net, [], [999, 0], 1000)  # one model alone serves every step
 
 
 def test_mask_larger_than_the_model_keeps_a_thin_crack(tmp_path):
@@ -383,7 +384,7 @@ def test_mask_larger_than_the_model_keeps_a_thin_crack(tmp_path):
     big = np.zeros((4 * SIZE, 4 * SIZE), np.uint8)
     big[:, 9] = 2  # nearest at 64 -> 16 samples columns 2, 6, 10, ...: never column 9
     _write_masks(tmp_path / "given", [big])
-    (given,) = conditioning.read_masks(str(tmp_path / "given"), SIZE, 3, 0, False, classes=list(CLASSES))
+    (given,) = inputs.read_masks(str(tmp_path / "given"), SIZE, 3, 0, False, classes=list(CLASSES))
     assert given.index[:, 2].tolist() == [2] * SIZE and int((given.index > 0).sum()) == SIZE
 
 
@@ -391,7 +392,7 @@ def test_mask_binary_masks_take_the_class_their_folder_maps_to(tmp_path):
     """ground_truth/<class>/ by name, or through the model's data.folder_classes (MVTec's broken_small/)."""
     _write_masks(tmp_path / "ground_truth" / "hole", [_square(1) * 255])
     _write_masks(tmp_path / "ground_truth" / "MT_Stain", [_square(1, top=8) * 255])
-    masks = conditioning.read_masks(str(tmp_path), SIZE, 3, 0, False, classes=list(CLASSES),
+    masks = inputs.read_masks(str(tmp_path), SIZE, 3, 0, False, classes=list(CLASSES),
                                     folder_classes={"MT_Stain": "stain"})
     assert [(os.path.relpath(m.path, tmp_path), int(m.index.max())) for m in masks] == [
         ("ground_truth/MT_Stain/m0.png", 2), ("ground_truth/hole/m0.png", 3)]
@@ -399,7 +400,7 @@ def test_mask_binary_masks_take_the_class_their_folder_maps_to(tmp_path):
 
 def test_plan_reports_the_steps_added_for_the_hand_over(tmp_path):
     # Issue 12 item 5: `--steps 10` reported 11 steps without saying why
-    plan = sample.make_plan(_model(), _model(), 200, 50, torch.device("cpu"))
+    plan = sample_to_folder.make_plan(_model(), _model(), 200, 50, torch.device("cpu"))
     assert plan.description == "52 steps (41 large, 11 small; 200, 199 added to the 50-step grid)"
-    assert sample.make_plan(_model(), _model(), 200, 1000, torch.device("cpu")).description == \
+    assert sample_to_folder.make_plan(_model(), _model(), 200, 1000, torch.device("cpu")).description == \
         "1000 steps (800 large, 200 small)"

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from defect_gen.gaussian_diffusion import GaussianDiffusion, cosine_betas
-from defect_gen.respace import space_timesteps, split_at, with_switch
-from defect_gen.samplers import SAMPLERS, randn_rows, sample_ddim, sample_ddpm, two_stage_denoiser
+from defect_gen.core.diffusion import GaussianDiffusion, cosine_betas, space_timesteps, split_at, with_switch
+from defect_gen.core.samplers import SAMPLERS, randn_rows, sample_ddim, sample_ddpm, two_stage_denoiser
 
 
 class Recorder:
@@ -95,7 +94,7 @@ def test_per_row_generators_make_rows_independent_of_batch():
 
 def test_ddim_eta0_is_the_published_cold_diffusion_step():
     """x_{t-1} = x_t - D(x0, t) + D(x0, t-1), D(x0, s) = sqrt(ab_s) x0 + sqrt(1 - ab_s) eps_hat."""
-    from defect_gen.samplers import ddim_step
+    from defect_gen.core.samplers import ddim_step
 
     diffusion = GaussianDiffusion(cosine_betas(1000))
     x = torch.randn(2, 5, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -116,7 +115,7 @@ def test_ddim_eta0_is_the_published_cold_diffusion_step():
 
 
 def test_clean_known_channels_reach_the_network_unnoised_at_every_step():
-    from defect_gen.samplers import KnownRegion, known_region_sampler
+    from defect_gen.core.samplers import KnownRegion, known_region_sampler
 
     diffusion = GaussianDiffusion(cosine_betas(100))
     values = torch.rand(2, 5, 8, 8) * 2 - 1
@@ -165,7 +164,7 @@ def _rms(a, b) -> float:
 
 
 def test_dpmpp_2m_converges_and_beats_ddim_at_equal_steps():
-    from defect_gen.samplers import sample_dpmpp_2m
+    from defect_gen.core.samplers import sample_dpmpp_2m
 
     diffusion, exact_x0, ode_end = _gaussian()
     x = torch.randn(256, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -182,7 +181,7 @@ def test_dpmpp_2m_converges_and_beats_ddim_at_equal_steps():
 
 
 def test_dpmpp_2m_first_step_is_ddim_and_history_runs_through_the_switch():
-    from defect_gen.samplers import DPMSolverPP2MStep, ddim_step, sample_dpmpp_2m
+    from defect_gen.core.samplers import DPMSolverPP2MStep, ddim_step, sample_dpmpp_2m
 
     diffusion, exact_x0, _ = _gaussian()
     x = torch.randn(4, 5, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -200,7 +199,7 @@ def test_dpmpp_2m_first_step_is_ddim_and_history_runs_through_the_switch():
 
 
 def test_dpmpp_2m_in_known_region_mode_keeps_the_known_part_and_resamples():
-    from defect_gen.samplers import KnownRegion, known_region_sampler
+    from defect_gen.core.samplers import KnownRegion, known_region_sampler
 
     diffusion, exact_x0, _ = _gaussian()
     values = torch.rand(2, 5, 4, 4, dtype=torch.float64) * 2 - 1
@@ -216,7 +215,7 @@ def test_dpmpp_2m_in_known_region_mode_keeps_the_known_part_and_resamples():
 
 
 def test_dpmpp_2m_refuses_bad_arguments():
-    from defect_gen.samplers import make_step, sample_dpmpp_2m
+    from defect_gen.core.samplers import make_step, sample_dpmpp_2m
 
     diffusion, exact_x0, _ = _gaussian()
     x = torch.zeros(1, 5, 2, 2)

@@ -7,9 +7,9 @@ import types
 
 import pytest
 import torch
-
-from defect_gen.train_util import TrainLoop
 from test_train import data_dir, tiny_cfg  # noqa: F401  (data_dir is a fixture)
+
+from defect_gen.training.loop import TrainLoop
 
 
 class FakeWriter:

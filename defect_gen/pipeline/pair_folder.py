@@ -1,0 +1,265 @@
+"""Output layouts, the manifest and the preview: where each generated pair goes on disk.
+
+`--layout` (SAMPLE_DIR reads straight back as `data.root` with the same `data.layout`):
+
+paired           images/NAME.png, masks/NAME.png (class index), masks_color/NAME.png
+mvtec            test/TYPE/NAME.png, ground_truth/TYPE/NAME_mask.png (binary 0/255)
+defect_spectrum  image/TYPE/NAME.png, mask/TYPE/NAME_mask.png (class index),
+                 rgb_mask/TYPE/NAME_rgb_mask.png (the mask in the palette colours)
+
+TYPE is the pair's class name when its mask holds one class, "combined" (MVTec's name for
+images with several defects) when it holds more, and "good" for an empty mask (only with
+--keep-empty; the image alone is written there, as in MVTec). MVTec masks are binary
+(0/255), except in combined/, where they hold class indices so that the pair reads back
+with its classes (the mvtec reader accepts class indices there).
+
+manifest.jsonl has one row per pair: name, seed (the one that made it), tries, classes,
+defect_pixels, files (paths relative to SAMPLE_DIR), the given mask / good image if any, and
+weights (path, step, sha256 of each model's checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from defect_gen import fsutil
+from defect_gen.core.masks import class_pixel_counts, colorize, overlay
+from defect_gen.data.image_io import MIN_PREVIEW_HEIGHT, save_pair_grid, write_png
+from defect_gen.errors import ConfigError, DefectGenError, short_repr
+
+FOLDERS = {"paired": ("images", "masks", "masks_color"), "mvtec": ("test", "ground_truth"),
+           "defect_spectrum": ("image", "mask", "rgb_mask")}
+LAYOUTS = tuple(FOLDERS)
+MANIFEST, PREVIEW = "manifest.jsonl", "preview.png"
+
+
+def defect_type(index: np.ndarray, classes: list[str]) -> str:
+    present = [int(c) for c in np.unique(index) if c > 0]
+    if not present:
+        return "good"
+    return classes[present[0] - 1] if len(present) == 1 else "combined"
+
+
+def pair_files(layout: str, name: str, kind: str) -> dict[str, str]:
+    """Paths (relative to SAMPLE_DIR) of one pair's files; `kind` is its defect_type."""
+    if layout == "paired":
+        return {"image": f"images/{name}.png", "mask": f"masks/{name}.png", "mask_color": f"masks_color/{name}.png"}
+    if layout == "mvtec":
+        files = {"image": f"test/{kind}/{name}.png", "mask": f"ground_truth/{kind}/{name}_mask.png"}
+    elif layout == "defect_spectrum":
+        files = {"image": f"image/{kind}/{name}.png", "mask": f"mask/{kind}/{name}_mask.png",
+                 "mask_color": f"rgb_mask/{kind}/{name}_rgb_mask.png"}
+    else:
+        raise ConfigError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    return {"image": files["image"]} if kind == "good" else files
+
+
+def write_pair(sample_dir: str, layout: str, name: str, rgb: np.ndarray, index: np.ndarray,
+               classes: list[str]) -> dict:
+    """Write one pair in `layout`; returns its manifest row (without seed and sources)."""
+    kind = defect_type(index, classes)
+    files = pair_files(layout, name, kind)
+    # MVTec masks are binary, but a binary combined/ mask would lose which pixel is which
+    # class: those are written as class indices, which the mvtec reader accepts there.
+    binary = layout == "mvtec" and kind != "combined"
+    mask = (index > 0).astype(np.uint8) * 255 if binary else index.astype(np.uint8)
+    pictures = {"image": rgb, "mask": mask, "mask_color": colorize(index)}
+    for what, rel in files.items():
+        # TYPE folders come from class names, which come from configs and checkpoints:
+        # whatever they hold, nothing is written outside SAMPLE_DIR.
+        write_png(fsutil.path_inside(sample_dir, rel, f"output file of {name}"), pictures[what])
+    counts = class_pixel_counts(index, len(classes))
+    return {"name": name, "classes": [classes[c - 1] for c in sorted(counts)],
+            "defect_pixels": {classes[c - 1]: n for c, n in sorted(counts.items())}, "files": files}
+
+
+# ---------------------------------------------------------------------------------------
+# The output folder
+
+
+def _read_manifest(path: str) -> list[dict]:
+    """Rows of a manifest. A last line cut short (the process was killed mid-write) is
+    ignored: its pair is simply generated again on --resume."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n < len(lines):
+                raise DefectGenError(f"{path} line {n} is not valid JSON: the manifest is damaged") from None
+            continue
+        _row_name(row, f"{path} line {n}")
+        rows.append(row)
+    return rows
+
+
+def _row_name(row, where: str) -> str:
+    """A manifest row's name; a row without one (edited by hand, another tool) is one line."""
+    name = row.get("name") if isinstance(row, dict) else None
+    if not isinstance(name, str) or not name:
+        raise DefectGenError(f"{where}: expected a JSON object with a \"name\" string (a row defect-gen wrote), "
+                             f"got {short_repr(row)}; fix or remove that line")
+    return name
+
+
+def repair_manifest(path: str) -> bool:
+    """Cut off a last line that a kill left unfinished (no newline, or not JSON), so that
+    --resume appends after whole rows; that pair is simply made again. True if it cut."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.strip():
+        return False
+    body = data.rstrip(b"\n")
+    start = body.rfind(b"\n") + 1  # where the last line begins
+    last = body[start:]
+    try:
+        complete = data.endswith(b"\n") and (not last.strip() or isinstance(json.loads(last), dict))
+    except ValueError:
+        complete = False
+    if complete:
+        return False
+    with open(path, "r+b") as f:
+        f.truncate(start)
+    return True
+
+
+def _remove_previous(sample_dir: str) -> None:
+    """Delete what the previous run's manifest lists (never other files), then the manifest."""
+    manifest = os.path.join(sample_dir, MANIFEST)
+    left = []
+    for row in _read_manifest(manifest) if os.path.exists(manifest) else []:
+        # Rows written before layouts existed name no files: they were paired.
+        files = row.get("files") or pair_files("paired", _row_name(row, manifest), "")
+        for rel in files.values() if isinstance(files, dict) else []:
+            # A manifest is data, not trusted: only regular files inside SAMPLE_DIR are deleted
+            # (never `../x`, an absolute path, a link's target, a FIFO or a folder).
+            path = fsutil.removable_file(sample_dir, rel)
+            if path is not None:
+                os.remove(path)
+            elif os.path.lexists(os.path.join(sample_dir, str(rel))):
+                left.append(str(rel))
+    if left:
+        print(f"warning: --overwrite left alone {len(left)} path(s) the manifest names that are not regular files "
+              f"inside {sample_dir}: {', '.join(left[:3])}", file=sys.stderr)
+    for name in (MANIFEST, PREVIEW):
+        if os.path.exists(os.path.join(sample_dir, name)):
+            os.remove(os.path.join(sample_dir, name))
+    for top in sorted({f for folders in FOLDERS.values() for f in folders}):
+        for dirpath, _, _ in sorted(os.walk(os.path.join(sample_dir, top)), reverse=True):
+            if not os.listdir(dirpath):  # only folders the removal left empty
+                os.rmdir(dirpath)
+
+
+def _holds_files(folder: str) -> bool:
+    return any(files for _, _, files in os.walk(folder))
+
+
+def prepare_dir(sample_dir: str, layout: str, overwrite: bool, resume: bool = False) -> set[str]:
+    """Make the output folder ready; returns the names already done (only with `resume`).
+
+    Refuses to mix with earlier output unless `overwrite` (which removes the earlier pairs)
+    or `resume` (which keeps them and lets the caller generate only the missing ones).
+    """
+    if overwrite and resume:
+        raise ConfigError("--overwrite and --resume contradict each other: choose one")
+    manifest = os.path.join(sample_dir, MANIFEST)
+    if os.path.lexists(manifest) and fsutil.removable_file(sample_dir, MANIFEST) is None:
+        # It is appended to and repaired in place: a link would have that happen elsewhere.
+        raise DefectGenError(f"{manifest} is not a regular file (a link, a folder?); expected the manifest a "
+                             f"defect-gen run wrote: remove it or choose another --sample_dir")
+    if resume:
+        if not os.path.exists(manifest):
+            raise DefectGenError(f"--resume: {manifest} not found; nothing to resume in {sample_dir}")
+        if repair_manifest(manifest):
+            print(f"note: the last line of {manifest} was cut short (the run was killed mid-write); "
+                  f"removed it, that pair is made again", file=sys.stderr)
+        return done_names(sample_dir)
+    if overwrite:
+        _remove_previous(sample_dir)
+    busy = [f for f in FOLDERS[layout] if _holds_files(os.path.join(sample_dir, f))]
+    if os.path.exists(manifest) or (busy and not overwrite):
+        where = MANIFEST if os.path.exists(manifest) else f"{busy[0]}/"
+        raise DefectGenError(f"{sample_dir} already holds generated pairs ({where}); pass --resume to finish "
+                             f"that run, --overwrite to replace its pairs, or choose another --sample_dir")
+    try:
+        os.makedirs(sample_dir, exist_ok=True)
+        with open(os.path.join(sample_dir, MANIFEST), "a", encoding="utf-8"):
+            pass  # created now, so that a run killed before its first pair can be resumed
+    except OSError as exc:
+        raise DefectGenError(f"cannot write to output folder {sample_dir}: {exc.strerror}") from None
+    return set()
+
+
+def done_names(sample_dir: str) -> set[str]:
+    """Names of the pairs a manifest records as finished (their files are written first) whose
+    files are all still there: a pair deleted since is made again on --resume."""
+    path = os.path.join(sample_dir, MANIFEST)
+    rows = _read_manifest(path) if os.path.exists(path) else []
+    return {row["name"] for row in rows
+            if isinstance(row.get("files") or {}, dict)
+            and all(fsutil.removable_file(sample_dir, rel) for rel in (row.get("files") or {}).values())}
+
+
+def manifest_rows(sample_dir: str) -> list[dict]:
+    """The manifest's rows in name order, one per name (the last written wins)."""
+    path = os.path.join(sample_dir, MANIFEST)
+    rows = _read_manifest(path) if os.path.exists(path) else []
+    return sorted({r["name"]: r for r in rows}.values(), key=lambda r: r["name"])
+
+
+def sort_manifest(sample_dir: str) -> None:
+    """Rows in name order, whichever rank or retry finished first."""
+    path = os.path.join(sample_dir, MANIFEST)
+    if os.path.exists(path):
+        # One row per name (the last written wins: a pair remade on --resume replaces its old row).
+        rows = sorted({r["name"]: r for r in _read_manifest(path)}.values(), key=lambda r: r["name"])
+        tmp = f"{path}.tmp{os.getpid()}"  # a kill mid-rewrite must not lose the manifest
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------
+# Preview
+
+
+def _upscale(array: np.ndarray, factor: int) -> np.ndarray:
+    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
+
+
+def _given_grid(items: list[tuple], ncols: int, gap: int = 2) -> np.ndarray:
+    """Cells [given image | result | colour mask | overlay], laid out like io.pair_grid."""
+    size = items[0][0].shape[0]
+    factor = max(1, math.ceil(MIN_PREVIEW_HEIGHT / size))
+    cells = []
+    for rgb, index, given in items:
+        panels = [_upscale(p, factor) for p in (given, rgb, colorize(index), overlay(rgb, index))]
+        spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
+        cells.append(np.concatenate([x for p in panels for x in (p, spacer)][:-1], axis=1))  # no trailing spacer
+    cols, cell_gap = min(ncols, len(cells)), 3 * gap
+    rows = math.ceil(len(cells) / cols)
+    cell_h, cell_w = cells[0].shape[:2]
+    grid = np.full((rows * cell_h + (rows - 1) * cell_gap, cols * cell_w + (cols - 1) * cell_gap, 3), 255, np.uint8)
+    for k, cell in enumerate(cells):
+        top, left = (k // cols) * (cell_h + cell_gap), (k % cols) * (cell_w + cell_gap)
+        grid[top:top + cell_h, left:left + cell_w] = cell
+    return grid
+
+
+def save_preview(sample_dir: str, items: list[tuple]) -> None:
+    """preview.png: image | colour mask | overlay per pair, with the given image first when
+    defects were painted into one (items are (rgb, index, given rgb or None))."""
+    if not items:
+        return
+    path = os.path.join(sample_dir, PREVIEW)
+    if items[0][2] is None:
+        save_pair_grid(path, [i[0] for i in items], [i[1] for i in items])
+    else:
+        write_png(path, _given_grid(items, ncols=3))
