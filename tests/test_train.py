@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from defect_gen import checkpoint as ckpt_lib
 from defect_gen.config import from_dict
-from defect_gen.datasets.demo import make_demo_data
+from defect_gen.data.demo import make_demo_data
 from defect_gen.errors import DefectGenError
-from defect_gen.train_util import TrainLoop
+from defect_gen.models import checkpoint as ckpt_lib
+from defect_gen.training.loop import TrainLoop
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,8 @@ def test_microbatching_gives_the_same_update(data_dir, tmp_path):
                       progress=False)
     parts.model.eval()
     parts.train_step()
-    for (name, p), q in zip(whole.model.named_parameters(), parts.model.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    _assert_same_training({k: v.detach() for k, v in whole.model.named_parameters()},
+                          {k: v.detach() for k, v in parts.model.named_parameters()})
 
 
 def test_nan_loss_stops_before_saving_and_keeps_last_good_checkpoint(data_dir, tmp_path):
@@ -118,6 +118,19 @@ def _final_weights(work):
     return ckpt_lib.load(ckpt_lib.latest(work))["model"]
 
 
+def _assert_same_training(a: dict, b: dict) -> None:
+    """Two runs took the same steps: the weights agree to reduction-order rounding. Adam's first
+    steps move a weight by about lr * sign(gradient), so where a gradient is ~0 the order of a
+    sum (one batch of 4 vs 2 + 2 all-reduced) can flip a sign: on a 2-core AMD EPYC 142 of 428k
+    weights of 3 steps differed by up to 4.8e-5 (mean 1.8e-7). Ranks that did not average their
+    gradients differ almost everywhere (a batch of 2 against the batch of 4: 45 % of the weights
+    outside, mean 2.7e-5), which these bounds catch."""
+    assert a.keys() == b.keys()
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    outside = torch.cat([((a[k] - b[k]).abs() > 1e-5 + 1e-4 * b[k].abs()).flatten() for k in a])
+    assert diff.mean() < 2e-6 and outside.float().mean() < 0.02, (diff.mean().item(), outside.float().mean().item())
+
+
 def _train_cmd(data_dir, work, batch):
     return ["-m", "defect_gen", "train", "--config", "configs/demo_small.yaml", "--work_dir", work,
             "--num_defect", "3", "--no-progress",
@@ -134,9 +147,7 @@ def test_two_processes_under_torchrun_equal_one_process_with_double_batch(data_d
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            *_train_cmd(data_dir, ddp, 2)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    a, b = _final_weights(ref), _final_weights(ddp)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    _assert_same_training(_final_weights(ref), _final_weights(ddp))
 
 
 def test_two_processes_under_mpiexec_equal_one_process(data_dir, tmp_path):
@@ -153,14 +164,12 @@ def test_two_processes_under_mpiexec_equal_one_process(data_dir, tmp_path):
     proc = subprocess.run([mpiexec, "-n", "2", sys.executable, *_train_cmd(data_dir, mpi, 2)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    a, b = _final_weights(ref), _final_weights(mpi)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    _assert_same_training(_final_weights(ref), _final_weights(mpi))
 
 
 def test_resume_refuses_another_objective_schedule_window_or_classes(data_dir, tmp_path):
     # Issue 12 item 10: only `model` was compared, so x0-trained weights resumed on an eps loss.
-    from defect_gen.train_util import resume_differences
+    from defect_gen.training.loop import resume_differences
 
     work = str(tmp_path / "run")
     TrainLoop(tiny_cfg(data_dir, max_steps=3), work, torch.device("cpu"), progress=False).run()
@@ -185,7 +194,7 @@ def test_resume_refuses_another_objective_schedule_window_or_classes(data_dir, t
 
 
 def test_ema_decay_warms_up_then_settles_at_its_rate():
-    from defect_gen.train_util import ema_decay
+    from defect_gen.training.loop import ema_decay
     assert ema_decay(0.999, 1) == pytest.approx(2 / 11)
     assert ema_decay(0.999, 1000) == pytest.approx(1001 / 1010)  # a short run: about its last tenth
     assert ema_decay(0.999, 100_000) == 0.999
