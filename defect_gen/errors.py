@@ -6,9 +6,56 @@ expected. `cli.main` prints that line and exits non-zero; everything else is a b
 its traceback.
 """
 
+from __future__ import annotations
+
+import re
+
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def render(template: str, values: dict[str, str], names: dict[str, str]) -> str:
+    """`template` with each `{field}`: a value where `values` has one (shown as given, never
+    scanned again), else a parameter, spelt as `names` says (itself where absent)."""
+    return _FIELD.sub(lambda m: values.get(m.group(1), names.get(m.group(1), m.group(1))), template)
+
+
+class Note:
+    """A warning about arguments, worded like `DefectGenError.with_params`: `str()` names the
+    Python parameters, `render(FLAGS)` a command's flags."""
+
+    def __init__(self, template: str, **values):
+        self.template, self.values = template, {k: str(v) for k, v in values.items()}
+
+    def render(self, names: dict[str, str]) -> str:
+        return render(self.template, self.values, names)
+
+    def __str__(self) -> str:
+        return self.render({})
+
 
 class DefectGenError(Exception):
-    """Base class of errors caused by user input, shown as one line."""
+    """Base class of errors caused by user input, shown as one line.
+
+    An error about an argument is made with `with_params`: its message names parameters as
+    `{name}` fields, which the Python API shows as the parameter (`steps`) and each command as
+    its flag (`--steps`: `cli` renders it with the command's FLAGS, the one place that knows
+    flag names). Values go in as keywords, so one holding braces is shown as it is:
+
+        raise ConfigError.with_params("{steps} must be >= 1, got {value}", value=steps)
+    """
+
+    template: str | None = None
+    values: dict[str, str] = {}
+
+    @classmethod
+    def with_params(cls, template: str, **values) -> DefectGenError:
+        exc = cls(render(template, {k: str(v) for k, v in values.items()}, {}))
+        exc.template, exc.values = template, {k: str(v) for k, v in values.items()}
+        return exc
+
+    def render(self, names: dict[str, str]) -> str:
+        """The message with parameters spelt as `names` says (a plain message as it is)."""
+        return str(self) if self.template is None else render(self.template, self.values, names)
 
 
 class ConfigError(DefectGenError):
@@ -39,9 +86,3 @@ def short_repr(value, limit: int = 80) -> str:
     text = r.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
-
-def arg_name(key: str, names: dict[str, str] | None = None) -> str:
-    """What an error message calls the argument `key`: the caller's own spelling where `names`
-    has one (the CLI passes its flags, `--step_inference`), else `key` itself, the Python API's
-    parameter (`step_inference`). One message text then serves both."""
-    return names.get(key, key) if names else key

@@ -155,11 +155,49 @@ def test_generate_errors_name_the_api_parameters_not_cli_flags(kwargs, needle, t
     assert needle.replace("MISSING", folders["MISSING"]) in message and "--" not in message, message
 
 
-def test_the_cli_path_still_names_its_flags(tmp_path):
+def test_the_library_names_parameters_and_the_cli_renames_them_to_flags(tmp_path):
+    from defect_gen.cli import sample as sample_cli
+
     s = sample_to_folder.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=500, steps=2)
-    with pytest.raises(DefectGenError, match=r"--step_inference 500 needs the small-RF model \(--small_recep\)"):
+    with pytest.raises(DefectGenError, match=r"^step_inference 500 needs the small-RF model \(small\)") as info:
         sample_to_folder.generate(_model(), None, s, torch.device("cpu"), progress=False)
+    assert info.value.render(sample_cli.FLAGS).startswith("--step_inference 500 needs the small-RF model "
+                                                          "(--small_recep)")
     s = sample_to_folder.SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=0, steps=2,
                               mask_dir=str(tmp_path / "missing"))
-    with pytest.raises(DefectGenError, match=f"--mask {tmp_path / 'missing'}: folder not found"):
+    with pytest.raises(DefectGenError, match=f"^masks {tmp_path / 'missing'}: folder not found") as info:
         sample_to_folder.generate(_model(), None, s, torch.device("cpu"), progress=False)
+    assert info.value.render(sample_cli.FLAGS) == f"--mask {tmp_path / 'missing'}: folder not found"
+
+
+@pytest.mark.parametrize("api_kwargs, cli_flags, needle", [
+    ({"eta": 0.5}, ["--eta", "0.5"], "{eta} 0.5 applies to {sampler} ddim only"),  # eta without ddim (default ddpm)
+    ({"sampler": "dpmpp_2m", "eta": 0.5}, ["--sampler", "dpmpp_2m", "--eta", "0.5"], "{eta} 0.5 applies to {sampler}"),
+    ({"guidance": 2.0, "classes": ["stain"]}, ["--guidance", "2", "--classes", "stain"],
+     "{guidance} needs a class-conditional model"),  # guidance on an unconditional model
+    ({"steps": 0}, ["--steps", "0"], "{steps} must be >= 1, got 0"),  # steps out of range
+    ({"classes": ["dent"]}, ["--classes", "dent"], "{classes} 'dent': not a class of the model"),
+])
+def test_the_api_and_the_cli_give_the_same_error_for_the_same_mistake(api_kwargs, cli_flags, needle, tmp_path,
+                                                                      capsys):
+    """One check, one message: the API names the parameter, the CLI the flag, nothing else differs."""
+    from conftest import train_tiny_models
+
+    from defect_gen.cli import main
+    from defect_gen.cli import sample as sample_cli
+
+    train_tiny_models(tmp_path, num_timesteps=20)
+    gen = DefectGenerator.from_pretrained(tmp_path / "large", tmp_path / "small", step_inference=10)
+    with pytest.raises(DefectGenError) as info:
+        gen.generate(2, **api_kwargs)
+    api = str(info.value)
+    code = main(["sample", "--large_recep", str(tmp_path / "large"), "--small_recep", str(tmp_path / "small"),
+                 "--step_inference", "10", "--sample_dir", str(tmp_path / "s"), "--num_samples", "2", "--no-progress",
+                 *cli_flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    as_flag = {k: v for k, v in sample_cli.FLAGS.items()}
+    assert api.startswith(needle.format(**{k: k for k in as_flag}))
+    assert err[0] == f"defect-gen sample: error: {info.value.render(sample_cli.FLAGS)}"
+    assert err[0].startswith(f"defect-gen sample: error: {needle.format(**as_flag)}")
+    assert not (tmp_path / "s").exists()  # refused before anything was written

@@ -120,7 +120,7 @@ def test_classes_condition_the_model_and_every_first_candidate_is_kept(tmp_path)
     with pytest.raises(ConfigError, match="class-conditional"):
         sample_to_folder.generate(_stand_in(False), None, sample_to_folder.SampleSettings(
             sample_dir=str(tmp_path / "g"), step_inference=0, classes=["hole"], guidance=2.0), torch.device("cpu"))
-    with pytest.raises(ConfigError, match="--classes"):
+    with pytest.raises(ConfigError, match="^guidance steers towards a condition: give classes"):
         sample_to_folder.check_settings(sample_to_folder.SampleSettings(sample_dir=str(tmp_path / "h"), step_inference=0, guidance=2.0))
 
 

@@ -78,8 +78,9 @@ def test_key_and_shape_mismatches_are_clear_errors(tmp_path):
 
 def test_published_yaml_errors_name_the_file_and_what_is_expected(tmp_path):
     path, config, _ = _published(tmp_path, "large")
-    with pytest.raises(ConfigError, match="holds no config: pass its YAML with --large_recep_config"):
+    with pytest.raises(ConfigError, match="holds no config: pass its YAML with large_config") as info:
         load_model(path, torch.device("cpu"))
+    assert info.value.render({"large_config": "--large_recep_config"}).endswith("with --large_recep_config")
     text = open(config).read()
     open(config, "w").write(text.replace(TARGET["large"], "models.unet.ldmunet.UNetModel"))
     with pytest.raises(ConfigError) as err:
@@ -109,6 +110,7 @@ def test_sample_cli_with_published_checkpoints(tmp_path):
 def test_published_checkpoints_sample_with_their_cold_diffusion_step_by_default(tmp_path):
     # Issue 12 item 4: the published sampler is DDIM at eta 0; ours stay DDPM; --sampler overrides.
     from defect_gen.models.loading import LoadedModel
+    from defect_gen.pipeline.generator import DefectGenerator
     from defect_gen.pipeline.sample_to_folder import SampleSettings, resolve_sampler
 
     path, config, _ = _published(tmp_path, "small")
@@ -116,10 +118,11 @@ def test_published_checkpoints_sample_with_their_cold_diffusion_step_by_default(
     ours = LoadedModel(published.model, published.cfg, "ours.pt")
     s = SampleSettings(sample_dir=str(tmp_path / "s"), step_inference=1000)
     assert published.published and not ours.published
-    assert (resolve_sampler(s, None, published).sampler, resolve_sampler(s, None, published).eta) == ("ddim", 0.0)
-    assert resolve_sampler(s, None, ours).sampler == "ddpm"
+    gen_published, gen_ours = (DefectGenerator(None, m, 1000, precision="fp32") for m in (published, ours))
+    assert (resolve_sampler(s, gen_published).sampler, resolve_sampler(s, gen_published).eta) == ("ddim", 0.0)
+    assert resolve_sampler(s, gen_ours).sampler == "ddpm"
     s.sampler = "ddpm"
-    assert resolve_sampler(s, None, published).sampler == "ddpm"
+    assert resolve_sampler(s, gen_published).sampler == "ddpm"
 
 
 def test_published_decoder_attention_uses_num_heads_upsample(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 
 from defect_gen import distributed
 from defect_gen.cli import main
+from defect_gen.cli import sample as sample_cli
 from defect_gen.config import Config, DataConfig, ModelConfig, to_dict
 from defect_gen.core.diffusion import GaussianDiffusion, cosine_betas, space_timesteps
 from defect_gen.core.masks import one_hot
@@ -55,7 +57,11 @@ def _model(follow: bool = False) -> loading.LoadedModel:
 def _run(tmp_path, follow=False, name="out", **kw) -> sample_to_folder.Summary:
     s = sample_to_folder.SampleSettings(sample_dir=str(tmp_path / name), step_inference=0, steps=kw.pop("steps", 4),
                               **{"num_samples": 4, "batch_size": 3, **kw})
-    return sample_to_folder.generate(_model(follow), None, s, torch.device("cpu"), progress=False)
+    try:  # errors and notes as `defect-gen sample` words them (the library names parameters)
+        return sample_to_folder.generate(_model(follow), None, s, torch.device("cpu"), progress=False,
+                                         warn=lambda note: print(note.render(sample_cli.FLAGS), file=sys.stderr))
+    except DefectGenError as exc:
+        raise type(exc)(exc.render(sample_cli.FLAGS)) from None
 
 
 def _rows(tmp_path, name="out") -> list[dict]:
@@ -358,7 +364,7 @@ def test_min_defect_pixels_with_mask_names_the_masks_it_drops(tmp_path):
     _write_masks(tmp_path / "given", [_square(1), speck, np.zeros((SIZE, SIZE)), _square(3) + speck])
     logged = []
     masks = inputs.read_masks(str(tmp_path / "given"), SIZE, 3, 2, False, classes=list(CLASSES),
-                                    log=logged.append, names=sample_to_folder.FLAGS)  # as `sample --mask` logs them
+                                    log=lambda note: logged.append(note.render(sample_cli.FLAGS)))  # as `sample --mask`
     assert [os.path.basename(m.path) for m in masks] == ["m0.png", "m3.png"]
     folder = tmp_path / "given"
     assert logged == [f"--mask {folder}: 1 empty masks left out (--keep-empty uses them): m2.png",

@@ -23,7 +23,7 @@ import torch
 
 from defect_gen.core.masks import mask_to_index
 from defect_gen.core.unet import class_condition
-from defect_gen.errors import ConfigError, arg_name
+from defect_gen.errors import ConfigError
 
 Network = Callable[..., torch.Tensor]  # (x_t, t[, y]) -> the network's output
 
@@ -78,13 +78,11 @@ def guided(network: Network, y: torch.Tensor | None, weight: float) -> Callable:
     return forward
 
 
-def check_guidance(weight: float | None, conditional: list[bool], names: dict[str, str] | None = None) -> float:
-    """The guidance weight for models whose class_cond flags are `conditional`: the weight to
-    use. Errors name the arguments as `names` says (`errors.arg_name`)."""
-    flag, classes = arg_name("guidance", names), arg_name("classes", names)
+def check_guidance(weight: float | None, conditional: list[bool]) -> float:
+    """The guidance weight for models whose class_cond flags are `conditional`: the weight to use."""
     if weight is not None and not any(conditional):
-        raise ConfigError(f"{flag} needs a class-conditional model (model.class_cond: true); these models are "
-                          f"unconditional: {classes} picks by rejection instead")
+        raise ConfigError.with_params("{guidance} needs a class-conditional model (model.class_cond: true); these "
+                                      "models are unconditional: {classes} picks by rejection instead")
     if weight is not None and not 0.0 <= weight <= 100.0:
-        raise ConfigError(f"{flag} must be in [0, 100] (1 = plain conditional), got {weight}")
+        raise ConfigError.with_params(f"{{guidance}} must be in [0, 100] (1 = plain conditional), got {weight}")
     return 1.0 if weight is None else float(weight)

@@ -82,28 +82,29 @@ def _load_export(path: str, raw_weights: bool, config_path: str | None) -> tuple
 
 
 def _load_weights_and_config(path: str, raw_weights: bool, config_path: str | None,
-                             flag: str) -> tuple[dict, Config, str, bool, int | None]:
+                             config_param: str) -> tuple[dict, Config, str, bool, int | None]:
     """(weights, config, the file they came from, published?, training step) for any accepted kind of path."""
     if export.folder_of(path) is not None:
         return _load_export(path, raw_weights, config_path)
     path = ckpt_lib.resolve(path)
     ckpt = ckpt_lib.load(path)
     if published.is_published(ckpt):
-        weights, cfg = published.weights_and_config(ckpt, path, config_path, raw_weights, flag)
+        weights, cfg = published.weights_and_config(ckpt, path, config_path, raw_weights, config_param)
         return weights, cfg, path, True, ckpt.get("step")
     cfg = _checkpoint_config(ckpt, path, config_path)
     return ckpt_lib.strip_ddp_prefix(ckpt_lib.ema_weights(ckpt, path, raw_weights)), cfg, path, False, ckpt.get("step")
 
 
 def load_model(path: str, device: torch.device, raw_weights: bool = False, config_path: str | None = None,
-               flag: str = "--large_recep_config") -> LoadedModel:
+               config_param: str = "large_config") -> LoadedModel:
     """A model from an export folder (`defect-gen export`; or its model.safetensors), our
     checkpoint (a .pt file or run folder; config inside) or the published implementation's
     ({"model", "ema", "optimizer"} with its YAML as `config_path`).
 
-    EMA weights unless `raw_weights`; keys and shapes must match exactly.
+    EMA weights unless `raw_weights`; keys and shapes must match exactly. `config_param` is the
+    argument that gives `config_path` (large_config / small_config), for the error asking for it.
     """
-    weights, cfg, path, is_published, step = _load_weights_and_config(path, raw_weights, config_path, flag)
+    weights, cfg, path, is_published, step = _load_weights_and_config(path, raw_weights, config_path, config_param)
     model = build_unet(cfg.model, cfg.num_defect)
     ckpt_lib.load_weights(model, weights, path)
     return LoadedModel(model.to(device).eval(), cfg, path, is_published, step)

@@ -155,11 +155,12 @@ def published_weights(ckpt: dict, path: str, raw: bool = False) -> dict:
 
 
 def weights_and_config(ckpt: dict, path: str, config_path: str | None, raw: bool = False,
-                       flag: str = "--large_recep_config") -> tuple[dict, Config]:
-    """(weights to sample with, config from its YAML) of a loaded published checkpoint."""
+                       config_param: str = "large_config") -> tuple[dict, Config]:
+    """(weights to sample with, config from its YAML) of a loaded published checkpoint;
+    `config_param` is the argument that gives the YAML."""
     if not config_path:
-        raise ConfigError(f"{path} is a published-implementation checkpoint, which holds no config: pass its "
-                          f"YAML with {flag}")
+        raise ConfigError.with_params(f"{{path}} is a published-implementation checkpoint, which holds no config: "
+                                      f"pass its YAML with {{{config_param}}}", path=path)
     return ckpt_lib.strip_ddp_prefix(published_weights(ckpt, path, raw)), from_published_yaml(config_path)
 
 
@@ -182,7 +183,7 @@ def convert(path: str, config_path: str, out: str, force: bool = False) -> str:
     if not is_published(ckpt):
         raise CheckpointError(f"{path} is not a published Defect-Gen checkpoint (expected {{model, ema, optimizer}} "
                               f"state_dicts and no format tag; for our checkpoints use `defect-gen export`)")
-    weights, cfg = weights_and_config(ckpt, path, config_path, flag="--config")
+    weights, cfg = weights_and_config(ckpt, path, config_path, config_param="config")
     ckpt_lib.load_weights(build_unet(cfg.model, cfg.num_defect), weights, path)
     source = {"path": os.path.abspath(path), "sha256": export.sha256(path), "format": export.SOURCE_PUBLISHED,
               "config": os.path.abspath(config_path), "config_sha256": export.sha256(config_path)}

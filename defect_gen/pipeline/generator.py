@@ -49,7 +49,7 @@ from defect_gen.core.samplers import (
     two_stage_denoiser,
 )
 from defect_gen.core.unet import receptive_field
-from defect_gen.errors import ConfigError, DefectGenError, arg_name
+from defect_gen.errors import ConfigError, DefectGenError, Note
 from defect_gen.models.loading import LoadedModel, load_model
 from defect_gen.pipeline import inputs
 
@@ -57,12 +57,12 @@ from defect_gen.pipeline import inputs
 # The two models and the chain they share
 
 
-def check_pair(large: LoadedModel | None, small: LoadedModel | None, names: dict[str, str] | None = None) -> Config:
+def check_pair(large: LoadedModel | None, small: LoadedModel | None) -> Config:
     """The two models must agree on everything the shared chain depends on."""
     models = [m for m in (large, small) if m is not None]
     if not models:
-        raise ConfigError(f"no model given: pass a large-RF ({arg_name('large', names)}) and/or a small-RF "
-                          f"({arg_name('small', names)}) model")
+        raise ConfigError.with_params(f"no model given: pass a large-RF ({{large}}) and/or a small-RF "
+                          f"({{small}}) model")
     ref = models[0]
     for other in models[1:]:
         for what, a, b in (("image_size", ref.cfg.model.image_size, other.cfg.model.image_size),
@@ -89,43 +89,39 @@ def _outside(m: LoadedModel | None, steps: list[int]) -> bool:
 
 
 def check_roles(large: LoadedModel | None, small: LoadedModel | None, large_steps: list[int],
-                small_steps: list[int], switch: int, names: dict[str, str] | None = None) -> None:
+                small_steps: list[int], switch: int) -> None:
     """Each model must serve only timesteps it was trained on, and the two must not be swapped.
 
     A model trained on a window (diffusion.t_min / t_max) has never seen the other steps: its
-    output there is noise, and sampling would run to the end without a word. The messages
-    name the arguments as the caller does (`names`: see `errors.arg_name`).
+    output there is noise, and sampling would run to the end without a word.
     """
-    def n(key: str) -> str:
-        return arg_name(key, names)
-
-    flags = f"(pass {n('allow_model_mismatch')} to run anyway)"
+    flags = "(pass {allow_model_mismatch} to run anyway)"
     bad_large, bad_small = _outside(large, large_steps), _outside(small, small_steps)
     if bad_large and bad_small and not _outside(large, small_steps) and not _outside(small, large_steps):
         (a, b), (c, d) = _window(large), _window(small)
-        raise ConfigError(f"{n('large')} and {n('small')} look swapped: {large.path} was trained on t in "
+        raise ConfigError.with_params(f"{{large}} and {{small}} look swapped: {large.path} was trained on t in "
                           f"[{a}, {b}) and {small.path} on [{c}, {d}); exchange them {flags}")
     for role, m, steps, bad in (("large", large, large_steps, bad_large), ("small", small, small_steps, bad_small)):
         if bad:
             lo, hi = _window(m)
-            fix = (f"use {n('step_inference')} >= {lo}" if role == "large" and lo > min(steps) else
-                   f"use {n('step_inference')} <= {hi}" if role == "small" and max(steps) >= hi else
+            fix = (f"use {{step_inference}} >= {lo}" if role == "large" and lo > min(steps) else
+                   f"use {{step_inference}} <= {hi}" if role == "small" and max(steps) >= hi else
                    "it cannot serve this part of the chain")
-            raise ConfigError(f"{n('step_inference')} {switch}: the {role}-RF model {m.path} was trained on t in "
+            raise ConfigError.with_params(f"{{step_inference}} {switch}: the {role}-RF model {m.path} was trained on t in "
                               f"[{lo}, {hi}) (diffusion.t_min/t_max) but would serve t = {min(steps)}..{max(steps)}; "
                               f"{fix} {flags}")
     if large is not None and small is not None and large_steps and small_steps:
         rf_large, rf_small = receptive_field(large.cfg.model), receptive_field(small.cfg.model)
         if rf_small.is_global and not rf_large.is_global:
-            raise ConfigError(f"{n('large')} and {n('small')} look swapped: {large.path} has a local receptive "
+            raise ConfigError.with_params(f"{{large}} and {{small}} look swapped: {large.path} has a local receptive "
                               f"field ({rf_large.pixels} px, no attention) and {small.path} a global one; "
                               f"exchange them {flags}")
 
 
-def check_precision(precision: str, names: dict[str, str] | None = None) -> None:
+def check_precision(precision: str) -> None:
     """Sampling runs in auto, fp32 or bf16 (checked before any network is timed)."""
     if precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"{arg_name('precision', names)} must be auto, fp32 or bf16, got {precision!r}")
+        raise ConfigError.with_params(f"{{precision}} must be auto, fp32 or bf16, got {precision!r}")
 
 
 def _network(model: torch.nn.Module, device: torch.device, precision: str, shape: tuple[int, ...],
@@ -173,32 +169,28 @@ class Plan:
 
 def make_plan(large: LoadedModel | None, small: LoadedModel | None, step_inference: int, steps: int | None,
               device: torch.device, precision: str = "auto", allow_mismatch: bool = False,
-              guidance: float | None = None, names: dict[str, str] | None = None) -> Plan:
+              guidance: float | None = None) -> Plan:
     """The timesteps (`steps` respaced, S and S-1 added) and the denoiser that hands over at S;
-    class-conditional models are guided with weight `guidance` (None: 1, plain conditional).
-    Errors name the arguments as the caller does (`names`: see `errors.arg_name`)."""
-    def n(key: str) -> str:
-        return arg_name(key, names)
-
-    cfg = check_pair(large, small, names)
+    class-conditional models are guided with weight `guidance` (None: 1, plain conditional)."""
+    cfg = check_pair(large, small)
     T = cfg.diffusion.num_timesteps
     if not 0 <= step_inference <= T:
-        raise ConfigError(f"{n('step_inference')} must be in [0, {T}], got {step_inference}")
+        raise ConfigError.with_params(f"{{step_inference}} must be in [0, {T}], got {step_inference}")
     if steps is not None and steps < 1:
-        raise ConfigError(f"{n('steps')} must be >= 1, got {steps}")
-    check_precision(precision, names)
+        raise ConfigError.with_params(f"{{steps}} must be >= 1, got {steps}")
+    check_precision(precision)
     timesteps = timesteps_for(T, steps, step_inference)
     large_steps, small_steps = split_at(timesteps, step_inference)
     if (large_steps and large is None) or (small_steps and small is None):
         role = "large" if large is None else "small"
-        raise ConfigError(f"{n('step_inference')} {step_inference} needs the {role}-RF model ({n(role)}), "
+        raise ConfigError.with_params(f"{{step_inference}} {step_inference} needs the {role}-RF model ({{{role}}}), "
                           f"which was not given")
     if not allow_mismatch:
-        check_roles(large, small, large_steps, small_steps, step_inference, names)
+        check_roles(large, small, large_steps, small_steps, step_inference)
     # Each model gets its own parameterisation (x0 / eps / v); check_pair made the schedules equal.
-    weight = guidance_lib.check_guidance(guidance, [m.cfg.model.class_cond for m in (large, small) if m], names)
+    weight = guidance_lib.check_guidance(guidance, [m.cfg.model.class_cond for m in (large, small) if m])
     shape = (3 + cfg.num_defect + 1, cfg.model.image_size, cfg.model.image_size)
-    nets = [m and _network(m.model, device, precision, shape, arg_name("precision", names)) for m in (large, small)]
+    nets = [m and _network(m.model, device, precision, shape) for m in (large, small)]
     networks = [net for net in nets if net]
 
     def denoise_for(y: torch.Tensor | None) -> Denoiser:
@@ -237,67 +229,61 @@ def default_sampler(large: LoadedModel | None, small: LoadedModel | None) -> str
 
 
 # ---------------------------------------------------------------------------------------
-# Checking the options (one place for the API and the CLI: `names` maps to the CLI's flags)
+# Checking the options (one place for the API and the CLI, which renames parameters to flags)
 
 # The pair indices are held in memory; more than this is a typo (1e10) rather than a job.
 MAX_SAMPLES = 10_000_000
 
 
-def check_sampler(sampler: str | None, eta: float | None, names: dict[str, str] | None = None) -> None:
+def check_sampler(sampler: str | None, eta: float | None) -> None:
     """A known sampler (None: the models' default), and `eta` only where it means something:
-    DDIM's noise. Shared by `sample` and `paint`; errors name the arguments as `names` says."""
-    def name(key: str) -> str:
-        return arg_name(key, names)
-
+    DDIM's noise. Shared by `sample` and `paint`."""
     if sampler is not None and sampler not in SAMPLERS:
-        raise ConfigError(f"{name('sampler')} must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        raise ConfigError.with_params(f"{{sampler}} must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if sampler in ("ddpm", "dpmpp_2m") and eta is not None:
-        raise ConfigError(f"{name('eta')} {eta} applies to {name('sampler')} ddim only ({sampler} draws no "
-                          f"DDIM noise); drop {name('eta')} or use {name('sampler')} ddim")
+        raise ConfigError.with_params(f"{{eta}} {eta} applies to {{sampler}} ddim only ({sampler} draws no "
+                          f"DDIM noise); drop {{eta}} or use {{sampler}} ddim")
     if eta is not None and not 0.0 <= eta < float("inf"):
-        raise ConfigError(f"{name('eta')} must be a finite number >= 0, got {eta}")
+        raise ConfigError.with_params(f"{{eta}} must be a finite number >= 0, got {eta}")
 
 
 def check_options(*, n: int | None, batch_size: int | None, seed: int, steps: int | None, sampler: str | None,
                   eta: float | None, classes: Sequence[str], masks, good, place: str | None, resample: int,
-                  jump: int, max_tries: int, min_defect_pixels: int, names: dict[str, str] | None = None,
+                  jump: int, max_tries: int, min_defect_pixels: int,
                   guidance: float | None = None) -> None:
     """Combinations that cannot work, each as one line naming the value (API keywords, or the
-    CLI's flags through `names`). `sampler` None is the models' default (`default_sampler`)."""
-    def name(key: str) -> str:
-        return arg_name(key, names)
-
+    CLI's flags). `sampler` None is the models' default (`default_sampler`)."""
     if guidance is not None and not (classes or masks is not None or good is not None):
-        raise ConfigError(f"{name('guidance')} steers towards a condition: give {name('classes')} (or "
-                          f"{name('masks')} / {name('good')}, whose masks are the condition)")
+        raise ConfigError.with_params(f"{{guidance}} steers towards a condition: give {{classes}} (or "
+                          f"{{masks}} / {{good}}, whose masks are the condition)")
     if classes and masks is not None:
-        raise ConfigError(f"{name('classes')} picks among generated masks, but with {name('masks')} the masks are "
+        raise ConfigError.with_params(f"{{classes}} picks among generated masks, but with {{masks}} the masks are "
                           f"given; choose the mask files instead")
     if place not in (None, "as-is", "random"):
-        raise ConfigError(f"{name('place')} must be as-is or random, got {place!r}")
+        raise ConfigError.with_params(f"{{place}} must be as-is or random, got {place!r}")
     if place is not None and masks is None and good is None:
-        raise ConfigError(f"{name('place')} moves given or painted-in masks: use it with {name('masks')} or "
-                          f"{name('good')}")
+        raise ConfigError.with_params(f"{{place}} moves given or painted-in masks: use it with {{masks}} or "
+                          f"{{good}}")
     if (resample != 1 or jump != 10) and masks is None and good is None:
-        raise ConfigError(f"{name('resample')} and {name('jump')} apply to {name('masks')} and {name('good')} "
+        raise ConfigError.with_params(f"{{resample}} and {{jump}} apply to {{masks}} and {{good}} "
                           f"(RePaint resampling)")
     for key, value, low in (("max_tries", max_tries, 1), ("resample", resample, 1), ("jump", jump, 1),
                             ("min_defect_pixels", min_defect_pixels, 0), ("n", n, 1), ("batch_size", batch_size, 1),
                             ("steps", steps, 1)):
         if value is not None and value < low:
-            raise ConfigError(f"{name(key)} must be >= {low}, got {value}")
-    check_sampler(sampler, eta, names)
+            raise ConfigError.with_params(f"{{{key}}} must be >= {low}, got {value}")
+    check_sampler(sampler, eta)
     if n is not None and n > MAX_SAMPLES:
-        raise ConfigError(f"{name('n')} must be at most {MAX_SAMPLES} per run, got {n} "
-                          f"(split bigger jobs into runs with {name('seed')} offsets)")
+        raise ConfigError.with_params(f"{{n}} must be at most {MAX_SAMPLES} per run, got {n} "
+                          f"(split bigger jobs into runs with {{seed}} offsets)")
     # Candidate seeds reach seed + n * max_tries; torch generators take 64 bits, keep 63.
     top = 2**63 - 1 - (n or MAX_SAMPLES) * max_tries
     if not 0 <= seed <= top:
-        raise ConfigError(f"{name('seed')} must be in [0, {top}] (candidate seeds go up to seed + num_samples x "
+        raise ConfigError.with_params(f"{{seed}} must be in [0, {top}] (candidate seeds go up to seed + num_samples x "
                           f"max-tries), got {seed}")
 
 
-def required_classes(names: Sequence[str], classes: list[str], flag: str = "classes") -> list[int]:
+def required_classes(names: Sequence[str], classes: list[str]) -> list[int]:
     """Wanted classes (names, or indices 1..K) as class indices."""
     out = []
     for name in names:
@@ -307,8 +293,8 @@ def required_classes(names: Sequence[str], classes: list[str], flag: str = "clas
         elif name.isdigit() and 1 <= int(name) <= len(classes):
             out.append(int(name))
         else:
-            raise ConfigError(f"{flag} {name!r}: not a class of the model; its classes are "
-                              f"{', '.join(classes)} (or 1..{len(classes)})")
+            raise ConfigError.with_params(f"{{classes}} {{name}}: not a class of the model; its classes are "
+                                          f"{', '.join(classes)} (or 1..{len(classes)})", name=repr(name))
     return out
 
 
@@ -547,8 +533,8 @@ class DefectGenerator:
         precision (`str`, defaults to "auto"): "auto" (bf16 on CUDA), "fp32" or "bf16".
         allow_model_mismatch (`bool`, defaults to False): let a model serve timesteps outside its
             training window (diffusion.t_min/t_max), or the two models swapped roles.
-        names (`dict`, *optional*): how error messages call the arguments, {parameter: name};
-            the CLI passes its flags ({"steps": "--steps", ...}). Default: the parameter names.
+        warn (`callable`, *optional*): takes each `errors.Note` about the arguments (masks left
+            out, regions dropped); default: printed to stderr with the parameters' names.
 
     Examples:
 
@@ -560,11 +546,11 @@ class DefectGenerator:
 
     def __init__(self, large: LoadedModel | None, small: LoadedModel | None, step_inference: int, *,
                  device: str | torch.device = "cpu", precision: str = "auto", allow_model_mismatch: bool = False,
-                 names: dict[str, str] | None = None):
+                 warn: Callable[[Note], None] | None = None):
         self.large, self.small, self.step_inference = large, small, step_inference
         self.device, self.precision, self.allow_model_mismatch = torch.device(device), precision, allow_model_mismatch
-        self.names = dict(names or {})
-        self.config = check_pair(large, small, self.names)
+        self.warn = warn
+        self.config = check_pair(large, small)
         self.plan(None)  # a switch or a pair of models that cannot work fails here, not at generate()
 
     @classmethod
@@ -584,8 +570,8 @@ class DefectGenerator:
         """
 
         device = torch.device(device)
-        models = [load_model(os.fspath(path), device, raw_weights, config, flag) if path is not None else None
-                  for path, config, flag in ((large, large_config, "large_config"),
+        models = [load_model(os.fspath(path), device, raw_weights, config, param) if path is not None else None
+                  for path, config, param in ((large, large_config, "large_config"),
                                              (small, small_config, "small_config"))]
         return cls(*models, step_inference, device=device, precision=precision,
                    allow_model_mismatch=allow_model_mismatch)
@@ -604,28 +590,36 @@ class DefectGenerator:
         """The chain for `steps` (None: all T), with S and S-1 added for the hand-over;
         class-conditional models guided with weight `guidance` (None: 1)."""
         return make_plan(self.large, self.small, self.step_inference, steps, self.device, self.precision,
-                         self.allow_model_mismatch, guidance, self.names)
+                         self.allow_model_mismatch, guidance)
 
     def prepare(self, n: int | None = None, *, seed: int = 0, classes: Sequence[str] = (), masks=None, good=None,
                 place: str | None = None, steps: int | None = None, sampler: str | None = None,
                 eta: float | None = None, max_tries: int = 20, min_defect_pixels: int = 0, keep_empty: bool = False,
                 resample: int = 1, jump: int = 10, guidance: float | None = None) -> Request:
-        """Check and resolve the arguments of `generate` (see there) into a `Request`; errors
-        name the arguments as `names` (see the class) says."""
+        """Check and resolve the arguments of `generate` (see there) into a `Request`: the one
+        place they are checked (`check_options`) and the sampler decided (`resolve_sampler`)."""
         check_options(n=n, batch_size=None, seed=seed, steps=steps, sampler=sampler, eta=eta, classes=classes,
                       masks=masks, good=good, place=place, resample=resample, jump=jump, max_tries=max_tries,
-                      min_defect_pixels=min_defect_pixels, names=self.names, guidance=guidance)
+                      min_defect_pixels=min_defect_pixels, guidance=guidance)
         if self.config.diffusion.clean_mask and masks is None:
-            raise ConfigError(f"{(self.small or self.large).path} draws images for given masks (diffusion.clean_mask: "
-                              f"true) and cannot draw masks: pass {arg_name('masks', self.names)}, or use it with "
+            raise ConfigError.with_params(f"{(self.small or self.large).path} draws images for given masks (diffusion.clean_mask: "
+                              f"true) and cannot draw masks: pass {{masks}}, or use it with "
                               f"`defect-gen paint`")
-        sampler = sampler or default_sampler(self.large, self.small)
-        required = required_classes(classes, self.classes, arg_name("classes", self.names))
+        sampler = self.resolve_sampler(sampler, eta)
+        required = required_classes(classes, self.classes)
         cond = self._conditioner(masks, good, place, min_defect_pixels, keep_empty)
         num = n or len(cond.masks or cond.goods or [None] * 16)
         options = PairOptions(num, seed, sampler, 0.0 if eta is None else float(eta), tuple(required), max_tries,
                               min_defect_pixels, keep_empty, resample, jump)
         return Request(self.plan(steps, guidance), cond, options)
+
+    def resolve_sampler(self, sampler: str | None, eta: float | None) -> str:
+        """`sampler`, or these models' default (`default_sampler`) when None; `eta` is refused
+        where the sampler that will run draws no DDIM noise, given or defaulted."""
+        if sampler is None and eta is not None and default_sampler(self.large, self.small) != "ddim":
+            raise ConfigError.with_params(f"{{eta}} {eta} applies to {{sampler}} ddim only, and these models sample "
+                                          f"with ddpm by default; add {{sampler}} ddim or drop {{eta}}")
+        return sampler or default_sampler(self.large, self.small)
 
     def _conditioner(self, masks, good, place: str | None, min_pixels: int, keep_empty: bool):
         size, k, data = self.config.model.image_size, self.config.num_defect, self.config.data
@@ -633,13 +627,13 @@ class DefectGenerator:
             given = None
         elif _is_folder(masks):
             given = inputs.read_masks(os.fspath(masks), size, k, min_pixels, keep_empty, classes=data.classes,
-                                            folder_classes=data.folder_classes, names=self.names)
+                                            folder_classes=data.folder_classes, log=self.warn)
         else:
             given = inputs.masks_from_arrays(masks, size, k, min_pixels, keep_empty)
         if good is None:
             goods = None
         elif _is_folder(good):
-            goods = inputs.list_good_images(os.fspath(good), self.names)
+            goods = inputs.list_good_images(os.fspath(good))
         else:
             goods = inputs.good_images_from_arrays(good)
         place = place or ("random" if good is not None and masks is None else "as-is")

@@ -26,7 +26,7 @@ from defect_gen import distributed
 from defect_gen.core.masks import image_to_uint8, one_hot, resize_mask, uint8_to_image
 from defect_gen.core.postprocess import drop_small_regions
 from defect_gen.data.image_io import read_image, read_mask
-from defect_gen.errors import DataError, arg_name
+from defect_gen.errors import DataError, Note
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -49,12 +49,13 @@ class GivenMask:
     index: torch.Tensor  # (H, W) int64 class indices at the model's size
 
 
-def _files(folder: str, flag: str, exts: tuple[str, ...]) -> list[str]:
+def _files(folder: str, param: str, exts: tuple[str, ...]) -> list[str]:
     if not os.path.isdir(folder):
-        raise DataError(f"{flag} {folder}: folder not found")
+        raise DataError.with_params(f"{{{param}}} {{folder}}: folder not found", folder=folder)
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(exts) and not n.startswith("."))
     if not names:
-        raise DataError(f"{flag} {folder}: no {'/'.join(e.lstrip('.') for e in exts)} files in it")
+        raise DataError.with_params(f"{{{param}}} {{folder}}: no {'/'.join(e.lstrip('.') for e in exts)} files in it",
+                                    folder=folder)
     return [os.path.join(folder, n) for n in names]
 
 
@@ -72,19 +73,18 @@ def mask_root(folder: str) -> str:
     return folder
 
 
-def list_mask_files(folder: str, flag: str = "masks") -> list[str]:
+def list_mask_files(folder: str) -> list[str]:
     """Every PNG under `folder`, recursively (mask/<type>/ and ground_truth/<type>/ trees),
-    sorted by path; picture folders, hidden files and a sample run's preview.png are left out.
-    `flag` is what errors call the folder: the API's `masks`, the CLI's `--mask`."""
+    sorted by path; picture folders, hidden files and a sample run's preview.png are left out."""
     if not os.path.isdir(folder):
-        raise DataError(f"{flag} {folder}: folder not found")
+        raise DataError.with_params("{masks} {folder}: folder not found", folder=folder)
     found = []
     for dirpath, dirnames, names in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if d not in NOT_MASK_DIRS and not d.startswith("."))
         found += [os.path.join(dirpath, n) for n in names
                   if n.lower().endswith(".png") and not n.startswith(".") and n != "preview.png"]
     if not found:
-        raise DataError(f"{flag} {folder}: no png files in it")
+        raise DataError.with_params("{masks} {folder}: no png files in it", folder=folder)
     return sorted(found)
 
 
@@ -97,8 +97,7 @@ def folder_classes_of(classes: list[str] | None, folder_classes: dict[str, str] 
     return names
 
 
-def _binary_class(path: str, num_defect: int, classes: list[str] | None, folders: dict[str, int],
-                  flag: str = "masks") -> int:
+def _binary_class(path: str, num_defect: int, classes: list[str] | None, folders: dict[str, int]) -> int:
     """The class of a binary 0/255 mask: the only one, or the one its folder is named after
     (MVTec's ground_truth/<type>/)."""
     if num_defect == 1:
@@ -107,25 +106,27 @@ def _binary_class(path: str, num_defect: int, classes: list[str] | None, folders
     if folder in folders:
         return folders[folder]
     if folder == "combined":  # what `sample --layout mvtec` writes for pairs of several classes
-        raise DataError(f"{flag} {path}: a binary 0/255 mask in combined/ (several classes) cannot say which "
-                        f"pixel is which class; use class-index masks (`sample --layout paired` or "
-                        f"defect_spectrum), or move it into a folder named after one class")
+        raise DataError.with_params("{masks} {path}: a binary 0/255 mask in combined/ (several classes) cannot "
+                                    "say which pixel is which class; use class-index masks (`sample --layout "
+                                    "paired` or defect_spectrum), or move it into a folder named after one class",
+                                    path=path)
     known = f"({', '.join(classes)})" if classes else ""
-    raise DataError(f"{flag} {path}: a binary 0/255 mask, but its folder '{folder}' is none of the model's "
-                    f"{num_defect} classes {known}; put it in a folder named after its class (as in "
-                    f"ground_truth/<class>/), or give class-index masks (0 background, 1..{num_defect})")
+    raise DataError.with_params(f"{{masks}} {{path}}: a binary 0/255 mask, but its folder '{{folder}}' is none of "
+                                f"the model's {num_defect} classes {{known}}; put it in a folder named after its "
+                                f"class (as in ground_truth/<class>/), or give class-index masks (0 background, "
+                                f"1..{num_defect})", path=path, folder=folder, known=known)
 
 
 def _mask_at_size(path: str, size: int, num_defect: int, classes: list[str] | None = None,
-                  folders: dict[str, int] | None = None, flag: str = "masks") -> np.ndarray:
+                  folders: dict[str, int] | None = None) -> np.ndarray:
     mask = read_mask(path)
     values = set(np.unique(mask).tolist())
     if values <= {0, 255} and 255 in values:  # a binary mask (MVTec style)
         folders = folder_classes_of(classes, None) if folders is None else folders
-        mask = (mask > 0).astype(np.uint8) * np.uint8(_binary_class(path, num_defect, classes, folders, flag))
+        mask = (mask > 0).astype(np.uint8) * np.uint8(_binary_class(path, num_defect, classes, folders))
     elif max(values) > num_defect:
-        raise DataError(f"{flag} {path}: holds value {max(values)}; expected class indices 0..{num_defect} "
-                        f"(0 background, 1..{num_defect} the model's classes)")
+        raise DataError.with_params(f"{{masks}} {{path}}: holds value {max(values)}; expected class indices "
+                                    f"0..{num_defect} (0 background, 1..{num_defect} the model's classes)", path=path)
     if mask.shape != (size, size):
         mask = resize_mask(mask, (size, size))  # thin defects survive (nearest would drop them)
     return mask
@@ -142,7 +143,7 @@ def _some(names: list[str]) -> str:
 
 def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_empty: bool,
                classes: list[str] | None = None, folder_classes: dict[str, str] | None = None,
-               log=_stderr, names: dict[str, str] | None = None) -> list[GivenMask]:
+               log=None) -> list[GivenMask]:
     """The masks of a folder (see `mask_root`), resized (`resize_mask`) to the model's size.
 
     Class-index masks are taken as they are; binary 0/255 masks get the class their folder is
@@ -150,15 +151,14 @@ def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_em
     under `min_pixels` are dropped first, so the model is never asked to paint a speck the
     written mask would not show;
     masks left empty are skipped (and named) unless `keep_empty`, so pair i uses the i-th
-    mask that is kept. Messages name the arguments as `names` says (`errors.arg_name`): the
-    API's masks / min_defect_pixels / keep_empty, or the CLI's flags.
+    mask that is kept. What was left out goes to `log` as `errors.Note`s (default: stderr).
     """
-    flag, min_flag, keep_flag = (arg_name(k, names) for k in ("masks", "min_defect_pixels", "keep_empty"))
+    log = log or (lambda note: _stderr(str(note)))
     folder = mask_root(folder)
     folders = folder_classes_of(classes, folder_classes)
     masks, empty, emptied, trimmed = [], [], [], 0
-    for path in list_mask_files(folder, flag):
-        raw = _mask_at_size(path, size, num_defect, classes, folders, flag)
+    for path in list_mask_files(folder):
+        raw = _mask_at_size(path, size, num_defect, classes, folders)
         index = drop_small_regions(raw, min_pixels)
         trimmed += int(index.any() and not np.array_equal(index, raw))
         if keep_empty or index.any():
@@ -166,15 +166,17 @@ def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_em
         else:
             (emptied if raw.any() else empty).append(os.path.relpath(path, folder))
     if empty:
-        log(f"{flag} {folder}: {len(empty)} empty masks left out ({keep_flag} uses them): {_some(empty)}")
+        log(Note("{masks} {folder}: {count} empty masks left out ({keep_empty} uses them): {some}",
+                 folder=folder, count=len(empty), some=_some(empty)))
     if emptied or trimmed:
-        left = f"; left out (empty after it, {keep_flag} keeps them): {_some(emptied)}" if emptied else ""
-        log(f"{flag} {folder}: {min_flag} {min_pixels} dropped small regions from "
-            f"{trimmed + len(emptied)} masks at {size}x{size} px, {len(emptied)} of them entirely{left}; "
-            f"{len(masks)} masks are used, in name order")
+        left = "; left out (empty after it, {keep_empty} keeps them): {some}" if emptied else ""
+        log(Note("{masks} {folder}: {min_defect_pixels} {min_pixels} dropped small regions from {count} masks "
+                 "at {size}x{size} px, {emptied} of them entirely" + left + "; {used} masks are used, in name order",
+                 folder=folder, min_pixels=min_pixels, count=trimmed + len(emptied), size=size,
+                 emptied=len(emptied), some=_some(emptied), used=len(masks)))
     if not masks:
-        raise DataError(f"{flag} {folder}: every mask is empty (after {min_flag} {min_pixels}); "
-                        f"pass {keep_flag} to generate defect-free images")
+        raise DataError.with_params(f"{{masks}} {{folder}}: every mask is empty (after {{min_defect_pixels}} "
+                                    f"{min_pixels}); pass {{keep_empty}} to generate defect-free images", folder=folder)
     return masks
 
 
@@ -215,9 +217,9 @@ def good_images_from_arrays(arrays) -> list[np.ndarray]:
     return images
 
 
-def list_good_images(folder: str, names: dict[str, str] | None = None) -> list[str]:
+def list_good_images(folder: str) -> list[str]:
     """The defect-free images of a folder (`good`, the CLI's `--good`), in name order."""
-    return _files(folder, arg_name("good", names), IMAGE_EXTS)
+    return _files(folder, "good", IMAGE_EXTS)
 
 
 def read_good_image(path: str | np.ndarray, size: int) -> torch.Tensor:

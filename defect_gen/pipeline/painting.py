@@ -321,7 +321,7 @@ def painter_from_model(loaded, device: torch.device, guidance_weight: float | No
                           f"this model was trained on t < {cfg.diffusion.t_max}; train it with diffusion.t_max="
                           f"{diffusion.num_timesteps} (configs/magnetic_tile_paint.yaml does)")
 
-    weight = guidance.check_guidance(guidance_weight, [cfg.model.class_cond], {"guidance": "--guidance"})
+    weight = guidance.check_guidance(guidance_weight, [cfg.model.class_cond])
 
     def net(x, t, *y):
         return loaded.model(x.to(device), t.to(device), *(c.to(device) for c in y)).float().cpu()

@@ -117,36 +117,27 @@ class Summary:
 # ---------------------------------------------------------------------------------------
 # Settings
 
-# generate()'s argument names -> this command's flags, for error messages.
-FLAGS = {"n": "--num_samples", "batch_size": "--batch_size", "seed": "--seed", "steps": "--steps",
-         "sampler": "--sampler", "eta": "--eta", "classes": "--classes", "masks": "--mask", "good": "--good",
-         "place": "--place", "resample": "--resample", "jump": "--jump", "max_tries": "--max-tries",
-         "min_defect_pixels": "--min-defect-pixels", "keep_empty": "--keep-empty", "guidance": "--guidance",
-         "large": "--large_recep", "small": "--small_recep", "step_inference": "--step_inference",
-         "precision": "--precision", "allow_model_mismatch": "--allow-model-mismatch"}
-
-
 def check_settings(s: SampleSettings) -> None:
-    """Combinations of the mode flags that cannot work, each as one line (before any model loads)."""
+    """Combinations of the settings that cannot work, each as one line, before any model loads
+    (the generator's own check, `check_options`, plus the folder layout)."""
     check_options(n=s.num_samples, batch_size=s.batch_size, seed=s.seed, steps=s.steps, sampler=s.sampler,
                   eta=s.eta, classes=s.classes, masks=s.mask_dir, good=s.good_dir, place=s.place,
                   resample=s.resample, jump=s.jump_length, max_tries=s.max_tries,
-                  min_defect_pixels=s.min_defect_pixels, names=FLAGS, guidance=s.guidance)
+                  min_defect_pixels=s.min_defect_pixels, guidance=s.guidance)
     if s.layout not in pair_folder.LAYOUTS:
-        raise ConfigError(f"--layout must be one of {', '.join(pair_folder.LAYOUTS)}, got {s.layout!r}")
+        raise ConfigError.with_params(f"{{layout}} must be one of {', '.join(pair_folder.LAYOUTS)}, got {{value}}",
+                                      value=repr(s.layout))
 
 
-def resolve_sampler(s: SampleSettings, large: LoadedModel | None, small: LoadedModel | None) -> SampleSettings:
-    """The sampler the models get unless --sampler says otherwise (`generator.default_sampler`)."""
-    sampler = s.sampler or default_sampler(large, small)
-    if sampler == "ddpm" and s.eta is not None:
-        raise ConfigError(f"--eta {s.eta} applies to --sampler ddim only, and these checkpoints sample with ddpm; "
-                          f"add --sampler ddim or drop --eta")
+def resolve_sampler(s: SampleSettings, gen: DefectGenerator) -> SampleSettings:
+    """The settings with the sampler the generator decides (`DefectGenerator.resolve_sampler`)
+    and eta filled in, as the run records them."""
+    sampler = gen.resolve_sampler(s.sampler, s.eta)
     return dataclasses.replace(s, sampler=sampler, eta=0.0 if s.eta is None else s.eta)
 
 
 def prepare(gen: DefectGenerator, s: SampleSettings) -> Request:
-    """The settings as a generator request (their errors name this command's flags)."""
+    """The settings as a generator request."""
     return gen.prepare(s.num_samples, seed=s.seed, classes=s.classes, masks=s.mask_dir, good=s.good_dir,
                        place=s.place, steps=s.steps, sampler=s.sampler, eta=s.eta if s.sampler == "ddim" else None,
                        max_tries=s.max_tries, min_defect_pixels=s.min_defect_pixels, keep_empty=s.keep_empty,
@@ -220,16 +211,17 @@ def _total(device: torch.device, *values: int) -> list[int]:
 
 
 def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSettings,
-             device: torch.device, progress: bool = True) -> Summary:
+             device: torch.device, progress: bool = True, warn=None) -> Summary:
     """Sample the pairs into s.sample_dir; returns what was done (see Summary).
 
     The pairs come from `DefectGenerator.pairs`; this function decides which ones (this
-    rank's slice, less those a resumed run already wrote) and writes them.
+    rank's slice, less those a resumed run already wrote) and writes them. `warn` takes the
+    generator's notes about the arguments (`DefectGenerator`).
     """
     check_settings(s)
-    s = resolve_sampler(s, large, small)
     gen = DefectGenerator(large, small, s.step_inference, device=device, precision=s.precision,
-                          allow_model_mismatch=s.allow_mismatch, names=FLAGS)
+                          allow_model_mismatch=s.allow_mismatch, warn=warn)
+    s = resolve_sampler(s, gen)
     request = prepare(gen, s)
     # One run per SAMPLE_DIR: a second one (say a --resume while the first still runs) would
     # make the same names twice. Rank 0 holds the lock for all ranks.
