@@ -49,7 +49,7 @@ def test_plot_seeds_keeps_the_longest_series_and_the_asked_ratios(tmp_path):
     import sys
 
     from conftest import ROOT
-    spec = importlib.util.spec_from_file_location("plot_seeds", f"{ROOT}/scripts/plot_seeds.py")
+    spec = importlib.util.spec_from_file_location("plot_seeds", f"{ROOT}/experiments/magnetic_tile/plot_seeds.py")
     plot_seeds = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot_seeds)
 
@@ -62,7 +62,7 @@ def test_plot_seeds_keeps_the_longest_series_and_the_asked_ratios(tmp_path):
     series = plot_seeds.seed_series([str(a), str(b)], [1.5, 2.0], {"mix": "per class"})
     assert series == {"real only": [30.0] * 5, "+ cp x2": [31.0] * 3, "+ per class x1.5": [33.0] * 5}
     out = tmp_path / "seeds.png"
-    done = subprocess.run([sys.executable, f"{ROOT}/scripts/plot_seeds.py", str(a), str(b), "--ratio", "2",
-                           "--ratio", "1.5", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, f"{ROOT}/experiments/magnetic_tile/plot_seeds.py", str(a), str(b),
+                           "--ratio", "2", "--ratio", "1.5", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert _png(out, (800, 450)) > 20  # line_plot's size; lines, legend and text drawn

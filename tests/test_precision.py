@@ -1,6 +1,7 @@
-"""Precision choice (train.precision / --precision) and the published step that `bench
---reference` times: auto picks bf16 only where the CPU has bf16 instructions and a timing
-confirms it; the re-created published network computes what the project's network does."""
+"""Precision choice (train.precision / --precision) and the published step that
+experiments/published_step/bench_reference.py times: auto picks bf16 only where the CPU has
+bf16 instructions and a timing confirms it; the re-created published network computes what
+the project's network does."""
 
 import pytest
 import torch

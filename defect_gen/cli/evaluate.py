@@ -47,7 +47,8 @@ def add_parser(sub) -> None:
                    help="unet: built-in small UNet; deeplabv3: torchvision's, from scratch (needs torchvision)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="segmenters trained at once, each in its own process with CPU threads / N threads "
-                        "(measure it: scripts/bench_jobs.py); the same runs and cache as one at a time")
+                        "(measure it: experiments/evaluate_jobs/bench_jobs.py); the same runs and cache as one "
+                        "at a time")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -2,9 +2,9 @@
 # The magnetic-tile usefulness study, end to end on a CPU: do generated pairs make a
 # segmenter better than real pairs alone, and better than copy-paste?
 #
-#   bash scripts/experiment_magnetic_tile.sh                 # every stage, skipping finished work
-#   STAGE=evaluate bash scripts/experiment_magnetic_tile.sh  # one stage: train | paint | evaluate
-#   FOLDS=0 bash scripts/experiment_magnetic_tile.sh         # held-out report only, no per-class choice
+#   bash experiments/magnetic_tile/run.sh                 # every stage, skipping finished work
+#   STAGE=evaluate bash experiments/magnetic_tile/run.sh  # one stage: train | paint | evaluate
+#   FOLDS=0 bash experiments/magnetic_tile/run.sh         # held-out report only, no per-class choice
 #
 # 1. train     the painting model (CONFIG, by default configs/magnetic_tile_paint_clean.yaml: a
 #              small-RF UNet on 64 px native-resolution crops of the 40 few-shot pairs, 10 per
@@ -36,7 +36,7 @@
 # Round 2 ran CONFIG=configs/magnetic_tile_paint.yaml BACKGROUNDS=good PLACES="random source"
 # RATIOS=1,2,4 SEG_STEPS=1000 N_PAINT=160; rounds 3-4 changed BACKGROUNDS (docs/results.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 PY="${PY:-.venv/bin/python}"
 DATA="${DATA:-../shared/data/magnetic-tile}"

@@ -1,4 +1,4 @@
-"""scripts/experiment_magnetic_tile.sh, its orchestration only: a stand-in `python` records
+"""experiments/magnetic_tile/run.sh, its orchestration only: a stand-in `python` records
 each defect-gen call and writes the files the next step reads, so the two lanes, their
 order, the threads each gets, resuming and a failing lane are checked in a second, with no
 model trained."""
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "experiment_magnetic_tile.sh")
+SCRIPT = os.path.join(ROOT, "experiments", "magnetic_tile", "run.sh")
 
 # Stands in for `python -m defect_gen ...`; `python -c CODE` (the script's own arithmetic) runs for real.
 FAKE = r'''#!{python}

@@ -1,7 +1,7 @@
 """Segmenters per hour with `defect-gen evaluate --jobs 1` and `--jobs N` on this machine.
 
-    python scripts/bench_jobs.py                      # magnetic tile, 2 seeds x 500 steps, --jobs 1 then 2
-    python scripts/bench_jobs.py --steps 2000 --jobs 1,2
+    python experiments/evaluate_jobs/bench_jobs.py       # magnetic tile, 2 seeds x 500 steps, --jobs 1 then 2
+    python experiments/evaluate_jobs/bench_jobs.py --steps 2000 --jobs 1,2
 
 The same evaluation (real only and one copy-paste folder, --seeds seeds, so 2 x seeds
 segmenters at 128 px) runs once per --jobs value, each into a fresh report folder so that
@@ -22,7 +22,8 @@ import time
 
 from defect_gen.training.bench import cpu_name
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# this file is experiments/evaluate_jobs/bench_jobs.py: three folders up is the repository
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.path.join(ROOT, "..", "shared", "data", "magnetic-tile")
 CONFIG = "configs/magnetic_tile_paint.yaml"
 

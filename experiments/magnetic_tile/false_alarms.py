@@ -7,8 +7,9 @@ predicts the held-out photos again and counts, for CLASS: pixels found, false pi
 `--near` px of a true one, false pixels elsewhere on photos that hold the class, and false
 pixels on photos that do not (and how many such photos have more than 20).
 
-    python scripts/false_alarms.py --real configs/magnetic_tile_paint.yaml \\
-        --set data.root=../shared/data/magnetic-tile --set data.selection_file=runs/mt_paint/paint/selected_files.json \\
+    python experiments/magnetic_tile/false_alarms.py \\
+        --real configs/magnetic_tile_paint.yaml --set data.root=../shared/data/magnetic-tile \\
+        --set data.selection_file=runs/mt_paint/paint/selected_files.json \\
         --report runs/mt_paint/report_seeds10 --run "real only x0" --run "cp_same_source_160 x2" --class Crack
 """
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Class conditioning against rejection sampling at CPU size (issue 16).
 #
-#   bash scripts/class_cond_experiment.sh                  # built-in demo data, every stage
-#   DATASET=mt bash scripts/class_cond_experiment.sh       # magnetic tile (../shared/data/magnetic-tile)
-#   DATASET=mt_crops bash scripts/class_cond_experiment.sh # magnetic-tile crops, one small-RF model
-#   STAGE=sample bash scripts/class_cond_experiment.sh     # one stage: train | sample | table
+#   bash experiments/class_conditioning/run.sh                  # built-in demo data, every stage
+#   DATASET=mt bash experiments/class_conditioning/run.sh       # magnetic tile (../shared/data/magnetic-tile)
+#   DATASET=mt_crops bash experiments/class_conditioning/run.sh # magnetic-tile crops, one small-RF model
+#   STAGE=sample bash experiments/class_conditioning/run.sh     # one stage: train | sample | table
 #
 # Finished work is kept: re-running resumes training and skips finished sample folders.
 # 1. train   the large/small pair (configs/demo_*.yaml, or configs/magnetic_tile_*.yaml with
@@ -18,11 +18,11 @@
 #            unconditional pair by rejection, the conditional pair at each guidance weight,
 #            and the conditional pair unconditioned (--guidance 0) by rejection.
 #            A finished folder is kept; a stopped one resumes (--resume).
-# 3. table   scripts/class_cond_table.py: share of first candidates holding the class, and
+# 3. table   experiments/class_conditioning/table.py: share of first candidates holding the class, and
 #            candidates per accepted pair, per class and setting.
 # One thread everywhere (OMP_NUM_THREADS=1): the measurements share a 2-core machine.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 PY="${PY:-.venv/bin/python}"
 DATASET="${DATASET:-demo}"
@@ -98,5 +98,5 @@ if [ "$STAGE" = all ] || [ "$STAGE" = table ]; then
   # model of native-resolution crops (mt_crops) is not comparable with.
   quality=(--real_config "$RUN_DIR/cond/large/config.yaml")
   [ "$ROLES" = paint ] && quality=()
-  PYTHONPATH="$PWD" "$PY" scripts/class_cond_table.py "$RUN_DIR/samples" --classes $CLASSES "${quality[@]}"
+  PYTHONPATH="$PWD" "$PY" experiments/class_conditioning/table.py "$RUN_DIR/samples" --classes $CLASSES "${quality[@]}"
 fi

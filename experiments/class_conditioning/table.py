@@ -1,6 +1,6 @@
-"""The class-conditioning table (issue 16) from the folders scripts/class_cond_experiment.sh wrote.
+"""The class-conditioning table (issue 16) from the folders experiments/class_conditioning/run.sh wrote.
 
-    python scripts/class_cond_table.py runs/classcond/samples --classes scratch stain hole \
+    python experiments/class_conditioning/table.py runs/classcond/samples --classes scratch stain hole \
         [--real_config runs/classcond/cond/large/config.yaml]
 
 SAMPLES/<setting>/<class>/ is one `defect-gen sample --classes <class>` run (settings: rejection,
@@ -40,7 +40,7 @@ def _count(folder: str) -> tuple[int, int, int, int] | None:
     manifest = os.path.join(folder, "manifest.jsonl")
     settings = os.path.join(folder, "sample_settings.json")
     if not os.path.isfile(settings) or not os.path.isfile(os.path.join(folder, ".done")):
-        return None  # not run yet, or still running (class_cond_experiment.sh marks finished runs .done)
+        return None  # not run yet, or still running (run.sh marks finished runs .done)
     with open(settings, encoding="utf-8") as f:
         recorded = json.load(f)
     max_tries, num_samples = recorded["max_tries"], recorded["num_samples"]

@@ -1,6 +1,6 @@
 """How close few-step samplers come to the 1000-step deterministic chain, on trained models.
 
-    python scripts/bench_samplers.py --large runs/demo/large --small runs/demo/small --step_inference 200
+    python experiments/samplers/bench_samplers.py --large runs/demo/large --small runs/demo/small --step_inference 200
 
 Every sampler starts from the same noise (pair i: seed + i) and runs the same two-stage
 chain (respaced, S and S-1 added); the result is compared with DDIM eta = 0 over all 1000

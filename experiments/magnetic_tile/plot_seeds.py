@@ -1,6 +1,7 @@
 """Held-out mIoU of each segmenter seed, one line per training set, from `evaluate` results.json files.
 
-    .venv/bin/python scripts/plot_seeds.py runs/mt_paint/report_seeds5*/results.json --ratio 2 --out seeds.png
+    .venv/bin/python experiments/magnetic_tile/plot_seeds.py runs/mt_paint/report_seeds5*/results.json \\
+        --ratio 2 --out seeds.png
 
 A mean ± std hides whether a mix beats real only seed by seed (each seed starts from the same
 initial weights and draws the same crops in every training set) or only on average; this shows

@@ -1,6 +1,6 @@
 """A picture of real pairs beside generated ones, one row per class (docs/results.md).
 
-    .venv/bin/python scripts/compare_pairs.py --real configs/magnetic_tile_paint.yaml \
+    .venv/bin/python experiments/magnetic_tile/compare_pairs.py --real configs/magnetic_tile_paint.yaml \
         --folders runs/mt_paint/samples/copy_paste runs/mt_paint/samples/paint_s1 --out compare.png
 
 Each row: for every source (the real training split first, then each folder), the first

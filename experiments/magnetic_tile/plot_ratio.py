@@ -1,6 +1,6 @@
 """Held-out mIoU against the synthetic:real ratio from several `evaluate` results.json files.
 
-    .venv/bin/python scripts/plot_ratio.py runs/mt_paint/report_*/results.json --out mt_miou_ratio.png
+    .venv/bin/python experiments/magnetic_tile/plot_ratio.py runs/mt_paint/report_*/results.json --out mt_miou_ratio.png
 
 Evaluations split over several calls (which share their cached segmenters) draw as one plot:
 one line per synthetic folder, starting from the real-only score at ratio 0; a folder or
