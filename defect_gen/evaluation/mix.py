@@ -1,9 +1,7 @@
 """Combine generated pair folders class by class: `defect-gen mix --take DIR[:CLASS,...] --out DIR`.
 
-Different sources help different classes. On magnetic tile generated and pasted cracks cost
-a segmenter more crack IoU than the other classes' pairs add (false cracks on photos without
-one), and painted uneven surfaces cost it where pasted ones do not (docs/results.md, rounds 9
-and 10). A mix takes, from each folder, only the pairs of the classes named after its `:`
+Different sources can help different classes (docs/results.md measures where they did on
+magnetic tile). A mix takes, from each folder, only the pairs of the classes named after its `:`
 (every pair without a list): a pair is taken when every class its manifest row lists is among
 them. The result is one paired-layout folder that `evaluate`, `filter` and a user's
 own training read like any other. Which source to take for which class is the user's choice,

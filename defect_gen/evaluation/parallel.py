@@ -2,9 +2,8 @@
 
 A segmenter is a small UNet on 64 px crops, too small a workload to keep many threads busy,
 so training several at once, each in its own process with (CPU threads / N) threads, can
-finish more per hour. How much depends on the machine: on a 2-core AMD EPYC,
-experiments/evaluate_jobs/bench_jobs.py measured 44.9 segmenters per hour with --jobs 2 against
-42.1 with --jobs 1 (docs/results.md, round 12); measure before relying on it.
+finish more per hour. How much depends on the machine (docs/results.md has measured figures);
+experiments/evaluate_jobs/bench_jobs.py measures it: run it before relying on it.
 
 Each task runs in a fresh spawned process, at most N at a time. Spawned, not forked: a forked
 child inherits torch's thread pool in whatever state the parent left it, which can hang. A
