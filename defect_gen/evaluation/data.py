@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from defect_gen import logs
 from defect_gen.config import Config, DataConfig
 from defect_gen.data.check import PairStats, check_dataset, read_pair
 from defect_gen.data.dataset import refuse_or_skip, resize_pair, select_pairs
@@ -57,14 +57,10 @@ def _load(pairs: list[PairStats], cfg: DataConfig, kind: str, size: int, desc: s
                    torch.from_numpy(np.stack(masks)))
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 def _selection(d: DataConfig, config_path: str, progress: bool):
     """(dataset report, few-shot selection, its defect pairs) of the real config."""
     report = check_dataset(d, progress=progress)
-    refuse_or_skip(report, _stderr)
+    refuse_or_skip(report, logs.warn)
     selection = select_pairs(report)
     train = [p for p in selection.train if p.class_pixels]
     if not train:

@@ -15,14 +15,13 @@ folder holds fewer files than pairs are asked for.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from defect_gen import distributed
+from defect_gen import logs
 from defect_gen.core.masks import image_to_uint8, one_hot, resize_mask, uint8_to_image
 from defect_gen.core.postprocess import drop_small_regions
 from defect_gen.data.image_io import read_image, read_mask
@@ -131,18 +130,13 @@ def _mask_at_size(path: str, size: int, num_defect: int, classes: list[str] | No
     return mask
 
 
-def _stderr(line: str) -> None:
-    if distributed.info().is_main:  # one copy, not one per rank
-        print(line, file=sys.stderr)
-
-
 def _some(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
 
 
 def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_empty: bool,
                classes: list[str] | None = None, folder_classes: dict[str, str] | None = None,
-               log=_stderr, names: dict[str, str] | None = None) -> list[GivenMask]:
+               log=logs.warn, names: dict[str, str] | None = None) -> list[GivenMask]:
     """The masks of a folder (see `mask_root`), resized (`resize_mask`) to the model's size.
 
     Class-index masks are taken as they are; binary 0/255 masks get the class their folder is
