@@ -21,15 +21,14 @@ weights (path, step, sha256 of each model's checkpoint).
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 
 import numpy as np
 
 from defect_gen import fsutil
-from defect_gen.core.masks import class_pixel_counts, colorize, overlay
-from defect_gen.data.image_io import MIN_PREVIEW_HEIGHT, save_pair_grid, write_png
+from defect_gen.core.masks import class_pixel_counts, colorize
+from defect_gen.data.image_io import save_pair_grid, write_png
 from defect_gen.errors import ConfigError, DefectGenError, short_repr
 
 FOLDERS = {"paired": ("images", "masks", "masks_color"), "mvtec": ("test", "ground_truth"),
@@ -230,36 +229,11 @@ def sort_manifest(sample_dir: str) -> None:
 # Preview
 
 
-def _upscale(array: np.ndarray, factor: int) -> np.ndarray:
-    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
-
-
-def _given_grid(items: list[tuple], ncols: int, gap: int = 2) -> np.ndarray:
-    """Cells [given image | result | colour mask | overlay], laid out like io.pair_grid."""
-    size = items[0][0].shape[0]
-    factor = max(1, math.ceil(MIN_PREVIEW_HEIGHT / size))
-    cells = []
-    for rgb, index, given in items:
-        panels = [_upscale(p, factor) for p in (given, rgb, colorize(index), overlay(rgb, index))]
-        spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
-        cells.append(np.concatenate([x for p in panels for x in (p, spacer)][:-1], axis=1))  # no trailing spacer
-    cols, cell_gap = min(ncols, len(cells)), 3 * gap
-    rows = math.ceil(len(cells) / cols)
-    cell_h, cell_w = cells[0].shape[:2]
-    grid = np.full((rows * cell_h + (rows - 1) * cell_gap, cols * cell_w + (cols - 1) * cell_gap, 3), 255, np.uint8)
-    for k, cell in enumerate(cells):
-        top, left = (k // cols) * (cell_h + cell_gap), (k % cols) * (cell_w + cell_gap)
-        grid[top:top + cell_h, left:left + cell_w] = cell
-    return grid
-
-
 def save_preview(sample_dir: str, items: list[tuple]) -> None:
     """preview.png: image | colour mask | overlay per pair, with the given image first when
     defects were painted into one (items are (rgb, index, given rgb or None))."""
     if not items:
         return
-    path = os.path.join(sample_dir, PREVIEW)
-    if items[0][2] is None:
-        save_pair_grid(path, [i[0] for i in items], [i[1] for i in items])
-    else:
-        write_png(path, _given_grid(items, ncols=3))
+    given = None if items[0][2] is None else [i[2] for i in items]
+    save_pair_grid(os.path.join(sample_dir, PREVIEW), [i[0] for i in items], [i[1] for i in items],
+                   ncols=4 if given is None else 3, given=given)
