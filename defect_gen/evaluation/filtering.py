@@ -28,6 +28,7 @@ from defect_gen import fsutil
 from defect_gen.config import Config
 from defect_gen.core.masks import colorize
 from defect_gen.data.image_io import write_png
+from defect_gen.data.layouts import file_stem
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.evaluation.data import PairSet, load_synthetic, load_train, manifest_rows
 from defect_gen.evaluation.segmenter import SegSettings, build_segmenter, predict, train_segmenter
@@ -52,17 +53,13 @@ def _manifest(folder: str) -> dict[str, dict]:
     return {row["name"]: row for row in manifest_rows(folder) if isinstance(row.get("name"), str)}
 
 
-def _stem(name: str) -> str:
-    return os.path.splitext(os.path.basename(name))[0]
-
-
 def regions(folder: str, pairs: PairSet, rows: dict[str, dict]) -> torch.Tensor:
     """(N, S, S) bool: each pair's painted window at the evaluation size S (the images are
     resized to S x S whatever their shape), or all of it where no window is recorded."""
     size = pairs.masks.shape[-1]
     out = torch.ones(len(pairs), size, size, dtype=torch.bool)
     for i, name in enumerate(pairs.names):
-        box = rows.get(_stem(name), {}).get("window")
+        box = rows.get(file_stem(name), {}).get("window")
         if not (isinstance(box, list) and len(box) == 4):
             continue
         with Image.open(os.path.join(folder, name)) as im:
@@ -137,7 +134,7 @@ def _write(folder: str, out: str, pairs: PairSet, rows: dict[str, dict], scores:
     with open(os.path.join(tmp, "manifest.jsonl"), "w", encoding="utf-8") as manifest, \
             open(os.path.join(tmp, SCORES), "w", encoding="utf-8") as log:
         for name, score, cls, k in zip(pairs.names, scores, classes, kept):
-            stem = _stem(name)
+            stem = file_stem(name)
             log.write(json.dumps({"name": stem, "class": cls, "score": round(score, 4), "kept": k}) + "\n")
             if not k:
                 continue
