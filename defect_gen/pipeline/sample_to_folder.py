@@ -162,9 +162,9 @@ def _name(s: SampleSettings, index: int) -> str:
 
 
 # Settings that decide which pair a name stands for: a resumed run must keep them.
-RESUME_KEYS = ("step_inference", "seed", "steps", "sampler", "eta", "raw_weights", "classes", "max_tries",
-               "mask_dir", "good_dir", "place", "resample", "jump_length", "min_defect_pixels", "keep_empty",
-               "layout", "guidance")
+PAIR_DEFINING_SETTINGS = ("step_inference", "seed", "steps", "sampler", "eta", "raw_weights", "classes",
+                          "max_tries", "mask_dir", "good_dir", "place", "resample", "jump_length",
+                          "min_defect_pixels", "keep_empty", "layout", "guidance")
 
 
 def _hashes(weights) -> dict | None:
@@ -179,7 +179,8 @@ def _check_resumable(s: SampleSettings, num: int, models: str, weights: dict) ->
     """Record this run's settings and weights; with --resume, refuse settings or weights that
     differ from the recorded ones (a run recorded before weights were recorded: settings only)."""
     path = os.path.join(s.sample_dir, "sample_settings.json")
-    current = {"num_samples": num, "models": models, **{k: getattr(s, k) for k in RESUME_KEYS}, "weights": weights}
+    current = {"num_samples": num, "models": models, **{k: getattr(s, k) for k in PAIR_DEFINING_SETTINGS},
+               "weights": weights}
     if s.resume and os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as f:
