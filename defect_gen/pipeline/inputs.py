@@ -244,7 +244,7 @@ def place_randomly(index: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return out
 
 
-def mask_condition(index: torch.Tensor, num_defect: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_known_region(index: torch.Tensor, num_defect: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, keep) for "an image for this mask": the mask channels known, RGB generated."""
     mask = one_hot(index, num_defect + 1)
     values = torch.cat([torch.zeros(3, *index.shape), mask])
@@ -252,7 +252,8 @@ def mask_condition(index: torch.Tensor, num_defect: int) -> tuple[torch.Tensor, 
     return values, keep
 
 
-def inpaint_condition(image: torch.Tensor, index: torch.Tensor, num_defect: int) -> tuple[torch.Tensor, torch.Tensor]:
+def inpaint_known_region(image: torch.Tensor, index: torch.Tensor, num_defect: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, keep) for painting the mask's defects into a defect-free image: the mask
     channels and the RGB outside the defect region are known, the RGB inside is generated."""
     mask = one_hot(index, num_defect + 1)
@@ -293,9 +294,9 @@ class Conditioner:
         if self.place == "random":
             sources["placement"] = "random"
         if self.goods is None:
-            return Condition(*mask_condition(index, self.num_defect), sources)
+            return Condition(*mask_known_region(index, self.num_defect), sources)
         good = self.goods[i % len(self.goods)]
         image = read_good_image(good, self.size)
         source = good if isinstance(good, str) else f"good[{i % len(self.goods)}]"
-        return Condition(*inpaint_condition(image, index, self.num_defect), {**sources, "good_source": source},
+        return Condition(*inpaint_known_region(image, index, self.num_defect), {**sources, "good_source": source},
                          image_to_uint8(image))

@@ -327,7 +327,8 @@ def painter_from_model(loaded, device: torch.device, guidance_weight: float | No
         return loaded.model(x.to(device), t.to(device), *(c.to(device) for c in y)).float().cpu()
 
     def conditioned(index: np.ndarray):
-        y = guidance.mask_condition(torch.from_numpy(np.ascontiguousarray(index)).long()[None], cfg.num_defect)
+        masks = torch.from_numpy(np.ascontiguousarray(index)).long()[None]
+        y = guidance.class_condition_of_masks(masks, cfg.num_defect)
         return diffusion.denoiser(guidance.guided(net, y, weight))
 
     return Painter(diffusion.denoiser(net), diffusion, cfg.model.image_size,
