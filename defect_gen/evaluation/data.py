@@ -192,11 +192,11 @@ def copy_paste_pairs(cfg: Config, good_dir: str, n: int, size: int, seed: int = 
     """The copy-paste baseline: `n` pairs made by pasting the real training split's defect pixels
     (cut out by their masks, flipped, turned, scaled 0.75-1.25x) onto defect-free photos from
     `good_dir` at random spots, at the photos' own resolution, then resized like every pair."""
-    from defect_gen.pipeline import painting
+    from defect_gen.pipeline import inputs, painting
 
     settings = painting.PaintSettings("", n, good_dir, seed=seed, strength=0.0, progress=progress)
     painter = painting.Painter(None, None, 0, 1, len(cfg.data.classes))
-    goods = painting.list_good_images(good_dir)
+    goods = inputs.list_good_images(good_dir, {"good": "--good"})
     images, masks, names = [], [], []
     for i, _, _, _, rgb, mask, _ in painting.pairs(painter, painting.training_sources(cfg), goods, settings,
                                                desc="copy-paste pairs"):

@@ -48,15 +48,6 @@ class GivenMask:
     index: torch.Tensor  # (H, W) int64 class indices at the model's size
 
 
-def _files(folder: str, flag: str, exts: tuple[str, ...]) -> list[str]:
-    if not os.path.isdir(folder):
-        raise DataError(f"{flag} {folder}: folder not found")
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(exts) and not n.startswith("."))
-    if not names:
-        raise DataError(f"{flag} {folder}: no {'/'.join(e.lstrip('.') for e in exts)} files in it")
-    return [os.path.join(folder, n) for n in names]
-
-
 # Folders under a --mask tree that hold pictures, not class-index or binary masks.
 NOT_MASK_DIRS = {"images", "image", "test", "train", "masks_color", "rgb_mask", "rbg_mask"}
 
@@ -210,8 +201,25 @@ def good_images_from_arrays(arrays) -> list[np.ndarray]:
 
 
 def list_good_images(folder: str, names: dict[str, str] | None = None) -> list[str]:
-    """The defect-free images of a folder (`good`, the CLI's `--good`), in name order."""
-    return _files(folder, arg_name("good", names), IMAGE_EXTS)
+    """The defect-free images under `folder` (`good`, the CLI's `--good`, of `sample` and `paint`
+    alike), recursively: each folder's files in name order, then its subfolders in name order.
+    Hidden files are left out, and so is a PNG beside a photo of the same stem in another format
+    (x.png beside x.jpg): that is the photo's (empty) mask, as in the class_folders layout, so a
+    dataset's good folder can be given as it is."""
+    flag = arg_name("good", names)
+    if not os.path.isdir(folder):
+        raise DataError(f"{flag} {folder}: folder not found")
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        stems = {os.path.splitext(f)[0] for f in files if f.lower().endswith(IMAGE_EXTS) and not f.endswith(".png")}
+        for f in sorted(files):
+            stem, ext = os.path.splitext(f)
+            if ext.lower() in IMAGE_EXTS and not f.startswith(".") and not (ext.lower() == ".png" and stem in stems):
+                found.append(os.path.join(root, f))
+    if not found:
+        raise DataError(f"{flag} {folder}: no {'/'.join(e.lstrip('.') for e in IMAGE_EXTS)} images in it")
+    return found
 
 
 def read_good_image(path: str | np.ndarray, size: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ from defect_gen.data.image_io import defect_window, read_image
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.pipeline import pair_folder
 from defect_gen.pipeline.generator import check_sampler
-from defect_gen.pipeline.inputs import IMAGE_EXTS
+from defect_gen.pipeline.inputs import list_good_images
 
 
 @dataclass
@@ -79,24 +79,6 @@ class PaintSettings:
 
 # ---------------------------------------------------------------------------------------
 # Inputs
-
-
-def list_good_images(folder: str) -> list[str]:
-    """Defect-free photos under `folder` (recursively), in name order. A PNG beside a photo of
-    the same stem is that photo's (empty) mask, as in the class_folders layout, and is skipped."""
-    if not os.path.isdir(folder):
-        raise DataError(f"--good {folder}: folder not found")
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        stems = {os.path.splitext(f)[0] for f in files if f.lower().endswith(IMAGE_EXTS) and not f.endswith(".png")}
-        for f in sorted(files):
-            stem, ext = os.path.splitext(f)
-            if ext.lower() in IMAGE_EXTS and not f.startswith(".") and not (ext.lower() == ".png" and stem in stems):
-                found.append(os.path.join(root, f))
-    if not found:
-        raise DataError(f"--good {folder}: no {'/'.join(e.lstrip('.') for e in IMAGE_EXTS)} images in it")
-    return found
 
 
 def training_sources(cfg, progress: bool = False) -> list[Source]:
@@ -420,7 +402,7 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
                           "(at 1 the model draws the defect from noise)")
     if not 0 < s.scale_min <= s.scale_max:
         raise ConfigError(f"--scale must be two factors 0 < min <= max, got {s.scale_min}, {s.scale_max}")
-    goods = list_good_images(s.good_dir) if s.backgrounds == "good" else sources
+    goods = list_good_images(s.good_dir, {"good": "--good"}) if s.backgrounds == "good" else sources
     with fsutil.lock_dir(s.sample_dir, "painting run", "--sample_dir"):  # one run per folder
         pair_folder.prepare_dir(s.sample_dir, "paired", s.overwrite)
         _write_pairs(painter, sources, goods, classes, s)
