@@ -21,7 +21,6 @@ or no model at all (`copy_paste`), is plain copy-paste: the baseline a generator
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -444,15 +443,14 @@ def pairs(painter: Painter, sources: list[Source], goods: list, s: PaintSettings
 def _write_pairs(painter: Painter, sources: list[Source], goods: list[str], classes: list[str],
                  s: PaintSettings, log=print) -> None:
     start, previews = time.time(), []
-    with open(os.path.join(s.sample_dir, pair_folder.MANIFEST), "a", encoding="utf-8") as manifest:
+    with pair_folder.ManifestWriter(s.sample_dir) as manifest:
         for i, photo, good, src, rgb, mask, details in pairs(painter, sources, goods, s):
             name = f"paint_{i:05d}"
             row = pair_folder.write_pair(s.sample_dir, "paired", name, rgb, mask, classes)
             row.update(seed=s.seed + i, good=good, source=src.name, **details)
             if s.backgrounds != "good":  # a training photo: the evaluation's leak check reads both names
                 row["background"] = good
-            manifest.write(json.dumps(row) + "\n")
-            manifest.flush()
+            manifest.append(row)
             if len(previews) < 12:
                 previews.append(_preview_cell(photo, rgb, mask))
     pair_folder.save_preview(s.sample_dir, previews)
