@@ -10,7 +10,6 @@ are `defect-gen sample` outputs, read as the `paired` layout with the real class
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from defect_gen.config import Config, DataConfig
 from defect_gen.data.check import PairStats, check_dataset, read_pair
 from defect_gen.data.dataset import refuse_or_skip, resize_pair, select_pairs
 from defect_gen.errors import ConfigError, DataError
+from defect_gen.pipeline import pair_folder
 
 
 @dataclass
@@ -152,27 +152,12 @@ def class_counts(pairs: PairSet, classes: list[str]) -> dict[str, int]:
     return {name: int(n) for name, n in zip(classes, present.sum(0).tolist())}
 
 
-def manifest_rows(folder: str) -> list[dict]:
-    """The rows of a generated folder's manifest.jsonl ([] without one)."""
-    path = os.path.join(folder, "manifest.jsonl")
-    rows = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # a cut-short last line of a killed run
-                if isinstance(row, dict):
-                    rows.append(row)
-    return rows
-
-
 def generator_training_pairs(folder: str) -> set[str]:
     """The real pairs a synthetic folder's generator took its defects from, where the folder
     records them (`defect-gen paint` writes each pair's `source`, relative to data.root, and
     its `background` when it painted into the training split's own photos)."""
-    return {row[k] for row in manifest_rows(folder) for k in ("source", "background") if isinstance(row.get(k), str)}
+    return {row[k] for row in pair_folder.read_rows(folder, strict=False) for k in ("source", "background")
+            if isinstance(row.get(k), str)}
 
 
 def check_no_leak(heldout: PairSet, synthetic_dirs: list[str], config_path: str) -> None:
