@@ -7,7 +7,8 @@
 - `path_inside` / `removable_file`: paths built from data (manifest rows, class names) must
   stay inside the folder they belong to.
 - `atomic_write_text` / `atomic_write_json`: temp file + fsync + rename, so a reader never
-  sees half a file; `json_safe` turns NaN/Inf into null (JSON has no NaN).
+  sees half a file; `json_safe` turns NaN/Inf into null (JSON has no NaN); `fsync_dir` makes
+  a rename durable; `file_sha256` hashes a file (checkpoints, exports).
 - `output_error`, `check_writable`: an output that cannot be written, as one line (checked
   before any work where possible).
 - `bound_remote_access`, `remote_error_line`: gs:// / az:// requests give up after a few tries.
@@ -135,6 +136,32 @@ def atomic_write_text(path: str, text: str) -> None:
         raise
 
 
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file, read in 1 MiB pieces (checkpoints run to gigabytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(chunk), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a folder, so that a rename inside it survives a power cut; best effort (some
+    filesystems refuse to open or fsync a folder: nothing more can be done there)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def json_safe(obj):
     """`obj` with every NaN/Inf float replaced by None, so it can be written as strict JSON."""
     if isinstance(obj, float):
@@ -153,17 +180,6 @@ def atomic_write_json(path: str, obj, indent: int | None = 1) -> None:
 # blobfile retries a failed request forever by default: without network a gs:// data.root
 # would print retry notes (or nothing) and never end. A few tries with timeouts, then a
 # blobfile error that `cli.main` turns into one line.
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    """The SHA-256 of a file, read in 1 MiB pieces (checkpoints run to gigabytes)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(chunk), b""):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
 REMOTE_TRIES = 3
 
 

@@ -3,7 +3,8 @@
 On a terminal, tqdm bars redraw one line in place. Redirected to a file (a cluster job's
 log, `... 2> run.log`), those redraws pile up as thousands of carriage-return fragments, so
 there the same calls print a plain line now and then instead: when another tenth is done,
-at most every `PLAIN_EVERY_S` seconds otherwise, and at the end.
+at most every `PLAIN_EVERY_S` seconds otherwise, and at the end. `warn` prints a one-line
+note to stderr once per launch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ import time
 
 from tqdm.auto import tqdm
 
+from defect_gen import distributed
+
 PLAIN_EVERY_S = 30.0
+
+
+def warn(line: str) -> None:
+    """A note or warning for the user on stderr, printed by the main rank only (under torchrun
+    every rank reaches the same line: one copy, not one per rank)."""
+    if distributed.info().is_main:
+        print(line, file=sys.stderr)
 
 
 def live() -> bool:

@@ -9,6 +9,7 @@ import torch
 from conftest import train_tiny_models
 from PIL import Image
 
+from defect_gen import fsutil
 from defect_gen.cli import main
 from defect_gen.errors import CheckpointError, ConfigError, DefectGenError
 from defect_gen.models import export
@@ -63,8 +64,8 @@ def test_export_metadata_and_model_card(models, exported):
     meta = json.loads((exported / "small" / "export.json").read_text())
     source = meta["source"]
     assert meta["format"] == export.FORMAT and meta["step"] == 1 and meta["ema_rate"] == "0.9999"
-    assert source["format"] == "defect-gen/1" and source["sha256"] == export.sha256(source["path"])
-    assert meta["weights_sha256"] == export.sha256(str(exported / "small" / "model.safetensors"))
+    assert source["format"] == "defect-gen/1" and source["sha256"] == fsutil.file_sha256(source["path"])
+    assert meta["weights_sha256"] == fsutil.file_sha256(str(exported / "small" / "model.safetensors"))
     card = (exported / "small" / "MODEL_CARD.md").read_text()
     for fact in ("small-receptive-field", "16 x 16 px", "1 = scratch, 2 = stain, 3 = hole", str(models / "data"),
                  "Steps trained: 1 of", "Training pairs: 4", "trained on t in [0, 20)", "sampler ddpm",

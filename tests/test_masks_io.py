@@ -157,6 +157,18 @@ def test_pair_grid_shape():
     assert np.all(grid[cell_h + 6 :, cell_w + 6 :] == 255)  # empty cells stay white
 
 
+def test_pair_grid_shows_the_given_image_first_when_defects_were_painted_into_one():
+    images = [np.full((32, 32, 3), 100, dtype=np.uint8) for _ in range(2)]
+    masks = [np.zeros((32, 32), dtype=np.uint8) for _ in range(2)]
+    given = [np.full((32, 32, 3), 7, dtype=np.uint8) for _ in range(2)]
+    grid = pair_grid(images, masks, ncols=3, gap=2, given=given)
+    factor, cell_w = 4, 4 * 32 * 4 + 3 * 2  # given | image | colour mask | overlay
+    assert grid.shape == (32 * factor, 2 * cell_w + 6, 3)
+    assert np.all(grid[:, : 32 * factor] == 7) and np.all(grid[:, 32 * factor + 2 : 2 * 32 * factor + 2] == 100)
+    with pytest.raises(ValueError, match="pair_grid needs"):
+        pair_grid(images, masks, given=[np.zeros((16, 16, 3), np.uint8)] * 2)
+
+
 # --- resize_mask (issue 12 item 7: masks vanished at resize) -------------------------------
 
 

@@ -15,7 +15,7 @@ from defect_gen.config import load_config
 from defect_gen.data.dataset import DefectDataset, resize_pair
 from defect_gen.errors import ConfigError
 from defect_gen.evaluation.data import check_no_leak, copy_paste_pairs, load_real
-from defect_gen.pipeline import painting
+from defect_gen.pipeline import inputs, painting
 
 H, W = 40, 56  # photos are not square: nothing may squash them
 
@@ -102,7 +102,7 @@ def test_window_holds_the_defect_inside_the_photo():
 
 
 def test_good_images_skip_the_masks_beside_them(tiny):
-    assert [os.path.basename(p) for p in painting.list_good_images(str(tiny / "good"))] == ["g0.jpg", "g1.jpg", "g2.jpg"]
+    assert [os.path.basename(p) for p in inputs.list_good_images(str(tiny / "good"))] == ["g0.jpg", "g1.jpg", "g2.jpg"]
 
 
 # ---------------------------------------------------------------------------------------

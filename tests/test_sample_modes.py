@@ -219,6 +219,25 @@ def test_good_mode_paints_into_the_given_image_and_keeps_its_pixels(tmp_path):
     assert Image.open(tmp_path / "out" / "preview.png").size[0] > 4 * 128  # given | image | mask | overlay
 
 
+def test_good_mode_reads_a_nested_folder_as_paint_does(tmp_path):
+    """`sample --good DIR` lists DIR as `paint --good DIR` does: recursively, leaving out the
+    empty mask PNG beside a photo (a dataset's good folder given as it is)."""
+    goods = tmp_path / "good"
+    (goods / "a").mkdir(parents=True)
+    (goods / "b").mkdir()
+    Image.fromarray(np.full((SIZE, SIZE, 3), 40, np.uint8)).save(goods / "a" / "g0.png")
+    Image.fromarray(np.full((SIZE, SIZE, 3), 160, np.uint8)).save(goods / "b" / "g1.jpg", quality=100)
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(goods / "b" / "g1.png")  # g1.jpg's empty mask
+    listed = inputs.list_good_images(str(goods))
+    assert [os.path.relpath(p, goods) for p in listed] == [os.path.join("a", "g0.png"), os.path.join("b", "g1.jpg")]
+    _write_masks(tmp_path / "given", [_square(2)])
+    _run(tmp_path, follow=True, good_dir=str(goods), mask_dir=str(tmp_path / "given"))
+    sources = [os.path.relpath(r["good_source"], goods) for r in _rows(tmp_path)]
+    assert sources == [os.path.join(*p) for p in (("a", "g0.png"), ("b", "g1.jpg")) * 2]
+    image = _png(tmp_path, _rows(tmp_path)[1]["files"]["image"])
+    assert abs(image[_square(2) == 0].mean() - 160) < 3  # painted into g1.jpg, not into its mask
+
+
 def test_good_mode_alone_places_the_models_masks_at_random(tmp_path):
     goods = tmp_path / "good"
     goods.mkdir()

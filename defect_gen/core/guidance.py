@@ -41,7 +41,7 @@ def data_condition(x0: torch.Tensor, num_defect: int, drop: torch.Tensor | None 
     return class_condition(present, None if drop is None else ~drop)
 
 
-def mask_condition(index: torch.Tensor, num_defect: int) -> torch.Tensor:
+def class_condition_of_masks(index: torch.Tensor, num_defect: int) -> torch.Tensor:
     """The condition of given masks (B, H, W): the classes each one holds."""
     return class_condition(present_classes(index, num_defect))
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-import sys
 from dataclasses import dataclass, field
 
 import blobfile as bf
@@ -143,17 +142,12 @@ def write_selection(selection: Selection, cfg: DataConfig, path: str) -> None:
 # Refusing bad data
 
 
-def _stderr(line: str) -> None:
-    if distributed.info().is_main:  # one copy of each message, not one per rank
-        print(line, file=sys.stderr)
-
-
 def _stdout(line: str) -> None:
     if distributed.info().is_main:
         print(line)
 
 
-def refuse_or_skip(report: Report, log=_stderr) -> list[Problem]:
+def refuse_or_skip(report: Report, log=logs.warn) -> list[Problem]:
     """Raise on bad data (after logging every problem), or return the problems skipped."""
     problems, cfg = report.problems, report.cfg
     if not problems:
@@ -190,7 +184,7 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int, resample: str) -
     return image, mask
 
 
-def report_shrunk(report: Report, records: list, log=_stderr) -> None:
+def report_shrunk(report: Report, records: list, log=logs.warn) -> None:
     """Name every training mask that loses most of a class at the training size."""
     masks = {rec.mask for rec in records}
     shrunk = [p.message for p in report.shrunk if p.path in masks]
@@ -204,7 +198,7 @@ def report_shrunk(report: Report, records: list, log=_stderr) -> None:
 class DefectDataset:
     """The selected pairs in memory: `images` (N, 3, L, L) and `masks` (N, L, L) uint8."""
 
-    def __init__(self, cfg: DataConfig, image_size: int, progress: bool = True, log=_stderr, info=_stdout):
+    def __init__(self, cfg: DataConfig, image_size: int, progress: bool = True, log=logs.warn, info=_stdout):
         self.cfg, self.image_size = cfg, image_size
         self.num_defect = len(cfg.classes)
         self.load_size = cfg.load_size or image_size

@@ -156,47 +156,51 @@ def write_png(path, array: np.ndarray) -> None:
         raise
 
 
-def _upscale(array: np.ndarray, factor: int) -> np.ndarray:
+def upscale(array: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour upscaling by an integer factor along both spatial axes."""
     if factor == 1:
         return array
     return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
 
 
-def _pair_cell(image: np.ndarray, mask: np.ndarray, factor: int, gap: int) -> np.ndarray:
-    """One preview cell: [image | colorised mask | overlay], white `gap` between panels."""
-    panels = [image, colorize(mask), overlay(image, mask)]
+def _pair_cell(image: np.ndarray, mask: np.ndarray, factor: int, gap: int, given: np.ndarray | None = None
+               ) -> np.ndarray:
+    """One preview cell: [given image |] image | colorised mask | overlay, white `gap` between panels."""
+    panels = ([] if given is None else [given]) + [image, colorize(mask), overlay(image, mask)]
     height = image.shape[0] * factor
     spacer = np.full((height, gap, 3), 255, dtype=np.uint8)
     parts = []
     for i, panel in enumerate(panels):
         if i:
             parts.append(spacer)
-        parts.append(_upscale(panel, factor))
+        parts.append(upscale(panel, factor))
     return np.concatenate(parts, axis=1)
 
 
-def pair_grid(images, masks, ncols: int = 4, gap: int = 2) -> np.ndarray:
+def pair_grid(images, masks, ncols: int = 4, gap: int = 2, given=None) -> np.ndarray:
     """Preview grid of image/mask pairs as one uint8 HxWx3 picture.
 
     `images` are uint8 HxWx3 and `masks` HxW class indices, all of one size. Each cell shows
     [image | colorize(mask) | overlay(image, mask)], panels `gap` white pixels apart and cells
     `3 * gap` apart, `min(ncols, len(images))` cells per row. Everything is upscaled by the
-    smallest integer factor that makes each image at least 128 px tall.
+    smallest integer factor that makes each image at least 128 px tall. `given` (uint8 HxWx3
+    per pair, optional): the image each pair was painted into, shown first in its cell.
     """
     if len(images) != len(masks) or not images:
         raise ValueError(f"pair_grid needs equally many images and masks (>0), "
                          f"got {len(images)} and {len(masks)}")
     if ncols < 1 or gap < 0:
         raise ValueError(f"pair_grid needs ncols >= 1 and gap >= 0, got {ncols}, {gap}")
+    given = [None] * len(images) if given is None else [np.asarray(g) for g in given]
     height, width = np.asarray(images[0]).shape[:2]
-    for image, mask in zip(images, masks):
+    for image, mask, before in zip(images, masks, given):
         image_shape, mask_shape = np.asarray(image).shape, np.asarray(mask).shape
-        if image_shape != (height, width, 3) or mask_shape != (height, width):
+        if image_shape != (height, width, 3) or mask_shape != (height, width) or (
+                before is not None and before.shape != image_shape):
             raise ValueError(f"pair_grid needs images {height}x{width}x3 and masks "
                              f"{height}x{width}, got {image_shape} and {mask_shape}")
     factor = max(1, math.ceil(MIN_PREVIEW_HEIGHT / height))
-    cells = [_pair_cell(np.asarray(i), np.asarray(m), factor, gap) for i, m in zip(images, masks)]
+    cells = [_pair_cell(np.asarray(i), np.asarray(m), factor, gap, g) for i, m, g in zip(images, masks, given)]
     cell_h, cell_w = cells[0].shape[:2]
     cell_gap = 3 * gap
     cols = min(ncols, len(cells))
@@ -224,6 +228,6 @@ def defect_window(focus: np.ndarray, size: int) -> tuple[slice, slice]:
     return slice(top, top + side), slice(left, left + side)
 
 
-def save_pair_grid(path, images, masks, ncols: int = 4) -> None:
-    """Write `pair_grid(images, masks, ncols)` as a PNG."""
-    write_png(path, pair_grid(images, masks, ncols=ncols))
+def save_pair_grid(path, images, masks, ncols: int = 4, given=None) -> None:
+    """Write `pair_grid(images, masks, ncols, given=given)` as a PNG."""
+    write_png(path, pair_grid(images, masks, ncols=ncols, given=given))

@@ -78,8 +78,10 @@ class Listing:
     problems: list[Problem] = field(default_factory=list)
 
 
-def _stem(name: str) -> str:
-    return name.rsplit(".", 1)[0]
+def file_stem(path: str) -> str:
+    """A file's name without folder and extension: what pairs an image with its mask, and a
+    generated pair's file with its manifest row."""
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _is_image(name: str) -> bool:
@@ -111,7 +113,7 @@ def pair_folder(out: Listing, image_dir: str, images: list[str], mask_dir: str, 
     by_lower = {m.lower(): m for m in masks}
     used = set()
     for name in sorted(images):
-        stem = _stem(name)
+        stem = file_stem(name)
         match = next((by_lower[(stem + s).lower()] for s in suffixes if (stem + s).lower() in by_lower), None)
         if match is not None:
             used.add(match)

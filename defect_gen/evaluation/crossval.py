@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from defect_gen.config import Config
 from defect_gen.errors import ConfigError
-from defect_gen.evaluation.data import PairSet, concat, load_synthetic, load_train, manifest_rows
+from defect_gen.evaluation.data import PairSet, concat, load_synthetic, load_train
 from defect_gen.evaluation.metrics import scores
 from defect_gen.evaluation.run import (
     EvalSettings,
@@ -39,6 +39,7 @@ from defect_gen.evaluation.run import (
     score_run,
     train_uncached,
 )
+from defect_gen.pipeline import pair_folder
 
 
 def fold_groups(pairs: PairSet, num_classes: int, folds: int, seed: int = 0) -> list[list[int]]:
@@ -60,7 +61,7 @@ def fold_groups(pairs: PairSet, num_classes: int, folds: int, seed: int = 0) -> 
 def made_from(folder: str, pairs: PairSet) -> list[set[str]]:
     """For each pair of a synthetic folder (names relative to the folder, as `load_synthetic`
     gives them): the real pairs it was made from, as its manifest records them (empty without one)."""
-    rows = {row["files"]["image"]: row for row in manifest_rows(folder)
+    rows = {row["files"]["image"]: row for row in pair_folder.read_rows(folder, strict=False)
             if isinstance(row.get("files"), dict) and isinstance(row["files"].get("image"), str)}
     out = []
     for name in pairs.names:

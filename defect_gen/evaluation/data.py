@@ -10,20 +10,20 @@ are `defect-gen sample` outputs, read as the `paired` layout with the real class
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from defect_gen import logs
 from defect_gen.config import Config, DataConfig
 from defect_gen.data.check import PairStats, check_dataset, read_pair
 from defect_gen.data.dataset import refuse_or_skip, resize_pair, select_pairs
 from defect_gen.errors import ConfigError, DataError
+from defect_gen.pipeline import pair_folder
 
 
 @dataclass
@@ -57,14 +57,10 @@ def _load(pairs: list[PairStats], cfg: DataConfig, kind: str, size: int, desc: s
                    torch.from_numpy(np.stack(masks)))
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 def _selection(d: DataConfig, config_path: str, progress: bool):
     """(dataset report, few-shot selection, its defect pairs) of the real config."""
     report = check_dataset(d, progress=progress)
-    refuse_or_skip(report, _stderr)
+    refuse_or_skip(report, logs.warn)
     selection = select_pairs(report)
     train = [p for p in selection.train if p.class_pixels]
     if not train:
@@ -156,27 +152,12 @@ def class_counts(pairs: PairSet, classes: list[str]) -> dict[str, int]:
     return {name: int(n) for name, n in zip(classes, present.sum(0).tolist())}
 
 
-def manifest_rows(folder: str) -> list[dict]:
-    """The rows of a generated folder's manifest.jsonl ([] without one)."""
-    path = os.path.join(folder, "manifest.jsonl")
-    rows = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # a cut-short last line of a killed run
-                if isinstance(row, dict):
-                    rows.append(row)
-    return rows
-
-
 def generator_training_pairs(folder: str) -> set[str]:
     """The real pairs a synthetic folder's generator took its defects from, where the folder
     records them (`defect-gen paint` writes each pair's `source`, relative to data.root, and
     its `background` when it painted into the training split's own photos)."""
-    return {row[k] for row in manifest_rows(folder) for k in ("source", "background") if isinstance(row.get(k), str)}
+    return {row[k] for row in pair_folder.read_rows(folder, strict=False) for k in ("source", "background")
+            if isinstance(row.get(k), str)}
 
 
 def check_no_leak(heldout: PairSet, synthetic_dirs: list[str], config_path: str) -> None:
@@ -196,11 +177,11 @@ def copy_paste_pairs(cfg: Config, good_dir: str, n: int, size: int, seed: int = 
     """The copy-paste baseline: `n` pairs made by pasting the real training split's defect pixels
     (cut out by their masks, flipped, turned, scaled 0.75-1.25x) onto defect-free photos from
     `good_dir` at random spots, at the photos' own resolution, then resized like every pair."""
-    from defect_gen.pipeline import painting
+    from defect_gen.pipeline import inputs, painting
 
     settings = painting.PaintSettings("", n, good_dir, seed=seed, strength=0.0, progress=progress)
     painter = painting.Painter(None, None, 0, 1, len(cfg.data.classes))
-    goods = painting.list_good_images(good_dir)
+    goods = inputs.list_good_images(good_dir, {"good": "--good"})
     images, masks, names = [], [], []
     for i, _, _, _, rgb, mask, _ in painting.pairs(painter, painting.training_sources(cfg), goods, settings,
                                                desc="copy-paste pairs"):

@@ -28,10 +28,12 @@ from defect_gen import fsutil
 from defect_gen.config import Config
 from defect_gen.core.masks import colorize
 from defect_gen.data.image_io import write_png
+from defect_gen.data.layouts import file_stem
 from defect_gen.errors import ConfigError, DataError
-from defect_gen.evaluation.data import PairSet, load_synthetic, load_train, manifest_rows
+from defect_gen.evaluation.data import PairSet, load_synthetic, load_train
 from defect_gen.evaluation.segmenter import SegSettings, build_segmenter, predict, train_segmenter
 from defect_gen.models.checkpoint import atomic_save
+from defect_gen.pipeline import pair_folder
 from defect_gen.training.plots import histogram_plot
 
 SCORES = "filter_scores.jsonl"  # every input pair: its score, class and whether it was kept
@@ -47,22 +49,13 @@ class FilterSettings:
     progress: bool = True
 
 
-def _manifest(folder: str) -> dict[str, dict]:
-    """The folder's manifest rows by pair name ({} without a manifest)."""
-    return {row["name"]: row for row in manifest_rows(folder) if isinstance(row.get("name"), str)}
-
-
-def _stem(name: str) -> str:
-    return os.path.splitext(os.path.basename(name))[0]
-
-
 def regions(folder: str, pairs: PairSet, rows: dict[str, dict]) -> torch.Tensor:
     """(N, S, S) bool: each pair's painted window at the evaluation size S (the images are
     resized to S x S whatever their shape), or all of it where no window is recorded."""
     size = pairs.masks.shape[-1]
     out = torch.ones(len(pairs), size, size, dtype=torch.bool)
     for i, name in enumerate(pairs.names):
-        box = rows.get(_stem(name), {}).get("window")
+        box = rows.get(file_stem(name), {}).get("window")
         if not (isinstance(box, list) and len(box) == 4):
             continue
         with Image.open(os.path.join(folder, name)) as im:
@@ -131,21 +124,20 @@ def _write(folder: str, out: str, pairs: PairSet, rows: dict[str, dict], scores:
     only when complete, so a stopped run never leaves a folder that looks finished."""
     tmp = out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)  # what a stopped run left
-    subs = [sub for sub in ("images", "masks", "masks_color") if os.path.isdir(os.path.join(folder, sub))]
+    subs = [sub for sub in pair_folder.FOLDERS["paired"] if os.path.isdir(os.path.join(folder, sub))]
     for sub in subs:  # images/ and masks/ are always there (load_synthetic requires them): tmp is made too
         fsutil.make_output_dir(os.path.join(tmp, sub), "--out")
-    with open(os.path.join(tmp, "manifest.jsonl"), "w", encoding="utf-8") as manifest, \
-            open(os.path.join(tmp, SCORES), "w", encoding="utf-8") as log:
+    with pair_folder.ManifestWriter(tmp) as manifest, open(os.path.join(tmp, SCORES), "w", encoding="utf-8") as log:
         for name, score, cls, k in zip(pairs.names, scores, classes, kept):
-            stem = _stem(name)
+            stem = file_stem(name)
             log.write(json.dumps({"name": stem, "class": cls, "score": round(score, 4), "kept": k}) + "\n")
             if not k:
                 continue
-            for sub in subs:
-                src = os.path.join(folder, sub, stem + ".png")
-                if os.path.exists(src):
-                    shutil.copy2(src, os.path.join(tmp, sub, stem + ".png"))
-            manifest.write(json.dumps({**rows.get(stem, {"name": stem}), "consistency": round(score, 4)}) + "\n")
+            # The pair's files under the same name, as the paired layout names them (the row keeps its own).
+            files = pair_folder.pair_files("paired", stem, "")
+            sources = {what: os.path.join(folder, rel) for what, rel in files.items()}
+            pair_folder.copy_pair({what: p for what, p in sources.items() if os.path.exists(p)}, tmp, stem)
+            manifest.append({**rows.get(stem, {"name": stem}), "consistency": round(score, 4)})
     by_class: dict[str, list[float]] = {}
     for score, cls in zip(scores, classes):
         by_class.setdefault(cls, []).append(score)
@@ -199,7 +191,7 @@ def filter_folders(cfg: Config, config_path: str, folders: list[str], out_dir: s
     model = _segmenter(train, len(names), s, out_dir, log)
     settings = {"real": config_path, "training_pairs": how, **asdict(s)}
     for folder, pairs, out in zip(folders, loaded, targets):
-        rows = _manifest(folder)
+        rows = pair_folder.rows_by_name(folder)
         region = regions(folder, pairs, rows)
         pred = predict(model, pairs.images)
         scores = pair_scores(pred, pairs.masks, region).tolist()

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from defect_gen import fsutil
-from defect_gen.data.image_io import defect_window, read_image, read_mask, save_pair_grid
+from defect_gen.data.image_io import defect_window, save_pair_grid
 from defect_gen.errors import ConfigError, DataError
-from defect_gen.evaluation.data import manifest_rows
+from defect_gen.pipeline import pair_folder
 
 SETTINGS = "mix_settings.json"
-SUBDIRS = ("images", "masks")  # the paired layout; masks_color/ is made when a pair has a colour mask
-PREVIEW = "preview.png"
+SUBDIRS = pair_folder.FOLDERS["paired"][:2]  # images/, masks/; masks_color/ is made when a pair has a colour mask
+PREVIEW = pair_folder.PREVIEW
 PREVIEW_PER_CLASS = 3
 PREVIEW_CROP = 96  # px around a defect: a whole photo would show a thin crack as a few pixels
 
@@ -122,10 +122,11 @@ def choose_takes(report_dir: str, ratio: float | None = None, log=print) -> list
 
 def _rows(take: Take) -> list[dict]:
     """The manifest rows of the pairs `take` asks for; each named class must occur in the folder."""
-    if not os.path.isfile(os.path.join(take.folder, "manifest.jsonl")):
-        raise DataError(f"--take {take.folder}: no manifest.jsonl there (expected a `defect-gen sample` / `paint` "
-                        f"folder in the paired layout)")
-    rows = [r for r in manifest_rows(take.folder) if isinstance(r.get("name"), str) and isinstance(r.get("files"), dict)]
+    if not pair_folder.has_manifest(take.folder):
+        raise DataError(f"--take {take.folder}: no {pair_folder.MANIFEST} there (expected a `defect-gen sample` / "
+                        f"`paint` folder in the paired layout)")
+    rows = [r for r in pair_folder.read_rows(take.folder, strict=False)
+            if isinstance(r.get("name"), str) and isinstance(r.get("files"), dict)]
     present = Counter(c for r in rows for c in r.get("classes", []))
     if take.classes is None:
         return rows
@@ -142,8 +143,8 @@ def _copy_pair(take: Take, row: dict, tmp: str) -> dict:
     """Copy one pair's files under its new name; returns its new manifest row."""
     prefix = os.path.basename(os.path.normpath(take.folder))
     name = f"{prefix}_{row['name']}"
-    files = {}
-    for key, sub in (("image", "images"), ("mask", "masks"), ("mask_color", "masks_color")):
+    sources = {}
+    for key in ("image", "mask", "mask_color"):
         rel = row["files"].get(key)
         if rel is None:
             continue
@@ -152,10 +153,8 @@ def _copy_pair(take: Take, row: dict, tmp: str) -> dict:
             if key == "mask_color":
                 continue  # a colour preview only; image and mask are what a pair is
             raise DataError(f"--take {take.folder}: {rel} (listed for pair {row['name']}) does not exist")
-        files[key] = f"{sub}/{name}.png"
-        os.makedirs(os.path.join(tmp, sub), exist_ok=True)
-        shutil.copy2(src, os.path.join(tmp, files[key]))
-    return {**row, "name": name, "files": files, "from": take.folder}
+        sources[key] = src
+    return {**row, "name": name, "files": pair_folder.copy_pair(sources, tmp, name), "from": take.folder}
 
 
 def _crop_around(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,8 +178,7 @@ def write_preview(folder: str, rows: list[dict]) -> str | None:
     images, masks = [], []
     for name in sorted(by_class):
         for row in by_class[name][:PREVIEW_PER_CLASS]:
-            image = read_image(os.path.join(folder, row["files"]["image"]))
-            mask = read_mask(os.path.join(folder, row["files"]["mask"]))
+            image, mask = pair_folder.read_pair(folder, row, "paired", [])
             if image.shape[:2] != mask.shape:
                 continue  # a mismatched pair is the trainer's error to report, not the preview's
             crop = _crop_around(image, mask, PREVIEW_CROP)
@@ -216,11 +214,11 @@ def mix_folders(takes: list[Take], out: str, log=print) -> dict[str, int]:
     per_class: Counter = Counter()
     written = []
     try:
-        with open(os.path.join(tmp, "manifest.jsonl"), "w", encoding="utf-8") as manifest:
+        with pair_folder.ManifestWriter(tmp) as manifest:
             for t, rows in chosen:
                 for row in rows:
                     written.append(_copy_pair(t, row, tmp))
-                    manifest.write(json.dumps(written[-1]) + "\n")
+                    manifest.append(written[-1])
                     per_class.update(row.get("classes") or [])
                 log(f"{t.folder}: {len(rows)} pairs ({', '.join(t.classes) if t.classes else 'every class'})")
         preview = write_preview(tmp, written)

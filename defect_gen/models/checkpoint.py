@@ -20,23 +20,11 @@ import pickle
 
 import torch
 
+from defect_gen import fsutil
 from defect_gen.errors import CheckpointError
 
 FORMAT = "defect-gen/1"
 CKPT_DIR = "checkpoint"
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_save(obj, path: str) -> None:
@@ -61,7 +49,7 @@ def atomic_save(obj, path: str) -> None:
             raise CheckpointError(f"could not write checkpoint {path}: the write failed (disk full?): "
                                   f"{str(exc).splitlines()[0][:120]}") from None
         raise
-    _fsync_dir(directory)
+    fsutil.fsync_dir(directory)
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -116,7 +104,7 @@ def save_training(work_dir: str, state: dict, keep_last: int) -> str:
     path = os.path.join(directory, name)
     atomic_save({"format": FORMAT, **state}, path)
     _atomic_write_text(os.path.join(directory, "latest"), name + "\n")
-    _fsync_dir(directory)
+    fsutil.fsync_dir(directory)
     for old in list_checkpoints(work_dir)[:-keep_last]:
         os.remove(old)
     _remove_stale_temps(directory)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -49,14 +48,6 @@ class Export:
     @property
     def published(self) -> bool:
         return self.meta.get("source", {}).get("format") == SOURCE_PUBLISHED
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,15 +143,6 @@ def _write_weights(path: str, weights: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_export(out: str, weights: dict, cfg: Config, step: int | None, ema_rate: str | None, source: dict,
                  weights_kind: str = "ema", force: bool = False, report: str | None = None,
                  notes: dict | None = None) -> str:
@@ -179,7 +161,7 @@ def write_export(out: str, weights: dict, cfg: Config, step: int | None, ema_rat
         fsutil.atomic_write_text(os.path.join(tmp, CONFIG), to_yaml(cfg))
         meta = {"format": FORMAT, "step": step, "ema_rate": ema_rate, "weights": weights_kind, "source": source,
                 "parameters": sum(v.numel() for v in weights.values()),
-                "weights_sha256": sha256(os.path.join(tmp, WEIGHTS)),
+                "weights_sha256": fsutil.file_sha256(os.path.join(tmp, WEIGHTS)),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         fsutil.atomic_write_json(os.path.join(tmp, META), meta)
         card = model_card(cfg, meta, report=report, notes=notes or {})
@@ -207,7 +189,7 @@ def _replace(tmp: str, out: str, force: bool) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(os.path.dirname(os.path.abspath(out)))
+    fsutil.fsync_dir(os.path.dirname(os.path.abspath(out)))
 
 
 def _run_notes(checkpoint_path: str) -> dict:
@@ -247,6 +229,6 @@ def export_run(src: str, out: str, rate: str | None = None, force: bool = False,
         raise ConfigError(f"{path}: {exc}") from None
     if report is not None and not os.path.isfile(os.path.join(report, "results.json")):
         raise DefectGenError(f"--report {report}: no results.json in it; expected a `defect-gen evaluate --out` folder")
-    source = {"path": os.path.abspath(path), "sha256": sha256(path), "format": SOURCE_OURS}
+    source = {"path": os.path.abspath(path), "sha256": fsutil.file_sha256(path), "format": SOURCE_OURS}
     return write_export(out, ckpt_lib.strip_ddp_prefix(emas[rate]), cfg, step=ckpt.get("step"), ema_rate=rate,
                         source=source, force=force, report=report, notes=_run_notes(path))

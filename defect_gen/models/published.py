@@ -19,6 +19,7 @@ import os
 
 import torch
 
+from defect_gen import fsutil
 from defect_gen.config import Config, from_dict, read_yaml
 from defect_gen.errors import CheckpointError, ConfigError, short_repr
 from defect_gen.models import checkpoint as ckpt_lib
@@ -185,8 +186,8 @@ def convert(path: str, config_path: str, out: str, force: bool = False) -> str:
                               f"state_dicts and no format tag; for our checkpoints use `defect-gen export`)")
     weights, cfg = weights_and_config(ckpt, path, config_path, config_param="config")
     ckpt_lib.load_weights(build_unet(cfg.model, cfg.num_defect), weights, path)
-    source = {"path": os.path.abspath(path), "sha256": export.sha256(path), "format": export.SOURCE_PUBLISHED,
-              "config": os.path.abspath(config_path), "config_sha256": export.sha256(config_path)}
+    source = {"path": os.path.abspath(path), "sha256": fsutil.file_sha256(path), "format": export.SOURCE_PUBLISHED,
+              "config": os.path.abspath(config_path), "config_sha256": fsutil.file_sha256(config_path)}
     weights_kind = "ema" if _is_state_dict(ckpt.get("ema")) else "model"
     return export.write_export(out, weights, cfg, step=None, ema_rate=None, source=source,
                                weights_kind=weights_kind, force=force)

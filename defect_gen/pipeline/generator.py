@@ -361,7 +361,8 @@ def sample_batch(plan: Plan, cond: inputs.Conditioner, options: PairOptions, can
         sampler = SAMPLERS[options.sampler]
     else:
         masks = [c.paint if c.paint is not None else cond.given_mask(c.index, seed) for c, seed in zip(candidates, seeds)]
-        y = guidance_lib.mask_condition(torch.stack(masks).to(device), num_defect)  # a known mask is the condition
+        # a known mask is the condition
+        y = guidance_lib.class_condition_of_masks(torch.stack(masks).to(device), num_defect)
         conditions = [cond.condition(c.index, mask) for c, mask in zip(candidates, masks)]
         known = KnownRegion(*(torch.stack([getattr(c, k) for c in conditions]).to(device) for k in ("values", "keep")))
         if plan.diffusion.clean_mask:  # a clean-mask model's mask channels are given as they are at every t

@@ -15,14 +15,13 @@ folder holds fewer files than pairs are asked for.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from defect_gen import distributed
+from defect_gen import logs
 from defect_gen.core.masks import image_to_uint8, one_hot, resize_mask, uint8_to_image
 from defect_gen.core.postprocess import drop_small_regions
 from defect_gen.data.image_io import read_image, read_mask
@@ -47,16 +46,6 @@ class Condition:
 class GivenMask:
     path: str
     index: torch.Tensor  # (H, W) int64 class indices at the model's size
-
-
-def _files(folder: str, param: str, exts: tuple[str, ...]) -> list[str]:
-    if not os.path.isdir(folder):
-        raise DataError.with_params(f"{{{param}}} {{folder}}: folder not found", folder=folder)
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(exts) and not n.startswith("."))
-    if not names:
-        raise DataError.with_params(f"{{{param}}} {{folder}}: no {'/'.join(e.lstrip('.') for e in exts)} files in it",
-                                    folder=folder)
-    return [os.path.join(folder, n) for n in names]
 
 
 # Folders under a --mask tree that hold pictures, not class-index or binary masks.
@@ -132,11 +121,6 @@ def _mask_at_size(path: str, size: int, num_defect: int, classes: list[str] | No
     return mask
 
 
-def _stderr(line: str) -> None:
-    if distributed.info().is_main:  # one copy, not one per rank
-        print(line, file=sys.stderr)
-
-
 def _some(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
 
@@ -153,7 +137,7 @@ def read_masks(folder: str, size: int, num_defect: int, min_pixels: int, keep_em
     masks left empty are skipped (and named) unless `keep_empty`, so pair i uses the i-th
     mask that is kept. What was left out goes to `log` as `errors.Note`s (default: stderr).
     """
-    log = log or (lambda note: _stderr(str(note)))
+    log = log or (lambda note: logs.warn(str(note)))
     folder = mask_root(folder)
     folders = folder_classes_of(classes, folder_classes)
     masks, empty, emptied, trimmed = [], [], [], 0
@@ -218,8 +202,25 @@ def good_images_from_arrays(arrays) -> list[np.ndarray]:
 
 
 def list_good_images(folder: str) -> list[str]:
-    """The defect-free images of a folder (`good`, the CLI's `--good`), in name order."""
-    return _files(folder, "good", IMAGE_EXTS)
+    """The defect-free images under `folder` (`good`, the CLI's `--good`, of `sample` and `paint`
+    alike), recursively: each folder's files in name order, then its subfolders in name order.
+    Hidden files are left out, and so is a PNG beside a photo of the same stem in another format
+    (x.png beside x.jpg): that is the photo's (empty) mask, as in the class_folders layout, so a
+    dataset's good folder can be given as it is."""
+    if not os.path.isdir(folder):
+        raise DataError.with_params("{good} {folder}: folder not found", folder=folder)
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        stems = {os.path.splitext(f)[0] for f in files if f.lower().endswith(IMAGE_EXTS) and not f.endswith(".png")}
+        for f in sorted(files):
+            stem, ext = os.path.splitext(f)
+            if ext.lower() in IMAGE_EXTS and not f.startswith(".") and not (ext.lower() == ".png" and stem in stems):
+                found.append(os.path.join(root, f))
+    if not found:
+        raise DataError.with_params(f"{{good}} {{folder}}: no {'/'.join(e.lstrip('.') for e in IMAGE_EXTS)} images "
+                                    f"in it", folder=folder)
+    return found
 
 
 def read_good_image(path: str | np.ndarray, size: int) -> torch.Tensor:
@@ -252,7 +253,7 @@ def place_randomly(index: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return out
 
 
-def mask_condition(index: torch.Tensor, num_defect: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_known_region(index: torch.Tensor, num_defect: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, keep) for "an image for this mask": the mask channels known, RGB generated."""
     mask = one_hot(index, num_defect + 1)
     values = torch.cat([torch.zeros(3, *index.shape), mask])
@@ -260,7 +261,8 @@ def mask_condition(index: torch.Tensor, num_defect: int) -> tuple[torch.Tensor, 
     return values, keep
 
 
-def inpaint_condition(image: torch.Tensor, index: torch.Tensor, num_defect: int) -> tuple[torch.Tensor, torch.Tensor]:
+def inpaint_known_region(image: torch.Tensor, index: torch.Tensor, num_defect: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, keep) for painting the mask's defects into a defect-free image: the mask
     channels and the RGB outside the defect region are known, the RGB inside is generated."""
     mask = one_hot(index, num_defect + 1)
@@ -301,9 +303,9 @@ class Conditioner:
         if self.place == "random":
             sources["placement"] = "random"
         if self.goods is None:
-            return Condition(*mask_condition(index, self.num_defect), sources)
+            return Condition(*mask_known_region(index, self.num_defect), sources)
         good = self.goods[i % len(self.goods)]
         image = read_good_image(good, self.size)
         source = good if isinstance(good, str) else f"good[{i % len(self.goods)}]"
-        return Condition(*inpaint_condition(image, index, self.num_defect), {**sources, "good_source": source},
+        return Condition(*inpaint_known_region(image, index, self.num_defect), {**sources, "good_source": source},
                          image_to_uint8(image))

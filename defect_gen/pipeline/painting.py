@@ -21,7 +21,6 @@ or no model at all (`copy_paste`), is plain copy-paste: the baseline a generator
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -40,7 +39,7 @@ from defect_gen.data.image_io import defect_window, read_image
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.pipeline import pair_folder
 from defect_gen.pipeline.generator import check_sampler
-from defect_gen.pipeline.inputs import IMAGE_EXTS
+from defect_gen.pipeline.inputs import list_good_images
 
 
 @dataclass
@@ -79,24 +78,6 @@ class PaintSettings:
 
 # ---------------------------------------------------------------------------------------
 # Inputs
-
-
-def list_good_images(folder: str) -> list[str]:
-    """Defect-free photos under `folder` (recursively), in name order. A PNG beside a photo of
-    the same stem is that photo's (empty) mask, as in the class_folders layout, and is skipped."""
-    if not os.path.isdir(folder):
-        raise DataError(f"--good {folder}: folder not found")
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        stems = {os.path.splitext(f)[0] for f in files if f.lower().endswith(IMAGE_EXTS) and not f.endswith(".png")}
-        for f in sorted(files):
-            stem, ext = os.path.splitext(f)
-            if ext.lower() in IMAGE_EXTS and not f.startswith(".") and not (ext.lower() == ".png" and stem in stems):
-                found.append(os.path.join(root, f))
-    if not found:
-        raise DataError(f"--good {folder}: no {'/'.join(e.lstrip('.') for e in IMAGE_EXTS)} images in it")
-    return found
 
 
 def training_sources(cfg, progress: bool = False) -> list[Source]:
@@ -327,7 +308,8 @@ def painter_from_model(loaded, device: torch.device, guidance_weight: float | No
         return loaded.model(x.to(device), t.to(device), *(c.to(device) for c in y)).float().cpu()
 
     def conditioned(index: np.ndarray):
-        y = guidance.mask_condition(torch.from_numpy(np.ascontiguousarray(index)).long()[None], cfg.num_defect)
+        masks = torch.from_numpy(np.ascontiguousarray(index)).long()[None]
+        y = guidance.class_condition_of_masks(masks, cfg.num_defect)
         return diffusion.denoiser(guidance.guided(net, y, weight))
 
     return Painter(diffusion.denoiser(net), diffusion, cfg.model.image_size,
@@ -419,7 +401,7 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
                           "(at 1 the model draws the defect from noise)")
     if not 0 < s.scale_min <= s.scale_max:
         raise ConfigError(f"--scale must be two factors 0 < min <= max, got {s.scale_min}, {s.scale_max}")
-    goods = list_good_images(s.good_dir) if s.backgrounds == "good" else sources
+    goods = list_good_images(s.good_dir, {"good": "--good"}) if s.backgrounds == "good" else sources
     with fsutil.lock_dir(s.sample_dir, "painting run", "--sample_dir"):  # one run per folder
         pair_folder.prepare_dir(s.sample_dir, "paired", s.overwrite)
         _write_pairs(painter, sources, goods, classes, s)
@@ -461,15 +443,14 @@ def pairs(painter: Painter, sources: list[Source], goods: list, s: PaintSettings
 def _write_pairs(painter: Painter, sources: list[Source], goods: list[str], classes: list[str],
                  s: PaintSettings, log=print) -> None:
     start, previews = time.time(), []
-    with open(os.path.join(s.sample_dir, pair_folder.MANIFEST), "a", encoding="utf-8") as manifest:
+    with pair_folder.ManifestWriter(s.sample_dir) as manifest:
         for i, photo, good, src, rgb, mask, details in pairs(painter, sources, goods, s):
             name = f"paint_{i:05d}"
             row = pair_folder.write_pair(s.sample_dir, "paired", name, rgb, mask, classes)
             row.update(seed=s.seed + i, good=good, source=src.name, **details)
             if s.backgrounds != "good":  # a training photo: the evaluation's leak check reads both names
                 row["background"] = good
-            manifest.write(json.dumps(row) + "\n")
-            manifest.flush()
+            manifest.append(row)
             if len(previews) < 12:
                 previews.append(_preview_cell(photo, rgb, mask))
     pair_folder.save_preview(s.sample_dir, previews)

@@ -1,6 +1,9 @@
-"""Output layouts, the manifest and the preview: where each generated pair goes on disk.
+"""Pair folders: the one module that writes and reads them (files, manifest, preview).
 
-`--layout` (SAMPLE_DIR reads straight back as `data.root` with the same `data.layout`):
+`sample`, `paint`, `mix` and `filter` write pair folders through this module, and `sample
+--resume` / `--overwrite`, `evaluate`, `mix` and `filter` read them through it.
+
+Layouts (`--layout`; SAMPLE_DIR reads straight back as `data.root` with the same `data.layout`):
 
 paired           images/NAME.png, masks/NAME.png (class index), masks_color/NAME.png
 mvtec            test/TYPE/NAME.png, ground_truth/TYPE/NAME_mask.png (binary 0/255)
@@ -11,25 +14,67 @@ TYPE is the pair's class name when its mask holds one class, "combined" (MVTec's
 images with several defects) when it holds more, and "good" for an empty mask (only with
 --keep-empty; the image alone is written there, as in MVTec). MVTec masks are binary
 (0/255), except in combined/, where they hold class indices so that the pair reads back
-with its classes (the mvtec reader accepts class indices there).
+with its classes (the mvtec reader accepts class indices there). `paint`, `mix` and
+`filter` write the paired layout. Every file name comes from `pair_files`, one rule for
+every writer; pair NAMEs are sample_<seed + i, 6 digits> (`sample`, `generator.pair_name`),
+paint_<i, 5 digits> (`paint`), <folder name>_<name> (`mix`); `filter` keeps the names.
 
-manifest.jsonl has one row per pair: name, seed (the one that made it), tries, classes,
-defect_pixels, files (paths relative to SAMPLE_DIR), the given mask / good image if any, and
-weights (path, step, sha256 of each model's checkpoint).
+manifest.jsonl: one JSON object a line, one line per pair, appended as each pair is written
+and flushed (`ManifestWriter`), so a killed run loses at most the line it was writing. The
+fields, by who adds them:
+
+  every writer (`write_pair`)
+    name           the pair's name; its files are named after it
+    classes        the class names its mask holds, in class order
+    defect_pixels  {class name: pixels of that class}
+    files          {image, mask, mask_color: path relative to the folder}; an empty-mask pair
+                   in mvtec / defect_spectrum has the image alone; rows written before
+                   layouts existed have no files (they were paired: `pair_files`)
+  sample
+    seed           the seed of the candidate that became the pair (reproduces it alone)
+    tries          candidates drawn for it (rejection sampling: --classes, filters)
+    mask_source    the --mask file its mask came from
+    good_source    the --good image it was painted into
+    placement      "random" when its mask was moved to a random spot (--place random)
+    weights        {role: {path, step, sha256}} of each model that made it
+  paint
+    seed           --seed + i
+    good           the defect-free photo it was painted into (its path), or with
+                   --backgrounds training / same_class the training photo (relative to data.root)
+    source         the real training pair its defect was taken from (relative to data.root)
+    background     with --backgrounds training / same_class: that training photo again
+    window         [top, left, height, width] of the denoised window in the photo's pixels
+                   (null for copy-paste)
+    overlap        with --backgrounds training / same_class: whether the new defect had to
+                   touch one the photo already held
+  mix (every field of the row it copies, and)
+    name, files    renamed <folder name>_<name>, its files in the paired layout of OUT
+    from           the folder the pair was taken from
+  filter (every field of the row it copies, and)
+    consistency    the pair's score: IoU of a real-trained segmenter's prediction with its
+                   mask, inside its window (4 decimals)
+
+Who reads what: `sample --resume` / `--overwrite` (name, files), the preview of a resumed run
+(files, classes, good_source), `evaluate`'s leak check and --folds (source, background,
+files), `mix` (name, files, classes), `filter` (name, window).
+
+Reading (`read_rows`): a folder's own run (--resume, --overwrite, sorting) reads strictly:
+a last line cut short by a kill is ignored (that pair is made again), any other line that
+is not a JSON object with a name is an error naming it. Finished folders read by `evaluate`,
+`mix` and `filter` skip every line that is not a JSON object (strict=False).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
+import shutil
 
 import numpy as np
 
-from defect_gen import fsutil
-from defect_gen.core.masks import class_pixel_counts, colorize, overlay
-from defect_gen.data.image_io import MIN_PREVIEW_HEIGHT, save_pair_grid, write_png
+from defect_gen import fsutil, logs
+from defect_gen.core.masks import class_pixel_counts, colorize
+from defect_gen.data.image_io import read_image, read_mask, save_pair_grid, write_png
 from defect_gen.errors import ConfigError, DefectGenError, short_repr
 
 FOLDERS = {"paired": ("images", "masks", "masks_color"), "mvtec": ("test", "ground_truth"),
@@ -78,13 +123,69 @@ def write_pair(sample_dir: str, layout: str, name: str, rgb: np.ndarray, index: 
             "defect_pixels": {classes[c - 1]: n for c, n in sorted(counts.items())}, "files": files}
 
 
+def copy_pair(sources: dict[str, str], out_dir: str, name: str) -> dict[str, str]:
+    """Copy one pair's files into `out_dir` as pair `name` of the paired layout (`pair_files`).
+    `sources`: what (image, mask, mask_color) -> an existing file; returns the row's files."""
+    files = {}
+    for what, rel in pair_files("paired", name, "").items():
+        if what in sources:
+            os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
+            shutil.copy2(sources[what], os.path.join(out_dir, rel))
+            files[what] = rel
+    return files
+
+
+def read_pair(folder: str, row: dict, layout: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(rgb, class index) of the pair a manifest row lists, read from regular files inside
+    `folder` only, whatever the row names (anything else fails to read). An mvtec mask is
+    binary on disk: the row's (first) class names its defect pixels."""
+    files = row.get("files") or pair_files("paired", row["name"], "")
+    inside = {what: fsutil.removable_file(folder, rel) for what, rel in files.items()}
+    rgb = read_image(inside["image"])
+    index = np.zeros(rgb.shape[:2], np.uint8)
+    if "mask" in files:
+        index = read_mask(inside["mask"])
+    if layout == "mvtec":
+        names = row.get("classes") or []
+        label = classes.index(names[0]) + 1 if names and names[0] in classes else 1
+        index = np.where(index > 0, label, 0).astype(np.uint8)
+    return rgb, index
+
+
 # ---------------------------------------------------------------------------------------
-# The output folder
+# The manifest
 
 
-def _read_manifest(path: str) -> list[dict]:
+class ManifestWriter:
+    """Appends rows to `folder`/manifest.jsonl, one line per pair, flushed after each (a pair's
+    files are written before its row, so a row means a finished pair). A context manager."""
+
+    def __init__(self, folder: str):
+        self.path = os.path.join(folder, MANIFEST)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def append(self, row: dict) -> None:
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "ManifestWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def has_manifest(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, MANIFEST))
+
+
+def _read_manifest(path: str, strict: bool = True) -> list[dict]:
     """Rows of a manifest. A last line cut short (the process was killed mid-write) is
-    ignored: its pair is simply generated again on --resume."""
+    ignored: its pair is simply generated again on --resume. Not `strict`: every line that
+    is not a JSON object is skipped."""
     with open(path, encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
     rows = []
@@ -92,12 +193,27 @@ def _read_manifest(path: str) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            if n < len(lines):
+            if strict and n < len(lines):
                 raise DefectGenError(f"{path} line {n} is not valid JSON: the manifest is damaged") from None
             continue
-        _row_name(row, f"{path} line {n}")
+        if strict:
+            _row_name(row, f"{path} line {n}")
+        elif not isinstance(row, dict):
+            continue
         rows.append(row)
     return rows
+
+
+def read_rows(folder: str, strict: bool = True) -> list[dict]:
+    """The rows of `folder`'s manifest in the order written ([] without one); see the module
+    docstring for what `strict` tolerates."""
+    path = os.path.join(folder, MANIFEST)
+    return _read_manifest(path, strict) if os.path.exists(path) else []
+
+
+def rows_by_name(folder: str) -> dict[str, dict]:
+    """A finished folder's rows by pair name (read not strictly; the last row of a name wins)."""
+    return {row["name"]: row for row in read_rows(folder, strict=False) if isinstance(row.get("name"), str)}
 
 
 def _row_name(row, where: str) -> str:
@@ -130,11 +246,32 @@ def repair_manifest(path: str) -> bool:
     return True
 
 
+def manifest_rows(sample_dir: str) -> list[dict]:
+    """The manifest's rows in name order, one per name (the last written wins)."""
+    return sorted({r["name"]: r for r in read_rows(sample_dir)}.values(), key=lambda r: r["name"])
+
+
+def sort_manifest(sample_dir: str) -> None:
+    """Rows in name order, whichever rank or retry finished first."""
+    path = os.path.join(sample_dir, MANIFEST)
+    if os.path.exists(path):
+        # One row per name (the last written wins: a pair remade on --resume replaces its old row).
+        rows = manifest_rows(sample_dir)
+        tmp = f"{path}.tmp{os.getpid()}"  # a kill mid-rewrite must not lose the manifest
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------
+# The output folder
+
+
 def _remove_previous(sample_dir: str) -> None:
     """Delete what the previous run's manifest lists (never other files), then the manifest."""
     manifest = os.path.join(sample_dir, MANIFEST)
     left = []
-    for row in _read_manifest(manifest) if os.path.exists(manifest) else []:
+    for row in read_rows(sample_dir):
         # Rows written before layouts existed name no files: they were paired.
         files = row.get("files") or pair_files("paired", _row_name(row, manifest), "")
         for rel in files.values() if isinstance(files, dict) else []:
@@ -146,8 +283,8 @@ def _remove_previous(sample_dir: str) -> None:
             elif os.path.lexists(os.path.join(sample_dir, str(rel))):
                 left.append(str(rel))
     if left:
-        print(f"warning: --overwrite left alone {len(left)} path(s) the manifest names that are not regular files "
-              f"inside {sample_dir}: {', '.join(left[:3])}", file=sys.stderr)
+        logs.warn(f"warning: --overwrite left alone {len(left)} path(s) the manifest names that are not regular "
+                  f"files inside {sample_dir}: {', '.join(left[:3])}")
     for name in (MANIFEST, PREVIEW):
         if os.path.exists(os.path.join(sample_dir, name)):
             os.remove(os.path.join(sample_dir, name))
@@ -178,8 +315,8 @@ def prepare_dir(sample_dir: str, layout: str, overwrite: bool, resume: bool = Fa
         if not os.path.exists(manifest):
             raise DefectGenError(f"--resume: {manifest} not found; nothing to resume in {sample_dir}")
         if repair_manifest(manifest):
-            print(f"note: the last line of {manifest} was cut short (the run was killed mid-write); "
-                  f"removed it, that pair is made again", file=sys.stderr)
+            logs.warn(f"note: the last line of {manifest} was cut short (the run was killed mid-write); "
+                      f"removed it, that pair is made again")
         return done_names(sample_dir)
     if overwrite:
         _remove_previous(sample_dir)
@@ -200,57 +337,13 @@ def prepare_dir(sample_dir: str, layout: str, overwrite: bool, resume: bool = Fa
 def done_names(sample_dir: str) -> set[str]:
     """Names of the pairs a manifest records as finished (their files are written first) whose
     files are all still there: a pair deleted since is made again on --resume."""
-    path = os.path.join(sample_dir, MANIFEST)
-    rows = _read_manifest(path) if os.path.exists(path) else []
-    return {row["name"] for row in rows
+    return {row["name"] for row in read_rows(sample_dir)
             if isinstance(row.get("files") or {}, dict)
             and all(fsutil.removable_file(sample_dir, rel) for rel in (row.get("files") or {}).values())}
 
 
-def manifest_rows(sample_dir: str) -> list[dict]:
-    """The manifest's rows in name order, one per name (the last written wins)."""
-    path = os.path.join(sample_dir, MANIFEST)
-    rows = _read_manifest(path) if os.path.exists(path) else []
-    return sorted({r["name"]: r for r in rows}.values(), key=lambda r: r["name"])
-
-
-def sort_manifest(sample_dir: str) -> None:
-    """Rows in name order, whichever rank or retry finished first."""
-    path = os.path.join(sample_dir, MANIFEST)
-    if os.path.exists(path):
-        # One row per name (the last written wins: a pair remade on --resume replaces its old row).
-        rows = sorted({r["name"]: r for r in _read_manifest(path)}.values(), key=lambda r: r["name"])
-        tmp = f"{path}.tmp{os.getpid()}"  # a kill mid-rewrite must not lose the manifest
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------
 # Preview
-
-
-def _upscale(array: np.ndarray, factor: int) -> np.ndarray:
-    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
-
-
-def _given_grid(items: list[tuple], ncols: int, gap: int = 2) -> np.ndarray:
-    """Cells [given image | result | colour mask | overlay], laid out like io.pair_grid."""
-    size = items[0][0].shape[0]
-    factor = max(1, math.ceil(MIN_PREVIEW_HEIGHT / size))
-    cells = []
-    for rgb, index, given in items:
-        panels = [_upscale(p, factor) for p in (given, rgb, colorize(index), overlay(rgb, index))]
-        spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
-        cells.append(np.concatenate([x for p in panels for x in (p, spacer)][:-1], axis=1))  # no trailing spacer
-    cols, cell_gap = min(ncols, len(cells)), 3 * gap
-    rows = math.ceil(len(cells) / cols)
-    cell_h, cell_w = cells[0].shape[:2]
-    grid = np.full((rows * cell_h + (rows - 1) * cell_gap, cols * cell_w + (cols - 1) * cell_gap, 3), 255, np.uint8)
-    for k, cell in enumerate(cells):
-        top, left = (k // cols) * (cell_h + cell_gap), (k % cols) * (cell_w + cell_gap)
-        grid[top:top + cell_h, left:left + cell_w] = cell
-    return grid
 
 
 def save_preview(sample_dir: str, items: list[tuple]) -> None:
@@ -258,8 +351,6 @@ def save_preview(sample_dir: str, items: list[tuple]) -> None:
     defects were painted into one (items are (rgb, index, given rgb or None))."""
     if not items:
         return
-    path = os.path.join(sample_dir, PREVIEW)
-    if items[0][2] is None:
-        save_pair_grid(path, [i[0] for i in items], [i[1] for i in items])
-    else:
-        write_png(path, _given_grid(items, ncols=3))
+    given = None if items[0][2] is None else [i[2] for i in items]
+    save_pair_grid(os.path.join(sample_dir, PREVIEW), [i[0] for i in items], [i[1] for i in items],
+                   ncols=4 if given is None else 3, given=given)

@@ -41,7 +41,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from defect_gen import distributed, fsutil, logs
@@ -153,9 +152,9 @@ def _name(s: SampleSettings, index: int) -> str:
 
 
 # Settings that decide which pair a name stands for: a resumed run must keep them.
-RESUME_KEYS = ("step_inference", "seed", "steps", "sampler", "eta", "raw_weights", "classes", "max_tries",
-               "mask_dir", "good_dir", "place", "resample", "jump_length", "min_defect_pixels", "keep_empty",
-               "layout", "guidance")
+PAIR_DEFINING_SETTINGS = ("step_inference", "seed", "steps", "sampler", "eta", "raw_weights", "classes",
+                          "max_tries", "mask_dir", "good_dir", "place", "resample", "jump_length",
+                          "min_defect_pixels", "keep_empty", "layout", "guidance")
 
 
 def _hashes(weights) -> dict | None:
@@ -170,7 +169,8 @@ def _check_resumable(s: SampleSettings, num: int, models: str, weights: dict) ->
     """Record this run's settings and weights; with --resume, refuse settings or weights that
     differ from the recorded ones (a run recorded before weights were recorded: settings only)."""
     path = os.path.join(s.sample_dir, "sample_settings.json")
-    current = {"num_samples": num, "models": models, **{k: getattr(s, k) for k in RESUME_KEYS}, "weights": weights}
+    current = {"num_samples": num, "models": models, **{k: getattr(s, k) for k in PAIR_DEFINING_SETTINGS},
+               "weights": weights}
     if s.resume and os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as f:
@@ -192,16 +192,16 @@ def _check_resumable(s: SampleSettings, num: int, models: str, weights: dict) ->
     fsutil.atomic_write_json(path, current)  # a kill mid-write must not leave half a settings file
 
 
-def _write(s: SampleSettings, pair: Pair, classes: list[str], weights: dict, manifest) -> dict:
+def _write(s: SampleSettings, pair: Pair, classes: list[str], weights: dict,
+           manifest: pair_folder.ManifestWriter) -> dict:
     """Write one pair's files and its manifest row (which records the weights that made it)."""
     try:
         row = pair_folder.write_pair(s.sample_dir, s.layout, _name(s, pair.index), pair.image, pair.mask, classes)
         row = {"name": row.pop("name"), "seed": pair.seed, "tries": pair.tries, **row, **pair.sources,
                "weights": weights}
-        manifest.write(json.dumps(row) + "\n")
-        manifest.flush()
+        manifest.append(row)
     except OSError as exc:  # a full disk or a folder made read-only mid-run; --resume finishes later
-        raise fsutil.output_error(os.path.join(s.sample_dir, pair_folder.MANIFEST), exc, "--sample_dir") from None
+        raise fsutil.output_error(manifest.path, exc, "--sample_dir") from None
     return row
 
 
@@ -248,7 +248,7 @@ def _generate_locked(gen: DefectGenerator, request: Request, s: SampleSettings, 
         bar.set_postfix_str(f"{tally.tries} candidates, {len(rows)} kept")
 
     start = time.perf_counter()
-    manifest = open(os.path.join(s.sample_dir, pair_folder.MANIFEST), "a", encoding="utf-8")
+    manifest = pair_folder.ManifestWriter(s.sample_dir)
     # The per-step bars inside the sampler only make sense redrawn on a terminal.
     pairs = gen.pairs(request, todo, batch_size=s.batch_size, tally=tally, progress=progress and logs.live(),
                       on_batch=show_candidates)
@@ -274,20 +274,8 @@ def _generate_locked(gen: DefectGenerator, request: Request, s: SampleSettings, 
 
 def _read_back(s: SampleSettings, cfg: Config, row: dict) -> tuple | None:
     """(rgb, class index, given rgb or None) of a pair an earlier run wrote, for the preview."""
-    from defect_gen.data.image_io import read_image, read_mask
-
-    files = row.get("files") or pair_folder.pair_files("paired", row["name"], "")
     try:
-        # Only regular files inside SAMPLE_DIR, whatever the manifest names.
-        inside = {what: fsutil.removable_file(s.sample_dir, rel) for what, rel in files.items()}
-        rgb = read_image(inside["image"])
-        index = np.zeros(rgb.shape[:2], np.uint8)
-        if "mask" in files:
-            index = read_mask(inside["mask"])
-        if s.layout == "mvtec":  # binary on disk: the row's (first) class names the defect pixels
-            names = row.get("classes") or []
-            label = cfg.data.classes.index(names[0]) + 1 if names and names[0] in cfg.data.classes else 1
-            index = np.where(index > 0, label, 0).astype(np.uint8)
+        rgb, index = pair_folder.read_pair(s.sample_dir, row, s.layout, cfg.data.classes)
         given = None
         if row.get("good_source"):
             given = image_to_uint8(inputs.read_good_image(row["good_source"], rgb.shape[0]))

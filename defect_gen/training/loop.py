@@ -106,7 +106,7 @@ def _json_row(line: str) -> dict | None:
 
 
 # What a checkpoint needs to continue training (an exported EMA-only file has none of them).
-RESUME_KEYS = ("model", "ema", "optimizer", "rng", "step", "config")
+TRAINING_STATE_KEYS = ("model", "ema", "optimizer", "rng", "step", "config")
 
 
 def resume_differences(saved: dict | None, cfg: Config) -> list[str]:
@@ -234,7 +234,7 @@ class TrainLoop:
         if path is None:
             return
         state = ckpt_lib.load(path)
-        lacking = [k for k in RESUME_KEYS if k not in state]
+        lacking = [k for k in TRAINING_STATE_KEYS if k not in state]
         if lacking:
             raise CheckpointError(f"{path} cannot be resumed from: it lacks {', '.join(lacking)} (an exported "
                                   f"EMA-only file? those are for sampling); point checkpoint/latest at a training "
