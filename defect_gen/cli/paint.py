@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The library's parameter names -> this command's flags (see errors.DefectGenError.with_params).
+FLAGS = {"good": "--good"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("paint", help="paint defects into defect-free photos at their own resolution "

@@ -181,7 +181,7 @@ def copy_paste_pairs(cfg: Config, good_dir: str, n: int, size: int, seed: int = 
 
     settings = painting.PaintSettings("", n, good_dir, seed=seed, strength=0.0, progress=progress)
     painter = painting.Painter(None, None, 0, 1, len(cfg.data.classes))
-    goods = inputs.list_good_images(good_dir, {"good": "--good"})
+    goods = inputs.list_good_images(good_dir)
     images, masks, names = [], [], []
     for i, _, _, _, rgb, mask, _ in painting.pairs(painter, painting.training_sources(cfg), goods, settings,
                                                desc="copy-paste pairs"):

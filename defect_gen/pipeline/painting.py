@@ -401,7 +401,7 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
                           "(at 1 the model draws the defect from noise)")
     if not 0 < s.scale_min <= s.scale_max:
         raise ConfigError(f"--scale must be two factors 0 < min <= max, got {s.scale_min}, {s.scale_max}")
-    goods = list_good_images(s.good_dir, {"good": "--good"}) if s.backgrounds == "good" else sources
+    goods = list_good_images(s.good_dir) if s.backgrounds == "good" else sources
     with fsutil.lock_dir(s.sample_dir, "painting run", "--sample_dir"):  # one run per folder
         pair_folder.prepare_dir(s.sample_dir, "paired", s.overwrite)
         _write_pairs(painter, sources, goods, classes, s)
