@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from defect_gen.cli import main
+from defect_gen.cli import paint as paint_cli
 from defect_gen.config import load_config
 from defect_gen.data.dataset import DefectDataset, resize_pair
 from defect_gen.errors import ConfigError
@@ -320,9 +321,10 @@ def test_source_placement_keeps_the_defect_where_it_was():
         assert p.top in (0, 80 - 6)  # still on an edge: the top one, or the bottom one after a flip
         # left at 20/60 of the width, or at (60 - 30)/60 after a mirror, give or take 5 % of 120
         assert abs(p.left - 40) <= 6 or abs(p.left - 60) <= 6
-    with pytest.raises(ConfigError, match="--place must be one of random, source"):
+    with pytest.raises(ConfigError, match="^place must be one of random, source") as info:
         painting.paint(painting.Painter(None, None, 0, 1, 1), [src], ["a"],
                     painting.PaintSettings("/nonexistent", 1, "/nonexistent", place="edge"))
+    assert info.value.render(paint_cli.FLAGS).startswith("--place must be one of random, source")
 
 
 # ---------------------------------------------------------------------------------------

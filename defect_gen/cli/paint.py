@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 # The library's parameter names -> this command's flags (see errors.DefectGenError.with_params).
-FLAGS = {"good": "--good"}
+FLAGS = {"good": "--good", "num_samples": "--num_samples", "strength": "--strength", "steps": "--steps",
+         "margin": "--margin", "sampler": "--sampler", "eta": "--eta", "place": "--place",
+         "backgrounds": "--backgrounds", "match_light": "--match_light", "copy_paste": "--copy-paste",
+         "scale": "--scale", "guidance": "--guidance", "classes": "--classes"}
 
 
 def add_parser(sub) -> None:

@@ -386,21 +386,25 @@ def _preview_cell(photo: np.ndarray, rgb: np.ndarray, mask: np.ndarray, size: in
 def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintSettings) -> int:
     """Write `s.num_samples` pairs (paired layout) into s.sample_dir; returns how many."""
     if s.num_samples < 1:
-        raise ConfigError(f"--num_samples must be >= 1, got {s.num_samples}")
+        raise ConfigError.with_params(f"{{num_samples}} must be >= 1, got {s.num_samples}")
     if not 0.0 <= s.strength <= 1.0:
-        raise ConfigError(f"--strength must be in [0, 1] (1 = draw the defect from noise), got {s.strength}")
+        raise ConfigError.with_params(f"{{strength}} must be in [0, 1] (1 = draw the defect from noise), "
+                                      f"got {s.strength}")
     if s.steps < 1 or s.margin < 0:
-        raise ConfigError(f"--steps must be >= 1 and --margin >= 0, got {s.steps} and {s.margin}")
-    check_sampler(s.sampler or "", s.eta, {"sampler": "--sampler", "eta": "--eta"})  # no default sampler here
+        raise ConfigError.with_params(f"{{steps}} must be >= 1 and {{margin}} >= 0, got {s.steps} and {s.margin}")
+    check_sampler(s.sampler or "", s.eta)  # no default sampler here: paint always names one
     if s.place not in PLACES:
-        raise ConfigError(f"--place must be one of {', '.join(PLACES)}, got {s.place!r}")
+        raise ConfigError.with_params(f"{{place}} must be one of {', '.join(PLACES)}, got {{value}}",
+                                      value=repr(s.place))
     if s.backgrounds not in BACKGROUNDS:
-        raise ConfigError(f"--backgrounds must be one of {', '.join(BACKGROUNDS)}, got {s.backgrounds!r}")
+        raise ConfigError.with_params(f"{{backgrounds}} must be one of {', '.join(BACKGROUNDS)}, got {{value}}",
+                                      value=repr(s.backgrounds))
     if s.match_light and painter.denoise is not None and s.strength >= 1:
-        raise ConfigError("--match_light scales the pasted real defect: it needs --copy-paste or --strength below 1 "
-                          "(at 1 the model draws the defect from noise)")
+        raise ConfigError.with_params("{match_light} scales the pasted real defect: it needs {copy_paste} or "
+                                      "{strength} below 1 (at 1 the model draws the defect from noise)")
     if not 0 < s.scale_min <= s.scale_max:
-        raise ConfigError(f"--scale must be two factors 0 < min <= max, got {s.scale_min}, {s.scale_max}")
+        raise ConfigError.with_params(f"{{scale}} must be two factors 0 < min <= max, got {s.scale_min}, "
+                                      f"{s.scale_max}")
     goods = list_good_images(s.good_dir) if s.backgrounds == "good" else sources
     with fsutil.lock_dir(s.sample_dir, "painting run", "--sample_dir"):  # one run per folder
         pair_folder.prepare_dir(s.sample_dir, "paired", s.overwrite)
