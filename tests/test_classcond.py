@@ -17,7 +17,7 @@ from defect_gen.core.unet import build_unet, class_condition
 from defect_gen.errors import ConfigError
 from defect_gen.models import checkpoint as ckpt_lib
 from defect_gen.models import loading
-from defect_gen.pipeline import painting, sample_to_folder
+from defect_gen.pipeline import generator, painting, sample_to_folder
 from defect_gen.training.loop import TrainLoop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +164,7 @@ def test_old_checkpoints_without_the_key_load_as_unconditional(tmp_path):
     loaded = loading.load_model(str(path), torch.device("cpu"))
     assert loaded.cfg.model.class_cond is False and not hasattr(loaded.model, "class_embed")
     with pytest.raises(ConfigError, match="class-conditional"):
-        sample_to_folder.make_plan(loaded, None, 0, None, torch.device("cpu"), guidance=2.0)
+        generator.make_plan(loaded, None, 0, None, torch.device("cpu"), guidance=2.0)
 
 
 def test_paint_conditions_each_window_on_its_mask_classes():

@@ -21,7 +21,7 @@ from defect_gen.core.samplers import KnownRegion, known_region_sampler, repaint_
 from defect_gen.core.unet import build_unet
 from defect_gen.errors import ConfigError, DataError, DefectGenError
 from defect_gen.models import loading
-from defect_gen.pipeline import inputs, pair_folder, sample_to_folder
+from defect_gen.pipeline import generator, inputs, pair_folder, sample_to_folder
 from defect_gen.pipeline.inputs import place_randomly
 
 CLASSES = ["scratch", "stain", "hole"]
@@ -398,10 +398,10 @@ def test_a_local_large_model_and_a_global_small_one_look_swapped():
                                      middle_block=False), data=DataConfig(classes=list(CLASSES)))
     glob = Config(model=ModelConfig(image_size=SIZE), data=DataConfig(classes=list(CLASSES)))
     small_net, large_net = loading.LoadedModel(None, local, "small.pt"), loading.LoadedModel(None, glob, "large.pt")
-    sample_to_folder.check_roles(large_net, small_net, [999, 500], [499, 0], 500)
+    generator.check_roles(large_net, small_net, [999, 500], [499, 0], 500)
     with pytest.raises(ConfigError, match="look swapped: small.pt has a local receptive field"):
-        sample_to_folder.check_roles(small_net, large_net, [999, 500], [499, 0], 500)
-    sample_to_folder.check_roles(small_net, large_net, [], [999, 0], 1000)  # one model alone serves every step
+        generator.check_roles(small_net, large_net, [999, 500], [499, 0], 500)
+    generator.check_roles(small_net, large_net, [], [999, 0], 1000)  # one model alone serves every step
 
 
 def test_mask_larger_than_the_model_keeps_a_thin_crack(tmp_path):
@@ -425,7 +425,32 @@ def test_mask_binary_masks_take_the_class_their_folder_maps_to(tmp_path):
 
 def test_plan_reports_the_steps_added_for_the_hand_over(tmp_path):
     # Issue 12 item 5: `--steps 10` reported 11 steps without saying why
-    plan = sample_to_folder.make_plan(_model(), _model(), 200, 50, torch.device("cpu"))
+    plan = generator.make_plan(_model(), _model(), 200, 50, torch.device("cpu"))
     assert plan.description == "52 steps (41 large, 11 small; 200, 199 added to the 50-step grid)"
-    assert sample_to_folder.make_plan(_model(), _model(), 200, 1000, torch.device("cpu")).description == \
+    assert generator.make_plan(_model(), _model(), 200, 1000, torch.device("cpu")).description == \
         "1000 steps (800 large, 200 small)"
+
+
+def test_a_resumed_auto_run_samples_in_the_precision_its_first_part_chose(tmp_path, monkeypatch):
+    """`--precision auto` times bf16 against fp32 where the CPU has bf16 instructions; a --resume
+    must not time again and land on the other one (its pairs would differ from an uninterrupted
+    run's), so the choice is recorded and kept."""
+
+    _run(tmp_path, num_samples=2, precision="bf16")
+    settings = json.loads((tmp_path / "out" / "sample_settings.json").read_text())
+    assert settings["precision_used"] == "bf16"
+    settings["num_samples"], settings["precision"] = 4, "auto"
+    (tmp_path / "out" / "sample_settings.json").write_text(json.dumps(settings))
+    chosen = []
+    real = generator.DefectGenerator.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        chosen.append(self.precision)
+
+    monkeypatch.setattr(generator.DefectGenerator, "__init__", spy)
+    monkeypatch.setattr(generator, "resolve_autocast", lambda *a, **k: (None, "fp32 (timed)"))  # auto would say fp32
+    _run(tmp_path, num_samples=4, precision="auto", resume=True)
+    assert chosen == ["bf16"]
+    _run(tmp_path, num_samples=2, precision="auto", name="fresh")  # a new run times afresh
+    assert chosen[-1] == "fp32"

@@ -25,8 +25,10 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_cfg(data_dir: str, **train):
+    # fp32: `auto` times bf16 against fp32 on CPUs with bf16 instructions, and two runs compared
+    # bit for bit must not each pick their own.
     t = {"batch_size": 4, "lr": 1e-3, "max_steps": 6, "save_every": 3, "log_every": 3, "ema_rate": 0.9,
-         "extra_ema_rates": [0.5], **train}
+         "extra_ema_rates": [0.5], "precision": "fp32", **train}
     return from_dict({
         "model": {"image_size": 16, "model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
                   "attention_downsample": [2], "num_head_channels": 32, "dropout": 0.1},
@@ -71,6 +73,22 @@ def test_resume_is_bit_identical_to_uninterrupted_run(data_dir, tmp_path):
     rows = [json.loads(x) for x in open(os.path.join(split, "metrics.jsonl"))]
     ref = [json.loads(x) for x in open(os.path.join(straight, "metrics.jsonl"))]
     assert [r["step"] for r in rows] == [3, 6] and rows[1]["loss"] == ref[1]["loss"]
+
+
+def test_a_resumed_auto_run_keeps_the_precision_its_checkpoint_was_trained_in(data_dir, tmp_path, monkeypatch):
+    from defect_gen.core import precision
+
+    work = str(tmp_path / "w")
+    TrainLoop(tiny_cfg(data_dir, max_steps=1, precision="bf16"), work, torch.device("cpu"), progress=False).run()
+    assert ckpt_lib.load(ckpt_lib.latest(work))["precision"] == "bf16"
+    # `auto` on this CPU would choose fp32 now (no bf16 instructions, or a timing that went that way) ...
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: None)
+    fresh = TrainLoop(tiny_cfg(data_dir, max_steps=2, precision="auto"), str(tmp_path / "new"), torch.device("cpu"),
+                      progress=False)
+    assert fresh.amp_dtype is None
+    # ... but the resumed run goes on in the precision its first part ran in
+    resumed = TrainLoop(tiny_cfg(data_dir, max_steps=2, precision="auto"), work, torch.device("cpu"), progress=False)
+    assert resumed.step == 1 and resumed.amp_dtype == torch.bfloat16
 
 
 def test_microbatching_gives_the_same_update(data_dir, tmp_path):

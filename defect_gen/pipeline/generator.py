@@ -118,26 +118,48 @@ def check_roles(large: LoadedModel | None, small: LoadedModel | None, large_step
                               f"exchange them {flags}")
 
 
+# Sampling precisions by name, as sample_settings.json records the one `auto` chose.
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(large: LoadedModel | None, small: LoadedModel | None, device: torch.device,
+                      precision: str) -> str:
+    """The precision both networks sample in: `precision` itself, or for `auto` the choice of
+    `core.precision.resolve_autocast` for the first model, timed once (so one generator never
+    switches, and a run can record what it used)."""
+    check_precision(precision)
+    if precision != "auto":
+        return precision
+    model = (large or small).model
+    cfg = (large or small).cfg
+    probe = torch.randn(2, 3 + cfg.num_defect + 1, cfg.model.image_size, cfg.model.image_size, device=device)
+    dtype, _ = resolve_autocast(precision, device, time_forward(model, probe, torch.full((2,), 500, device=device)))
+    return next(name for name, d in PRECISION_DTYPES.items() if d == dtype)
+
+
 def check_precision(precision: str) -> None:
     """Sampling runs in auto, fp32 or bf16 (checked before any network is timed)."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError.with_params(f"{{precision}} must be auto, fp32 or bf16, got {precision!r}")
 
 
-def _network(model: torch.nn.Module, device: torch.device, precision: str, shape: tuple[int, ...],
-             what: str = "precision") -> Callable:
+def _network(model: torch.nn.Module, device: torch.device, precision: str, shape: tuple[int, ...]) -> Callable:
     """The network as the sampler calls it: in the autocast dtype `precision` resolves to
     (precision.py: `auto` is bf16 on GPUs with bf16 and on CPUs with AMX/AVX512-BF16 where a
-    timed forward of this network at `shape` confirms it, fp32 elsewhere), channels_last on CUDA.
+    timed forward of this network at `shape` confirms it, fp32 elsewhere; a resolved name,
+    see `resolve_precision`, is taken as it is), channels_last on CUDA.
 
     Outputs come back as float32, so the sampler's arithmetic stays in full precision.
     """
     cuda = device.type == "cuda"
     if cuda:
         model.to(memory_format=torch.channels_last)
-    probe = torch.randn(2, *shape, device=device)
-    dtype, _ = resolve_autocast(precision, device, time_forward(model, probe, torch.full((2,), 500, device=device)),
-                                what=what)
+    if precision in PRECISION_DTYPES:
+        dtype = PRECISION_DTYPES[precision]
+    else:
+        probe = torch.randn(2, *shape, device=device)
+        dtype, _ = resolve_autocast(precision, device, time_forward(model, probe, torch.full((2,), 500, device=device)),
+                                    what="precision")
 
     def forward(x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         if cuda:
@@ -178,7 +200,8 @@ def make_plan(large: LoadedModel | None, small: LoadedModel | None, step_inferen
         raise ConfigError.with_params(f"{{step_inference}} must be in [0, {T}], got {step_inference}")
     if steps is not None and steps < 1:
         raise ConfigError.with_params(f"{{steps}} must be >= 1, got {steps}")
-    check_precision(precision)
+    if precision not in PRECISION_DTYPES:
+        check_precision(precision)
     timesteps = timesteps_for(T, steps, step_inference)
     large_steps, small_steps = split_at(timesteps, step_inference)
     if (large_steps and large is None) or (small_steps and small is None):
@@ -531,7 +554,8 @@ class DefectGenerator:
         small (`LoadedModel`, *optional*): the small-RF model; None when `step_inference` is 0.
         step_inference (`int`): the switch S in original timesteps: large for t >= S, small below.
         device (`str` or `torch.device`, defaults to "cpu"): where sampling runs.
-        precision (`str`, defaults to "auto"): "auto" (bf16 on CUDA), "fp32" or "bf16".
+        precision (`str`, defaults to "auto"): "auto" (bf16 on CUDA; timed on CPUs with bf16
+            instructions), "fp32" or "bf16". `auto` is decided once, here: `gen.precision` says which.
         allow_model_mismatch (`bool`, defaults to False): let a model serve timesteps outside its
             training window (diffusion.t_min/t_max), or the two models swapped roles.
         warn (`callable`, *optional*): takes each `errors.Note` about the arguments (masks left
@@ -549,9 +573,10 @@ class DefectGenerator:
                  device: str | torch.device = "cpu", precision: str = "auto", allow_model_mismatch: bool = False,
                  warn: Callable[[Note], None] | None = None):
         self.large, self.small, self.step_inference = large, small, step_inference
-        self.device, self.precision, self.allow_model_mismatch = torch.device(device), precision, allow_model_mismatch
+        self.device, self.allow_model_mismatch = torch.device(device), allow_model_mismatch
         self.warn = warn
         self.config = check_pair(large, small)
+        self.precision = resolve_precision(large, small, self.device, precision)  # auto: decided here, once
         self.plan(None)  # a switch or a pair of models that cannot work fails here, not at generate()
 
     @classmethod

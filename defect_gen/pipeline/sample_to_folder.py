@@ -49,16 +49,13 @@ from defect_gen.core.masks import image_to_uint8
 from defect_gen.errors import ConfigError, DefectGenError, short_repr
 from defect_gen.models.loading import LoadedModel
 from defect_gen.pipeline import inputs, pair_folder
-from defect_gen.pipeline.generator import (  # noqa: F401  check_pair, check_roles, make_plan: as before, from here too
+from defect_gen.pipeline.generator import (
+    PRECISION_DTYPES,  # noqa: F401  check_pair, check_roles, make_plan: as before, from here too
     DefectGenerator,
     Pair,
     Request,
     Tally,
     check_options,
-    check_pair,
-    check_roles,
-    default_sampler,
-    make_plan,
     pair_name,
 )
 
@@ -165,7 +162,22 @@ def _hashes(weights) -> dict | None:
     return {role: w.get("sha256") if isinstance(w, dict) else w for role, w in weights.items()}
 
 
-def _check_resumable(s: SampleSettings, num: int, models: str, weights: dict) -> None:
+def _precision(s: SampleSettings) -> str:
+    """--precision, except that a resumed `auto` run goes on in the precision its first part
+    chose (recorded as precision_used): `auto` times the choice, and a timing that went the
+    other way would make the rest of the pairs differ from an uninterrupted run's."""
+    path = os.path.join(s.sample_dir, "sample_settings.json")
+    if not (s.resume and s.precision == "auto" and os.path.isfile(path)):
+        return s.precision
+    try:
+        with open(path, encoding="utf-8") as f:
+            used = json.load(f).get("precision_used")
+    except (ValueError, OSError, AttributeError):
+        return s.precision  # _check_resumable says what is wrong with the file
+    return used if used in PRECISION_DTYPES else s.precision
+
+
+def _check_resumable(s: SampleSettings, num: int, models: str, weights: dict, precision: str) -> None:
     """Record this run's settings and weights; with --resume, refuse settings or weights that
     differ from the recorded ones (a run recorded before weights were recorded: settings only)."""
     path = os.path.join(s.sample_dir, "sample_settings.json")
@@ -189,7 +201,8 @@ def _check_resumable(s: SampleSettings, num: int, models: str, weights: dict) ->
             raise ConfigError(f"--resume: these settings differ from the run in {s.sample_dir}: "
                               f"{'; '.join(changed)}")
         return
-    fsutil.atomic_write_json(path, current)  # a kill mid-write must not leave half a settings file
+    # precision_used: what --precision auto chose, kept by a --resume (see _precision); not compared
+    fsutil.atomic_write_json(path, {**current, "precision_used": precision})  # never half a file after a kill
 
 
 def _write(s: SampleSettings, pair: Pair, classes: list[str], weights: dict,
@@ -219,7 +232,7 @@ def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSett
     generator's notes about the arguments (`DefectGenerator`).
     """
     check_settings(s)
-    gen = DefectGenerator(large, small, s.step_inference, device=device, precision=s.precision,
+    gen = DefectGenerator(large, small, s.step_inference, device=device, precision=_precision(s),
                           allow_model_mismatch=s.allow_mismatch, warn=warn)
     s = resolve_sampler(s, gen)
     request = prepare(gen, s)
@@ -234,7 +247,7 @@ def _generate_locked(gen: DefectGenerator, request: Request, s: SampleSettings, 
     dinfo, num, weights = distributed.info(), request.num_samples, gen.weights
     if dinfo.is_main:
         pair_folder.prepare_dir(s.sample_dir, s.layout, s.overwrite, s.resume)
-        _check_resumable(s, num, request.plan.description, weights)
+        _check_resumable(s, num, request.plan.description, weights, gen.precision)
     distributed.barrier()
     done = pair_folder.done_names(s.sample_dir) if s.resume else set()
     progress = progress and dinfo.is_main

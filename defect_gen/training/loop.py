@@ -130,6 +130,11 @@ def resume_differences(saved: dict | None, cfg: Config) -> list[str]:
     return [f"{key} ({short_repr(a)} -> {short_repr(b)})" for key, a, b in pairs if a != b]
 
 
+# Autocast dtypes by the name checkpoints record them under (None: fp32, no autocast).
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
 class TrainLoop:
     def __init__(self, cfg: Config, work_dir: str, device: torch.device, progress: bool = True,
                  data: DefectDataset | None = None):
@@ -209,6 +214,8 @@ class TrainLoop:
             "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": self._rng_state(),
+            # The precision `auto` chose: a resumed run keeps it instead of timing afresh.
+            "precision": DTYPE_NAMES[self.amp_dtype],
         }
 
     def _refuse_changed_config(self, path: str | None = None, saved: dict | None = None) -> None:
@@ -240,6 +247,7 @@ class TrainLoop:
                                   f"EMA-only file? those are for sampling); point checkpoint/latest at a training "
                                   f"checkpoint, or use a new --work_dir")
         self._refuse_changed_config(path, state.get("config"))
+        self._keep_precision(state.get("precision"))
         self.model.load_state_dict(state["model"])
         for rate, ema in self.emas.items():
             # An EMA rate added since the checkpoint starts from the model's current weights.
@@ -252,6 +260,18 @@ class TrainLoop:
         self._load_history()
         if self.dist.is_main:  # not just a progress detail: say what was continued
             tqdm.write(f"resumed from {path} at step {self.step}")
+
+    def _keep_precision(self, saved: str | None) -> None:
+        """Under train.precision auto, continue in the precision the checkpoint was trained in:
+        `auto` times the two on the machine, and a timing that comes out the other way on
+        resume would switch precision mid-run (and the resumed run would no longer be the one
+        an uninterrupted run computes). Checkpoints from before this was recorded say nothing."""
+        if self.cfg.train.precision != "auto" or saved not in DTYPES or DTYPES[saved] == self.amp_dtype:
+            return
+        self.amp_dtype = DTYPES[saved]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if self.progress:
+            tqdm.write(f"precision: {saved} (auto: as the checkpoint was trained)")
 
     def save(self) -> str | None:
         self._check_finite()
