@@ -59,7 +59,8 @@ def tiny_models(tmp_path_factory):
 def _sample_args(models, out, *extra):
     return [sys.executable, "-m", "defect_gen", "sample", "--large_recep", str(models / "large"),
             "--small_recep", str(models / "small"), "--step_inference", "30", "--sample_dir", out,
-            "--num_samples", "24", "--batch_size", "1", "--steps", "10", "--keep-empty", "--no-progress", *extra]
+            "--num_samples", "24", "--batch_size", "1", "--steps", "10", "--keep-empty", "--no-progress",
+            "--precision", "fp32", *extra]  # runs compared bit for bit: not `auto`'s timed choice
 
 
 def _manifest(out):
