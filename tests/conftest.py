@@ -33,5 +33,5 @@ def train_tiny_models(root, num_timesteps: int):
                          "diffusion": {"num_timesteps": num_timesteps},
                          "data": {"root": str(root / "data"), "classes": ["scratch", "stain", "hole"]},
                          "train": {"batch_size": 2, "max_steps": 1}})
-        TrainLoop(cfg, str(root / name), torch.device("cpu"), progress=False).run()
+        TrainLoop.from_config(cfg, str(root / name), torch.device("cpu"), progress=False).run()
     return root

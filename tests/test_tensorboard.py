@@ -42,7 +42,7 @@ def fake_tensorboard(monkeypatch):
 
 def test_scalars_match_metrics_jsonl(data_dir, tmp_path, fake_tensorboard):  # noqa: F811
     work = str(tmp_path / "run")
-    TrainLoop(tiny_cfg(data_dir, max_steps=4, log_every=2), work, torch.device("cpu"), progress=False).run()
+    TrainLoop.from_config(tiny_cfg(data_dir, max_steps=4, log_every=2), work, torch.device("cpu"), progress=False).run()
     [writer] = fake_tensorboard
     assert writer.log_dir == os.path.join(work, "tb")
     rows = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
@@ -52,7 +52,7 @@ def test_scalars_match_metrics_jsonl(data_dir, tmp_path, fake_tensorboard):  # n
 
 
 def test_writer_is_closed_when_training_fails(data_dir, tmp_path, fake_tensorboard):  # noqa: F811
-    loop = TrainLoop(tiny_cfg(data_dir, max_steps=6, log_every=1), str(tmp_path / "run"), torch.device("cpu"),
+    loop = TrainLoop.from_config(tiny_cfg(data_dir, max_steps=6, log_every=1), str(tmp_path / "run"), torch.device("cpu"),
                      progress=False)
     train_step = loop.train_step
 
@@ -69,10 +69,10 @@ def test_writer_is_closed_when_training_fails(data_dir, tmp_path, fake_tensorboa
 
 
 def test_switched_off_or_not_installed_writes_nothing(data_dir, tmp_path, fake_tensorboard, monkeypatch):  # noqa: F811
-    TrainLoop(tiny_cfg(data_dir, max_steps=2, log_every=2, tensorboard=False), str(tmp_path / "off"),
+    TrainLoop.from_config(tiny_cfg(data_dir, max_steps=2, log_every=2, tensorboard=False), str(tmp_path / "off"),
               torch.device("cpu"), progress=False).run()
     assert fake_tensorboard == []
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` raises ImportError
-    TrainLoop(tiny_cfg(data_dir, max_steps=2, log_every=2), str(tmp_path / "absent"), torch.device("cpu"),
+    TrainLoop.from_config(tiny_cfg(data_dir, max_steps=2, log_every=2), str(tmp_path / "absent"), torch.device("cpu"),
               progress=False).run()
     assert fake_tensorboard == [] and not os.path.exists(tmp_path / "absent" / "tb")

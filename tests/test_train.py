@@ -57,9 +57,9 @@ def _tensors(obj, prefix=""):
 
 def test_resume_is_bit_identical_to_uninterrupted_run(data_dir, tmp_path):
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-    TrainLoop(tiny_cfg(data_dir, max_steps=6), straight, torch.device("cpu"), progress=False).run()
-    TrainLoop(tiny_cfg(data_dir, max_steps=3), split, torch.device("cpu"), progress=False).run()
-    resumed = TrainLoop(tiny_cfg(data_dir, max_steps=6), split, torch.device("cpu"), progress=False)
+    TrainLoop.from_config(tiny_cfg(data_dir, max_steps=6), straight, torch.device("cpu"), progress=False).run()
+    TrainLoop.from_config(tiny_cfg(data_dir, max_steps=3), split, torch.device("cpu"), progress=False).run()
+    resumed = TrainLoop.from_config(tiny_cfg(data_dir, max_steps=6), split, torch.device("cpu"), progress=False)
     assert resumed.step == 3
     resumed.run()
     a = ckpt_lib.load(ckpt_lib.latest(straight))
@@ -79,23 +79,23 @@ def test_a_resumed_auto_run_keeps_the_precision_its_checkpoint_was_trained_in(da
     from defect_gen.core import precision
 
     work = str(tmp_path / "w")
-    TrainLoop(tiny_cfg(data_dir, max_steps=1, precision="bf16"), work, torch.device("cpu"), progress=False).run()
+    TrainLoop.from_config(tiny_cfg(data_dir, max_steps=1, precision="bf16"), work, torch.device("cpu"), progress=False).run()
     assert ckpt_lib.load(ckpt_lib.latest(work))["precision"] == "bf16"
     # `auto` on this CPU would choose fp32 now (no bf16 instructions, or a timing that went that way) ...
     monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: None)
-    fresh = TrainLoop(tiny_cfg(data_dir, max_steps=2, precision="auto"), str(tmp_path / "new"), torch.device("cpu"),
+    fresh = TrainLoop.from_config(tiny_cfg(data_dir, max_steps=2, precision="auto"), str(tmp_path / "new"), torch.device("cpu"),
                       progress=False)
     assert fresh.amp_dtype is None
     # ... but the resumed run goes on in the precision its first part ran in
-    resumed = TrainLoop(tiny_cfg(data_dir, max_steps=2, precision="auto"), work, torch.device("cpu"), progress=False)
+    resumed = TrainLoop.from_config(tiny_cfg(data_dir, max_steps=2, precision="auto"), work, torch.device("cpu"), progress=False)
     assert resumed.step == 1 and resumed.amp_dtype == torch.bfloat16
 
 
 def test_microbatching_gives_the_same_update(data_dir, tmp_path):
-    whole = TrainLoop(tiny_cfg(data_dir, max_steps=1), str(tmp_path / "a"), torch.device("cpu"), progress=False)
+    whole = TrainLoop.from_config(tiny_cfg(data_dir, max_steps=1), str(tmp_path / "a"), torch.device("cpu"), progress=False)
     whole.model.eval()  # dropout off: the RNG draws differ with chunking, the maths must not
     whole.train_step()
-    parts = TrainLoop(tiny_cfg(data_dir, max_steps=1, microbatch=2), str(tmp_path / "b"), torch.device("cpu"),
+    parts = TrainLoop.from_config(tiny_cfg(data_dir, max_steps=1, microbatch=2), str(tmp_path / "b"), torch.device("cpu"),
                       progress=False)
     parts.model.eval()
     parts.train_step()
@@ -105,10 +105,10 @@ def test_microbatching_gives_the_same_update(data_dir, tmp_path):
 
 def test_nan_loss_stops_before_saving_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     work = str(tmp_path / "nan")
-    loop = TrainLoop(tiny_cfg(data_dir, max_steps=3), work, torch.device("cpu"), progress=False)
+    loop = TrainLoop.from_config(tiny_cfg(data_dir, max_steps=3), work, torch.device("cpu"), progress=False)
     loop.run()
     good = ckpt_lib.latest(work)
-    loop = TrainLoop(tiny_cfg(data_dir, max_steps=9), work, torch.device("cpu"), progress=False)
+    loop = TrainLoop.from_config(tiny_cfg(data_dir, max_steps=9), work, torch.device("cpu"), progress=False)
     real_batch = loop.data.batch
     loop.data.batch = lambda n, g: real_batch(n, g) * float("nan") if loop.step >= 4 else real_batch(n, g)
     with pytest.raises(DefectGenError, match=r"NaN or Inf at step 5: stopped before saving; the last good "
@@ -121,7 +121,7 @@ def test_nan_loss_stops_before_saving_and_keeps_last_good_checkpoint(data_dir, t
 
 def test_metrics_quartiles_loss_plot_and_config(data_dir, tmp_path):
     work = str(tmp_path / "m")
-    TrainLoop(tiny_cfg(data_dir, max_steps=6, log_every=2), work, torch.device("cpu"), progress=False).run()
+    TrainLoop.from_config(tiny_cfg(data_dir, max_steps=6, log_every=2), work, torch.device("cpu"), progress=False).run()
     rows = [json.loads(x) for x in open(os.path.join(work, "metrics.jsonl"))]
     assert [r["step"] for r in rows] == [2, 4, 6]
     keys = {"loss", "mse_rgb", "mse_mask", "grad_norm", "lr", "images_per_s", "loss_q0", "loss_q3"}
@@ -190,12 +190,12 @@ def test_resume_refuses_another_objective_schedule_window_or_classes(data_dir, t
     from defect_gen.training.loop import resume_differences
 
     work = str(tmp_path / "run")
-    TrainLoop(tiny_cfg(data_dir, max_steps=3), work, torch.device("cpu"), progress=False).run()
+    TrainLoop.from_config(tiny_cfg(data_dir, max_steps=3), work, torch.device("cpu"), progress=False).run()
     changed = tiny_cfg(data_dir, max_steps=6)
     changed.diffusion.predict, changed.diffusion.t_min = "eps", 10
     changed.data.classes = ["scratch", "stain", "dent"]
     with pytest.raises(DefectGenError) as err:
-        TrainLoop(changed, work, torch.device("cpu"), progress=False)
+        TrainLoop.from_config(changed, work, torch.device("cpu"), progress=False)
     message = str(err.value)
     assert "diffusion.predict ('x0' -> 'eps')" in message and "window ([0, 100] -> [10, 100])" in message
     assert "data.classes (['scratch', 'stain', 'hole'] -> ['scratch', 'stain', 'dent'])" in message
@@ -227,7 +227,7 @@ def test_ema_decay_warms_up_then_settles_at_its_rate():
 
 @pytest.mark.parametrize("warmup", [True, False])
 def test_ema_update_uses_the_warmed_up_decay(data_dir, tmp_path, warmup):
-    loop = TrainLoop(tiny_cfg(data_dir, max_steps=2, ema_warmup=warmup), str(tmp_path / "r"), torch.device("cpu"),
+    loop = TrainLoop.from_config(tiny_cfg(data_dir, max_steps=2, ema_warmup=warmup), str(tmp_path / "r"), torch.device("cpu"),
                      progress=False)
     name = "out.2.weight"
     ema = dict(loop.emas[0.9].named_parameters())[name]

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from defect_gen import distributed
     from defect_gen.config import load_config, resolve_num_defect, to_yaml
-    from defect_gen.training.loop import TrainLoop, finished_checkpoint, resolve_device
+    from defect_gen.training.loop import TrainLoop, build_parts, finished_checkpoint, resolve_device
 
     cfg = resolve_num_defect(load_config(args.config, args.overrides), args.num_defect)
     if args.dry_run:
@@ -49,7 +49,9 @@ def run(args) -> int:
     loop = None
     try:
         with lock, sigterm_as_interrupt():
-            loop = TrainLoop(cfg, args.work_dir, device, progress=not args.no_progress)
+            # As guided-diffusion's image_train.py: build the model, diffusion and data, hand them over.
+            model, diffusion, data = build_parts(cfg, args.work_dir, progress=not args.no_progress)
+            loop = TrainLoop(cfg, args.work_dir, device, model, diffusion, data, progress=not args.no_progress)
             path = loop.run()
     except KeyboardInterrupt:
         if dinfo.is_main:

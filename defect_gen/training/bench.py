@@ -136,7 +136,7 @@ def project_step(cfg: Config, device: torch.device, batch_size: int, work_dir: s
     cfg.train.batch_size, cfg.train.microbatch, cfg.train.warmup_steps = batch_size, 0, 0
     cfg.train.tensorboard, cfg.train.sample_every = False, 0
     data = RandomPairs(cfg.model.image_size, cfg.num_defect)
-    return TrainLoop(cfg, work_dir, device, progress=False, data=data)
+    return TrainLoop.from_config(cfg, work_dir, device, progress=False, data=data)
 
 
 def _interleaved_best(fns: dict, device: torch.device, iters: int, warmup: int = 1) -> dict[str, float]:

@@ -31,7 +31,7 @@ from defect_gen.core.diffusion import GaussianDiffusion, space_timesteps, window
 from defect_gen.core.masks import image_to_uint8, mask_to_index, split_image_mask
 from defect_gen.core.precision import resolve_autocast, time_forward_backward
 from defect_gen.core.samplers import KnownRegion, known_region_sampler, sample_ddim
-from defect_gen.core.unet import build_unet, num_channels
+from defect_gen.core.unet import UNetModel, build_unet, num_channels
 from defect_gen.data.dataset import DefectDataset
 from defect_gen.data.image_io import save_pair_grid
 from defect_gen.errors import CheckpointError, DefectGenError, short_repr
@@ -135,17 +135,52 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
+def refuse_changed_config(cfg: Config, work_dir: str, path: str | None = None, saved: dict | None = None) -> None:
+    """Refuse to resume the run in `work_dir` under a changed config (see resume_differences).
+
+    Called first before the data is read, with the config read from the latest checkpoint
+    memory-mapped (no weights loaded): fewer classes would otherwise first show up as masks
+    "outside the classes", and a long data load would come before the refusal.
+    """
+    if path is None:
+        path = ckpt_lib.latest(work_dir)
+        try:
+            saved = path and torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("config")
+        except Exception:  # unreadable: TrainLoop._resume loads it properly and says what is wrong
+            return
+    changed = resume_differences(saved, cfg) if path and isinstance(saved, dict) else []
+    if changed:
+        raise CheckpointError(f"cannot resume {path} with this config: {'; '.join(changed)}; a run keeps its "
+                              f"network, objective, schedule, timestep window and classes (use a new --work_dir)")
+
+
+def build_parts(cfg: Config, work_dir: str, progress: bool = True, data=None) -> tuple[UNetModel, GaussianDiffusion,
+                                                                                      DefectDataset]:
+    """What `defect-gen train` hands the loop, as guided-diffusion's image_train.py does: the
+    network (seeded by train.seed, so every rank starts from the same weights), the diffusion,
+    and the training pairs (`data`, if given, instead of cfg.data's: a stand-in needs `batch`,
+    `write_selection` and `data`, as DefectDataset has). A config that cannot resume the run
+    in `work_dir` is refused before the data is read (minutes, on a big set)."""
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = build_unet(cfg.model, cfg.num_defect)
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    refuse_changed_config(cfg, work_dir)
+    if data is None:
+        data = DefectDataset(cfg.data, cfg.model.image_size, progress=progress and distributed.info().is_main)
+    return model, diffusion, data
+
+
 class TrainLoop:
-    def __init__(self, cfg: Config, work_dir: str, device: torch.device, progress: bool = True,
-                 data: DefectDataset | None = None):
-        """data: the training pairs; by default read from cfg.data. A stand-in needs `batch`,
-        `write_selection` and `data`, as DefectDataset has (the benchmark passes random pairs)."""
+    """The training loop over a model, a diffusion and data it is handed (`build_parts` makes
+    them from a config; `TrainLoop.from_config` does both)."""
+
+    def __init__(self, cfg: Config, work_dir: str, device: torch.device, model: UNetModel,
+                 diffusion: GaussianDiffusion, data: DefectDataset, progress: bool = True):
         self.cfg, self.work_dir, self.device = cfg, work_dir, device
         self.dist = distributed.info()
         self.progress = progress and self.dist.is_main
         tcfg = cfg.train
-        torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
-        self.model = build_unet(cfg.model, cfg.num_defect).to(device)
+        self.model = model.to(device)
         if tcfg.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.emas = {rate: copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -156,11 +191,9 @@ class TrainLoop:
         self.opt = make_optimizer(self.model, tcfg.lr, tcfg.weight_decay, device)
         self.amp_dtype = self._resolve_precision()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+        self.diffusion = diffusion
         self.t_window = window(cfg.diffusion.num_timesteps, cfg.diffusion.t_min, cfg.diffusion.t_max)
-        self._refuse_changed_config()
-        self.data = data if data is not None else DefectDataset(cfg.data, cfg.model.image_size,
-                                                                progress=self.progress)
+        self.data = data
         if self.dist.is_main:  # which files were trained on, so the rest can be held out for testing
             os.makedirs(work_dir, exist_ok=True)
             self.data.write_selection(os.path.join(work_dir, "selected_files.json"))
@@ -174,6 +207,12 @@ class TrainLoop:
         self.tb: ScalarWriter | None = None  # optional TensorBoard copy of metrics.jsonl
         self._reset_stats()
         self._resume()
+
+    @classmethod
+    def from_config(cls, cfg: Config, work_dir: str, device: torch.device, progress: bool = True,
+                    data=None) -> TrainLoop:
+        """The loop `defect-gen train` runs for cfg: `build_parts`, then the loop over them."""
+        return cls(cfg, work_dir, device, *build_parts(cfg, work_dir, progress, data), progress=progress)
 
     def _resolve_precision(self) -> torch.dtype | None:
         """train.precision as an autocast dtype; `auto` on a CPU with bf16 instructions times
@@ -218,24 +257,6 @@ class TrainLoop:
             "precision": DTYPE_NAMES[self.amp_dtype],
         }
 
-    def _refuse_changed_config(self, path: str | None = None, saved: dict | None = None) -> None:
-        """Refuse to resume under a changed config (see resume_differences).
-
-        Called first before the data is read, with the config read from the latest checkpoint
-        memory-mapped (no weights loaded): fewer classes would otherwise first show up as masks
-        "outside the classes", and a long data load would come before the refusal.
-        """
-        if path is None:
-            path = ckpt_lib.latest(self.work_dir)
-            try:
-                saved = path and torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("config")
-            except Exception:  # unreadable: _resume loads it properly and says what is wrong
-                return
-        changed = resume_differences(saved, self.cfg) if path and isinstance(saved, dict) else []
-        if changed:
-            raise CheckpointError(f"cannot resume {path} with this config: {'; '.join(changed)}; a run keeps its "
-                                  f"network, objective, schedule, timestep window and classes (use a new --work_dir)")
-
     def _resume(self) -> None:
         path = ckpt_lib.latest(self.work_dir)
         if path is None:
@@ -246,7 +267,7 @@ class TrainLoop:
             raise CheckpointError(f"{path} cannot be resumed from: it lacks {', '.join(lacking)} (an exported "
                                   f"EMA-only file? those are for sampling); point checkpoint/latest at a training "
                                   f"checkpoint, or use a new --work_dir")
-        self._refuse_changed_config(path, state.get("config"))
+        refuse_changed_config(self.cfg, self.work_dir, path, state.get("config"))
         self._keep_precision(state.get("precision"))
         self.model.load_state_dict(state["model"])
         for rate, ema in self.emas.items():
