@@ -170,6 +170,19 @@ def make_step(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
 
 
 @torch.no_grad()
+def run_chain(step: Callable[..., tuple[torch.Tensor, torch.Tensor]], denoise: Denoiser, x: torch.Tensor,
+              timesteps: Sequence[int], diffusion: GaussianDiffusion, *, generator: Generator = None,
+              eta: float = 0.0, callback: Callable | None = None, progress: bool = False,
+              desc: str = "sampling") -> torch.Tensor:
+    """The one chain runner behind every sampler: `step` from each t to the next, down to
+    clean data; `callback(t=, x=, x0=)` after each step."""
+    for t, t_prev in _steps(timesteps, progress, desc):
+        x, x0 = step(denoise, x, t, t_prev, diffusion, generator, eta)
+        if callback is not None:
+            callback(t=t, x=x, x0=x0)
+    return x
+
+
 def sample_ddpm(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int], diffusion: GaussianDiffusion,
                 *, generator: Generator = None, eta: float = 1.0, callback: Callable | None = None,
                 progress: bool = False) -> torch.Tensor:
@@ -178,14 +191,13 @@ def sample_ddpm(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int], di
     Over a respaced sequence the step t -> t' uses beta = 1 - alpha_bar_t / alpha_bar_t', as in
     Nichol & Dhariwal's respacing. `eta` is accepted for a uniform signature and ignored.
     """
-    for t, t_prev in _steps(timesteps, progress, "ddpm"):
-        x, x0 = ddpm_step(denoise, x, t, t_prev, diffusion, generator)
-        if callback is not None:
-            callback(t=t, x=x, x0=x0)
-    return x
+    def step(d, x_t, t, t_prev, diff, g, _eta):  # the true posterior: no eta
+        return ddpm_step(d, x_t, t, t_prev, diff, g)
+
+    return run_chain(step, denoise, x, timesteps, diffusion, generator=generator,
+                     callback=callback, progress=progress, desc="ddpm")
 
 
-@torch.no_grad()
 def sample_ddim(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int], diffusion: GaussianDiffusion,
                 *, generator: Generator = None, eta: float = 0.0, callback: Callable | None = None,
                 progress: bool = False) -> torch.Tensor:
@@ -194,14 +206,10 @@ def sample_ddim(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int], di
     s = eta * sqrt((1 - ab') / (1 - ab) * (1 - ab / ab')); eta = 0 is deterministic, eta = 1
     has the same marginals as ancestral DDPM.
     """
-    for t, t_prev in _steps(timesteps, progress, "ddim"):
-        x, x0 = ddim_step(denoise, x, t, t_prev, diffusion, generator, eta)
-        if callback is not None:
-            callback(t=t, x=x, x0=x0)
-    return x
+    return run_chain(ddim_step, denoise, x, timesteps, diffusion, generator=generator, eta=eta, callback=callback,
+                     progress=progress, desc="ddim")
 
 
-@torch.no_grad()
 def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int], diffusion: GaussianDiffusion,
                     *, generator: Generator = None, eta: float = 0.0, callback: Callable | None = None,
                     progress: bool = False) -> torch.Tensor:
@@ -209,14 +217,11 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, timesteps: Sequence[int]
     one network call per timestep; see `DPMSolverPP2MStep`. Closer to the 1000-step DDIM
     chain than DDIM at equal steps (README). `eta` must be 0; `generator` is unused.
     """
-    step = DPMSolverPP2MStep()
-    for t, t_prev in _steps(timesteps, progress, "dpmpp_2m"):
-        if not 0 <= t < diffusion.num_timesteps:
-            raise ValueError(f"timestep {t} is outside [0, {diffusion.num_timesteps})")
-        x, x0 = step(denoise, x, t, t_prev, diffusion, generator, eta)
-        if callback is not None:
-            callback(t=t, x=x, x0=x0)
-    return x
+    outside = [t for t in timesteps if not 0 <= int(t) < diffusion.num_timesteps]
+    if outside:
+        raise ValueError(f"timestep {outside[0]} is outside [0, {diffusion.num_timesteps})")
+    return run_chain(DPMSolverPP2MStep(), denoise, x, timesteps, diffusion, generator=generator, eta=eta,
+                     callback=callback, progress=progress, desc="dpmpp_2m")
 
 
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}
