@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from defect_gen.cli import main
-from defect_gen.cli import mix as mix_command
+from defect_gen.cli import mix as mix_cli
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.evaluation.crossval import made_from
 from defect_gen.evaluation.data import load_synthetic
@@ -139,10 +139,10 @@ def test_choose_refuses_reports_it_cannot_choose_from(tmp_path, capsys):
     with pytest.raises(ConfigError, match="ratios 1, 2; pick one with ratio$") as exc:
         choose_takes(report, log=lambda _: None)
     results = os.path.join(report, "results.json")
-    assert exc.value.render(mix_command.FLAGS) == f"--choose {results}: runs at ratios 1, 2; pick one with --ratio"
+    assert exc.value.render(mix_cli.FLAGS) == f"--choose {results}: runs at ratios 1, 2; pick one with --ratio"
     with pytest.raises(ConfigError, match="^ratio 4: .* has runs at 1, 2") as exc:
         choose_takes(report, ratio=4.0, log=lambda _: None)
-    assert exc.value.render(mix_command.FLAGS) == f"--ratio 4: {results} has runs at 1, 2"
+    assert exc.value.render(mix_cli.FLAGS) == f"--ratio 4: {results} has runs at 1, 2"
     with pytest.raises(DataError, match="no folder beats real pairs alone"):
         choose_takes(report, ratio=2.0, log=lambda _: None)
     with pytest.raises(DataError, match="cannot read results.json"):
