@@ -13,6 +13,7 @@ from conftest import ROOT
 from PIL import Image
 from tqdm.auto import tqdm
 
+from defect_gen.cli import evaluate as evaluate_cli
 from defect_gen.cli import main
 from defect_gen.config import load_config
 from defect_gen.errors import ConfigError
@@ -66,8 +67,9 @@ def test_mean_std_over_seeds_ignores_nan():
 def test_parse_ratios():
     assert parse_ratios("2, 0.5,1,1") == [0.5, 1.0, 2.0]
     for bad in ("", "a,1", "0", "-1", "nan"):
-        with pytest.raises(ConfigError, match="--ratios"):
+        with pytest.raises(ConfigError, match="^ratios: expected") as exc:  # the parameter; the command's flag:
             parse_ratios(bad)
+        assert exc.value.render(evaluate_cli.FLAGS) == "--" + str(exc.value)
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,8 +125,10 @@ def test_deeplabv3_is_optional():
     try:
         import torchvision  # noqa: F401
     except Exception:
-        with pytest.raises(ConfigError, match="needs torchvision.*use --segmenter unet"):
+        with pytest.raises(ConfigError, match="^arch deeplabv3 needs torchvision.*use arch unet$") as exc:
             build_segmenter("deeplabv3", 3)
+        assert exc.value.render(evaluate_cli.FLAGS).startswith("--segmenter deeplabv3 needs torchvision")
+        assert exc.value.render(evaluate_cli.FLAGS).endswith("; use --segmenter unet")
     else:
         assert build_segmenter("deeplabv3", 3).eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
@@ -306,8 +310,10 @@ def test_fold_groups_cover_every_pair_once_and_spread_each_class():
         assert max(per_group) - min(per_group) <= 1, (c, per_group)
     assert groups == fold_groups(pairs, 5, 3) and groups != fold_groups(pairs, 5, 3, seed=1)
     for bad in (1, 31):
-        with pytest.raises(ConfigError, match="--folds: expected 2 to 30"):
+        with pytest.raises(ConfigError, match="^folds: expected 2 to 30") as exc:
             fold_groups(pairs, 5, bad)
+        flags = exc.value.render(evaluate_cli.FLAGS)
+        assert flags == f"--folds: expected 2 to 30 (the real training pairs), got {bad}"
 
 
 def test_fold_sets_leave_out_pairs_made_from_a_validation_photo(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from defect_gen.cli import main
+from defect_gen.cli import mix as mix_cli
 from defect_gen.errors import ConfigError, DataError
 from defect_gen.evaluation.crossval import made_from
 from defect_gen.evaluation.data import load_synthetic
@@ -95,6 +96,7 @@ def test_mix_command_reports_a_bad_class_in_one_line(tmp_path, capsys):
     assert main(["mix", "--take", f"{folder}:stain", "--out", str(tmp_path / "mix")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "class stain" in err and "scratch (1)" in err
+    assert err.startswith(f"defect-gen mix: error: --take {folder}: no pair of class stain")  # the flag, not `takes`
     assert main(["mix", "--take", f"{folder}:scratch", "--out", str(tmp_path / "mix")]) == 0
     assert len(os.listdir(tmp_path / "mix" / "images")) == 1
 
@@ -133,10 +135,14 @@ def test_choose_refuses_reports_it_cannot_choose_from(tmp_path, capsys):
     painted = _folder(tmp_path, "painted", ["scratch"])
     report = _report(tmp_path, {"painted": painted}, [
         ("real only", 0.0, [0.3, 0.3, 0.3]), ("painted", 1.0, [0.1, 0.1, 0.1]), ("painted", 2.0, [0.2, 0.2, 0.2])])
-    with pytest.raises(ConfigError, match="ratios 1, 2; pick one with --ratio"):
+    # The library names its parameters; `mix` renders them as its flags.
+    with pytest.raises(ConfigError, match="ratios 1, 2; pick one with ratio$") as exc:
         choose_takes(report, log=lambda _: None)
-    with pytest.raises(ConfigError, match="--ratio 4: .* has runs at 1, 2"):
+    results = os.path.join(report, "results.json")
+    assert exc.value.render(mix_cli.FLAGS) == f"--choose {results}: runs at ratios 1, 2; pick one with --ratio"
+    with pytest.raises(ConfigError, match="^ratio 4: .* has runs at 1, 2") as exc:
         choose_takes(report, ratio=4.0, log=lambda _: None)
+    assert exc.value.render(mix_cli.FLAGS) == f"--ratio 4: {results} has runs at 1, 2"
     with pytest.raises(DataError, match="no folder beats real pairs alone"):
         choose_takes(report, ratio=2.0, log=lambda _: None)
     with pytest.raises(DataError, match="cannot read results.json"):

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from defect_gen import fsutil
 
+# The library's parameter names (evaluate, crossvalidate, EvalSettings, SegSettings and the loaders of
+# evaluation/data.py) -> this command's flags: the one place they are renamed.
+FLAGS = {"config_path": "--real", "overrides": "--set", "synthetic_dirs": "--synthetic",
+         "copy_paste_dir": "--copy-paste", "out_dir": "--out", "ratios": "--ratios", "seeds": "--seeds",
+         "steps": "--steps", "batch_size": "--batch_size", "crop": "--crop", "lr": "--lr", "width": "--width",
+         "real_finish": "--real_finish", "real_share": "--real_share", "image_size": "--image_size",
+         "negatives": "--negatives", "max_heldout": "--max_heldout", "folds": "--folds", "arch": "--segmenter",
+         "jobs": "--jobs"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="do generated pairs help a segmenter? real only vs real + synthetic, "

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from defect_gen import fsutil
 
+# The library's parameter names (filter_folders, FilterSettings, the loaders of evaluation/data.py)
+# -> this command's flags: the one place they are renamed.
+FLAGS = {"config_path": "--real", "overrides": "--set", "synthetic_dirs": "--synthetic", "out_dir": "--out",
+         "keep": "--keep", "steps": "--steps", "seed": "--seed", "image_size": "--image_size"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("filter", help="keep the generated pairs whose defect a segmenter trained on the real "

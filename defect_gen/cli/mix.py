@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# The library's parameter names (evaluation/mix.py) -> this command's flags; out_dir and
+# synthetic_dirs are `evaluate`'s, named where an error says what its report should hold.
+FLAGS = {"takes": "--take", "report_dir": "--choose", "ratio": "--ratio", "out": "--out",
+         "out_dir": "--out", "synthetic_dirs": "--synthetic"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("mix", help="combine generated pair folders class by class (e.g. painted blowholes, "

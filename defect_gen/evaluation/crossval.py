@@ -46,7 +46,7 @@ def fold_groups(pairs: PairSet, num_classes: int, folds: int, seed: int = 0) -> 
     """`folds` disjoint groups of pair indices covering every pair, each class spread evenly:
     pairs ordered by their largest class (shuffled within it with `seed`), then dealt in turn."""
     if not 2 <= folds <= len(pairs):
-        raise ConfigError(f"--folds: expected 2 to {len(pairs)} (the real training pairs), got {folds}")
+        raise ConfigError.with_params(f"{{folds}}: expected 2 to {len(pairs)} (the real training pairs), got {folds}")
     counts = [torch.bincount(m.reshape(-1).long(), minlength=num_classes)[1:] for m in pairs.masks]
     largest = [int(c.argmax()) if int(c.sum()) else -1 for c in counts]
     rng = random.Random(seed)
@@ -136,9 +136,9 @@ def crossvalidate(cfg: Config, config_path: str, synthetic_dirs: list[str], out_
                   folds: int, log=print) -> Results:
     """K-fold cross-validation of real only against real + each synthetic folder at each ratio."""
     if settings.copy_paste_dir:
-        raise ConfigError("--folds: the built-in --copy-paste baseline pastes every training defect, the "
-                          "validation ones too; make a copy-paste folder with `defect-gen paint --copy-paste` "
-                          "(it records each pair's source) and give it as --synthetic")
+        raise ConfigError.with_params("{folds}: the built-in {copy_paste_dir} baseline pastes every training defect, "
+                                      "the validation ones too; make a copy-paste folder with `defect-gen paint "
+                                      "--copy-paste` (it records each pair's source) and give it as {synthetic_dirs}")
     start, size = time.time(), settings.image_size
     real, how = load_train(cfg, config_path, size, progress=settings.progress)
     classes = list(cfg.data.classes)

@@ -64,7 +64,8 @@ def _selection(d: DataConfig, config_path: str, progress: bool):
     selection = select_pairs(report)
     train = [p for p in selection.train if p.class_pixels]
     if not train:
-        raise DataError(f"--real {config_path}: the few-shot selection ({selection.how}) holds no defect image")
+        raise DataError.with_params("{config_path} {path}: the few-shot selection ({how}) holds no defect image",
+                                    path=config_path, how=selection.how)
     return report, selection, train
 
 
@@ -84,14 +85,15 @@ def load_real(cfg: Config, config_path: str, size: int, max_heldout: int | None 
     """
     d = cfg.data
     if d.num_images_per_class is None and not d.selection_file:
-        raise ConfigError(f"--real {config_path}: data.num_images_per_class is not set, so every image is a "
-                          f"training image and none is left to test on; set it, e.g. "
-                          f"--set data.num_images_per_class=10")
+        raise ConfigError.with_params("{config_path} {path}: data.num_images_per_class is not set, so every image "
+                                      "is a training image and none is left to test on; set it, e.g. "
+                                      "{overrides} data.num_images_per_class=10", path=config_path)
     report, selection, train = _selection(d, config_path, progress)
     rest = [p for p in selection.rest if p.class_pixels]
     if not rest:
-        raise DataError(f"--real {config_path}: no defect image is left out of the few-shot selection "
-                        f"({selection.how}) to test on; lower data.num_images_per_class")
+        raise DataError.with_params("{config_path} {path}: no defect image is left out of the few-shot selection "
+                                    "({how}) to test on; lower data.num_images_per_class",
+                                    path=config_path, how=selection.how)
     if max_heldout is not None and len(rest) > max_heldout:
         rest = sorted(random.Random(seed).sample(rest, max_heldout), key=lambda p: p.record.image)
     how = (f"train: {selection.how}; held out: {len(rest)} of the "
@@ -107,8 +109,9 @@ def load_negatives(cfg: Config, config_path: str, n: int, size: int, progress: b
     report = check_dataset(cfg.data, progress=progress)
     good = [p for p in report.pairs if not p.class_pixels]
     if len(good) < n:
-        raise DataError(f"--negatives {n}: the real config {config_path} has {len(good)} defect-free image(s) "
-                        f"(data.good_folders {list(cfg.data.good_folders)} under data.root); expected at least {n}")
+        raise DataError.with_params(f"{{negatives}} {n}: the real config {{path}} has {len(good)} defect-free "
+                                    f"image(s) (data.good_folders {{folders}} under data.root); expected at least {n}",
+                                    path=config_path, folders=list(cfg.data.good_folders))
     pick = sorted(random.Random(0).sample(good, n), key=lambda p: p.record.image)
     return _load(pick, cfg.data, report.kind, size, "loading negatives", progress)
 
@@ -116,16 +119,18 @@ def load_negatives(cfg: Config, config_path: str, n: int, size: int, progress: b
 def load_synthetic(path: str, classes: list[str], size: int, progress: bool = False) -> PairSet:
     """A `defect-gen sample` folder (paired layout: images/ + masks/ class indices) at `size`."""
     if not os.path.isdir(os.path.join(path, "images")) or not os.path.isdir(os.path.join(path, "masks")):
-        raise DataError(f"--synthetic {path}: expected a `defect-gen sample` folder with images/ and masks/ "
-                        f"(paired layout)")
+        raise DataError.with_params("{synthetic_dirs} {path}: expected a `defect-gen sample` folder with images/ "
+                                    "and masks/ (paired layout)", path=path)
     cfg = DataConfig(root=path, layout="paired", classes=list(classes), good_folders=[])
     report = check_dataset(cfg, progress=progress)
     # A class the generator never drew is a finding for the report, not a reason to refuse.
     bad = [p for p in report.problems if p.skippable]
     if bad:
-        raise DataError(f"--synthetic {path}: {len(bad)} bad pair(s), e.g. {bad[0].message}")
+        raise DataError.with_params(f"{{synthetic_dirs}} {{path}}: {len(bad)} bad pair(s), e.g. {{problem}}",
+                                    path=path, problem=bad[0].message)
     if not report.pairs:
-        raise DataError(f"--synthetic {path}: no pairs found; expected images/<stem>.png with masks/<stem>.png")
+        raise DataError.with_params("{synthetic_dirs} {path}: no pairs found; expected images/<stem>.png with "
+                                    "masks/<stem>.png", path=path)
     return _load(sorted(report.pairs, key=lambda p: p.record.image), cfg, report.kind, size,
                  f"loading {os.path.basename(path)}", progress)
 
@@ -167,9 +172,11 @@ def check_no_leak(heldout: PairSet, synthetic_dirs: list[str], config_path: str)
     for folder in synthetic_dirs:
         leaked = sorted(held & generator_training_pairs(folder))
         if leaked:
-            raise ConfigError(f"--synthetic {folder}: {len(leaked)} held-out pair(s) of --real {config_path} were "
-                              f"used to make these pairs (e.g. {leaked[0]}); evaluate on the generator's own split: "
-                              f"--set data.selection_file=RUN/selected_files.json")
+            raise ConfigError.with_params(f"{{synthetic_dirs}} {{folder}}: {len(leaked)} held-out pair(s) of "
+                                          f"{{config_path}} {{path}} were used to make these pairs (e.g. {{pair}}); "
+                                          f"evaluate on the generator's own split: {{overrides}} "
+                                          f"data.selection_file=RUN/selected_files.json",
+                                          folder=folder, path=config_path, pair=leaked[0])
 
 
 def copy_paste_pairs(cfg: Config, good_dir: str, n: int, size: int, seed: int = 0,

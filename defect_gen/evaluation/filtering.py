@@ -171,26 +171,27 @@ def _segmenter(train: PairSet, num_classes: int, s: FilterSettings, out_dir: str
     return model
 
 
-def filter_folders(cfg: Config, config_path: str, folders: list[str], out_dir: str, s: FilterSettings,
+def filter_folders(cfg: Config, config_path: str, synthetic_dirs: list[str], out_dir: str, s: FilterSettings,
                    log=print) -> list[str]:
     """Train one segmenter on the real training pairs, then write the kept share of each
     folder to OUT/<folder name>; returns those paths. An existing output is never replaced."""
     if not 0.0 < s.keep <= 1.0:
-        raise ConfigError(f"--keep must be in (0, 1] (a share of each class's pairs), got {s.keep}")
-    targets = [os.path.join(out_dir, os.path.basename(os.path.normpath(f))) for f in folders]
+        raise ConfigError.with_params(f"{{keep}} must be in (0, 1] (a share of each class's pairs), got {s.keep}")
+    targets = [os.path.join(out_dir, os.path.basename(os.path.normpath(f))) for f in synthetic_dirs]
     if len(set(targets)) < len(targets):
-        raise ConfigError(f"--synthetic: two folders share a name ({', '.join(folders)}); each is written to "
-                          f"OUT/<its name>")
+        raise ConfigError.with_params("{synthetic_dirs}: two folders share a name ({folders}); each is written to "
+                                      "OUT/<its name>", folders=", ".join(synthetic_dirs))
     for t in targets:
         if os.path.exists(t):
-            raise DataError(f"--out {out_dir}: {t} already exists; remove it or choose another --out")
+            raise DataError.with_params("{out_dir} {path}: {target} already exists; remove it or choose another "
+                                        "{out_dir}", path=out_dir, target=t)
     names = ["background", *cfg.data.classes]
-    loaded = [load_synthetic(f, cfg.data.classes, s.image_size, s.progress) for f in folders]  # fail early
+    loaded = [load_synthetic(f, cfg.data.classes, s.image_size, s.progress) for f in synthetic_dirs]  # fail early
     train, how = load_train(cfg, config_path, s.image_size, s.progress)
     log(f"segmenter: {s.seg.steps} steps on the real training pairs ({how}), seed {s.seed}, at {s.image_size} px")
     model = _segmenter(train, len(names), s, out_dir, log)
     settings = {"real": config_path, "training_pairs": how, **asdict(s)}
-    for folder, pairs, out in zip(folders, loaded, targets):
+    for folder, pairs, out in zip(synthetic_dirs, loaded, targets):
         rows = pair_folder.rows_by_name(folder)
         region = regions(folder, pairs, rows)
         pred = predict(model, pairs.images)

@@ -52,7 +52,8 @@ def parse_take(text: str) -> Take:
         return Take(text, None)
     classes = tuple(c.strip() for c in names.split(",") if c.strip())
     if not classes:
-        raise ConfigError(f"--take {text!r}: expected DIR or DIR:CLASS[,CLASS...] with at least one class name")
+        raise ConfigError.with_params("{takes} {value}: expected DIR or DIR:CLASS[,CLASS...] with at least one "
+                                      "class name", value=repr(text))
     return Take(folder, classes)
 
 
@@ -67,11 +68,12 @@ def _read_report(report_dir: str) -> tuple[str, dict]:
         with open(path, encoding="utf-8") as f:
             report = json.load(f)
     except (OSError, ValueError) as exc:
-        raise DataError(f"--choose {report_dir}: cannot read results.json ({exc}); expected an `evaluate` "
-                        f"--out folder") from None
+        raise DataError.with_params("{report_dir} {path}: cannot read results.json ({error}); expected an "
+                                    "`evaluate` {out_dir} folder", path=report_dir, error=exc) from None
     if not isinstance(report, dict) or not isinstance(report.get("synthetic"), dict):
-        raise DataError(f"--choose {path}: no \"synthetic\" folder list (written by evaluate since `mix`); run "
-                        f"the same `evaluate` again: its cached segmenters make that quick")
+        raise DataError.with_params("{report_dir} {path}: no \"synthetic\" folder list (written by evaluate since "
+                                    "`mix`); run the same `evaluate` again: its cached segmenters make that quick",
+                                    path=path)
     return path, report
 
 
@@ -101,30 +103,34 @@ def choose_takes(report_dir: str, ratio: float | None = None, log=print) -> list
         real = next((r for r in report["runs"] if r["label"] == "real only"), None)
         ratios = sorted({r["ratio"] for r in runs})
         if real is None or not runs:
-            raise DataError(f"--choose {path}: expected a real-only run and runs of --synthetic folders")
+            raise DataError.with_params("{report_dir} {path}: expected a real-only run and runs of "
+                                        "{synthetic_dirs} folders", path=path)
         if ratio is None and len(ratios) > 1:
-            raise ConfigError(f"--choose {path}: runs at ratios {', '.join(f'{x:g}' for x in ratios)}; pick one "
-                              f"with --ratio")
+            raise ConfigError.with_params(f"{{report_dir}} {{path}}: runs at ratios "
+                                          f"{', '.join(f'{x:g}' for x in ratios)}; pick one with {{ratio}}", path=path)
         ratio = ratios[0] if ratio is None else ratio
         runs = [r for r in runs if r["ratio"] == ratio]
         if not runs:
-            raise ConfigError(f"--ratio {ratio:g}: {path} has runs at {', '.join(f'{x:g}' for x in ratios)}")
+            raise ConfigError.with_params(f"{{ratio}} {ratio:g}: {{path}} has runs at "
+                                          f"{', '.join(f'{x:g}' for x in ratios)}", path=path)
         folds = report["settings"].get("folds")
         log(f"per-class IoU ({f'{folds}-fold cross-validated' if folds else 'held-out'}, x{ratio:g}, mean over "
             f"{report['settings']['seeds']} seed(s)):")
         chosen = _per_class_choice(report, runs, real, log)
     except (KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise DataError(f"--choose {path}: not an `evaluate` results.json (missing or odd entry: {exc!r})") from None
+        raise DataError.with_params("{report_dir} {path}: not an `evaluate` results.json (missing or odd entry: "
+                                    "{entry})", path=path, entry=repr(exc)) from None
     if not chosen:
-        raise DataError(f"--choose {path}: no folder beats real pairs alone on any class; nothing to mix")
+        raise DataError.with_params("{report_dir} {path}: no folder beats real pairs alone on any class; nothing "
+                                    "to mix", path=path)
     return [Take(folders[label], tuple(names)) for label, names in chosen.items()]
 
 
 def _rows(take: Take) -> list[dict]:
     """The manifest rows of the pairs `take` asks for; each named class must occur in the folder."""
     if not pair_folder.has_manifest(take.folder):
-        raise DataError(f"--take {take.folder}: no {pair_folder.MANIFEST} there (expected a `defect-gen sample` / "
-                        f"`paint` folder in the paired layout)")
+        raise DataError.with_params(f"{{takes}} {{folder}}: no {pair_folder.MANIFEST} there (expected a "
+                                    f"`defect-gen sample` / `paint` folder in the paired layout)", folder=take.folder)
     rows = [r for r in pair_folder.read_rows(take.folder, strict=False)
             if isinstance(r.get("name"), str) and isinstance(r.get("files"), dict)]
     present = Counter(c for r in rows for c in r.get("classes", []))
@@ -133,8 +139,8 @@ def _rows(take: Take) -> list[dict]:
     missing = [c for c in take.classes if c not in present]
     if missing:
         have = ", ".join(f"{c} ({n})" for c, n in sorted(present.items())) or "none"
-        raise DataError(f"--take {take.folder}: no pair of class {', '.join(missing)} in its manifest; "
-                        f"classes there: {have}")
+        raise DataError.with_params("{takes} {folder}: no pair of class {missing} in its manifest; classes there: "
+                                    "{have}", folder=take.folder, missing=", ".join(missing), have=have)
     wanted = set(take.classes)
     return [r for r in rows if r.get("classes") and set(r["classes"]) <= wanted]
 
@@ -152,7 +158,8 @@ def _copy_pair(take: Take, row: dict, tmp: str) -> dict:
         if not os.path.isfile(src):
             if key == "mask_color":
                 continue  # a colour preview only; image and mask are what a pair is
-            raise DataError(f"--take {take.folder}: {rel} (listed for pair {row['name']}) does not exist")
+            raise DataError.with_params("{takes} {folder}: {rel} (listed for pair {name}) does not exist",
+                                        folder=take.folder, rel=rel, name=row["name"])
         sources[key] = src
     return {**row, "name": name, "files": pair_folder.copy_pair(sources, tmp, name), "from": take.folder}
 
@@ -195,18 +202,18 @@ def mix_folders(takes: list[Take], out: str, log=print) -> dict[str, int]:
     """Write the pairs each take selects into one folder `out`; returns the pairs per class."""
     folders = [os.path.normpath(t.folder) for t in takes]
     if len(set(folders)) < len(folders):
-        raise ConfigError("--take: a folder is named twice; list all its classes in one --take DIR:A,B")
+        raise ConfigError.with_params("{takes}: a folder is named twice; list all its classes in one {takes} DIR:A,B")
     prefixes = [os.path.basename(f) for f in folders]
     if len(set(prefixes)) < len(prefixes):
-        raise ConfigError(f"--take: two folders share a name ({', '.join(folders)}); the pairs are renamed "
-                          f"<folder name>_<name>, so the names must differ")
+        raise ConfigError.with_params("{takes}: two folders share a name ({folders}); the pairs are renamed "
+                                      "<folder name>_<name>, so the names must differ", folders=", ".join(folders))
     if os.path.exists(out):
-        raise DataError(f"--out {out} already exists; remove it or choose another --out")
+        raise DataError.with_params("{out} {path} already exists; remove it or choose another {out}", path=out)
     chosen = [(t, _rows(t)) for t in takes]  # every folder checked before anything is written
     for t, rows in chosen:
         if not rows:
             what = f"holds only the classes {', '.join(t.classes)}" if t.classes else "is listed in its manifest"
-            raise DataError(f"--take {t.folder}: no pair there {what}")
+            raise DataError.with_params("{takes} {folder}: no pair there {what}", folder=t.folder, what=what)
     tmp = out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)  # what a stopped run left
     for sub in SUBDIRS:

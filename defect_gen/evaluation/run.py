@@ -106,9 +106,11 @@ def parse_ratios(text: str) -> list[float]:
     try:
         ratios = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--ratios: expected comma-separated numbers such as 0.5,1,2, got {text!r}") from None
+        raise ConfigError.with_params("{ratios}: expected comma-separated numbers such as 0.5,1,2, got {value}",
+                                      value=repr(text)) from None
     if not ratios or any(not math.isfinite(r) or r <= 0 for r in ratios):
-        raise ConfigError(f"--ratios: expected positive numbers (synthetic pairs per real pair), got {text!r}")
+        raise ConfigError.with_params("{ratios}: expected positive numbers (synthetic pairs per real pair), got "
+                                      "{value}", value=repr(text))
     return sorted(set(ratios))
 
 

@@ -62,9 +62,9 @@ class _DeepLab(nn.Module):
         try:
             from torchvision.models.segmentation import deeplabv3_resnet50
         except Exception as exc:  # ImportError, or a torchvision built for another torch
-            raise ConfigError(f"--segmenter deeplabv3 needs torchvision, which does not import here "
-                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); use --segmenter unet"
-                              ) from None
+            raise ConfigError.with_params("{arch} deeplabv3 needs torchvision, which does not import here ({why}); "
+                                          "use {arch} unet",
+                                          why=f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}") from None
         # weights=None: nothing is downloaded; the backbone trains from scratch like the UNet.
         self.net = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
 
@@ -78,7 +78,7 @@ def build_segmenter(name: str, num_classes: int, width: int = 16) -> nn.Module:
         return TinyUNet(num_classes, (width, 2 * width, 4 * width))
     if name == "deeplabv3":
         return _DeepLab(num_classes)
-    raise ConfigError(f"--segmenter: expected one of {', '.join(SEGMENTERS)}, got {name!r}")
+    raise ConfigError.with_params(f"{{arch}}: expected one of {', '.join(SEGMENTERS)}, got {{value}}", value=repr(name))
 
 
 @dataclass
