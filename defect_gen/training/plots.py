@@ -100,11 +100,3 @@ def histogram_plot(path: str, samples: dict[str, list[float]], title: str, bins:
     ax.set_xticks(positions, [f"{edge:.3g}" for edge in bins])
     ax.set_ylim(bottom=0)
     _finish(fig, ax, path, title, x_label=x_label, y_label="share of images")
-
-
-def parse_renames(items: list[str]) -> dict[str, str]:
-    """The plot scripts' `--label OLD=NEW` options as {OLD: NEW}; SystemExit names a bad one."""
-    bad = [item for item in items if "=" not in item]
-    if bad:
-        raise SystemExit(f"--label: expected OLD=NEW, got {bad[0]!r}")
-    return dict(item.split("=", 1) for item in items)

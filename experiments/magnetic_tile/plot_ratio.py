@@ -11,8 +11,13 @@ one copy-paste run.
 
 import argparse
 import json
+import os
+import sys
 
-from defect_gen.training.plots import errorbar_plot, parse_renames
+from defect_gen.training.plots import errorbar_plot
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from labels import parse_renames  # noqa: E402  (beside this file)
 
 
 def main() -> None:

@@ -12,8 +12,13 @@ drawn once, with the most seeds any of them has.
 
 import argparse
 import json
+import os
+import sys
 
-from defect_gen.training.plots import line_plot, parse_renames
+from defect_gen.training.plots import line_plot
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from labels import parse_renames  # noqa: E402  (beside this file)
 
 
 def seed_series(paths: list[str], ratios: list[float], rename: dict[str, str]) -> dict[str, list[float]]:
