@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from defect_gen import fsutil
 
+# The library's parameter names -> this command's flags (see errors.DefectGenError.with_params).
+FLAGS = {"out": "--out", "overrides": "--set"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="do generated pairs help a segmenter? real only vs real + synthetic, "
@@ -63,7 +66,7 @@ def run(args) -> int:
     from defect_gen.evaluation.segmenter import SegSettings
 
     cfg = load_config(args.real, args.overrides)
-    fsutil.check_writable(args.out, "--out")  # before minutes of training segmenters
+    fsutil.check_writable(args.out, "out")  # before minutes of training segmenters
     size = args.image_size
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--batch_size", args.batch_size),
                         ("--width", args.width), ("--max_heldout", args.max_heldout or 1), ("--image_size", size),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from defect_gen import fsutil
 
+# The library's parameter names -> this command's flags (see errors.DefectGenError.with_params).
+FLAGS = {"out": "--out", "overrides": "--set"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("filter", help="keep the generated pairs whose defect a segmenter trained on the real "
@@ -29,7 +32,7 @@ def run(args) -> int:
     from defect_gen.evaluation.segmenter import SegSettings
 
     cfg = load_config(args.real, args.overrides)
-    fsutil.check_writable(args.out, "--out")  # before minutes of training a segmenter
+    fsutil.check_writable(args.out, "out")  # before minutes of training a segmenter
     for flag, value in (("--steps", args.steps), ("--image_size", args.image_size)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")

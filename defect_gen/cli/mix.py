@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The library's parameter names -> this command's flags (see errors.DefectGenError.with_params).
+FLAGS = {"out": "--out"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("mix", help="combine generated pair folders class by class (e.g. painted blowholes, "
