@@ -431,18 +431,21 @@ StrictLoader.add_implicit_resolver(
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
-    """'section.key=value' -> (['section', 'key'], value); the value is read as YAML."""
+    """'section.key=value' -> (['section', 'key'], value); the value is read as YAML. Errors name
+    the `overrides` parameter of `load_config` (a command's flag for it)."""
     if "=" not in text:
-        raise ConfigError(f"--set {short_repr(text)}: expected section.key=value")
+        raise ConfigError.with_params("{overrides} {text}: expected section.key=value", text=short_repr(text))
     key, raw = text.split("=", 1)
     try:
         value = yaml.load(raw, Loader=StrictLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {short_repr(text)}: value is not valid YAML ({exc.__class__.__name__})") from None
+        raise ConfigError.with_params(f"{{overrides}} {{text}}: value is not valid YAML ({exc.__class__.__name__})",
+                                      text=short_repr(text)) from None
     except ConfigError as exc:
-        raise ConfigError(f"--set {short_repr(text)}: {exc}") from None
+        raise ConfigError.with_params("{overrides} {text}: {reason}", text=short_repr(text), reason=exc) from None
     except RecursionError:  # PyYAML composes nested collections recursively
-        raise ConfigError(f"--set {short_repr(text)}: value nested too deeply for a config") from None
+        raise ConfigError.with_params("{overrides} {text}: value nested too deeply for a config",
+                                      text=short_repr(text)) from None
     return key.strip().split("."), value
 
 
@@ -453,7 +456,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {short_repr(text)}: '{part}' is not a section")
+                raise ConfigError.with_params("{overrides} {text}: '{part}' is not a section", text=short_repr(text),
+                                              part=part)
         node[path[-1]] = value
     return data
 
@@ -484,7 +488,8 @@ def read_yaml(path: str) -> dict:
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply `--set` overrides, validate. Errors name the file or key."""
+    """Read a YAML config, apply `overrides` (`section.key=value`, a command's `--set`), validate.
+    Errors name the file or key."""
     data = apply_overrides(read_yaml(path), overrides or [])
     try:
         return from_dict(data)
@@ -492,23 +497,24 @@ def load_config(path: str, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def resolve_num_defect(cfg: Config, num_defect: int | None, source: str = "--num_defect") -> Config:
-    """Reconcile `--num_defect` with `data.classes`.
+def resolve_num_defect(cfg: Config, num_defect: int | None) -> Config:
+    """Reconcile `num_defect` (a command's `--num_defect`) with `data.classes`.
 
     With classes listed, a disagreeing number is an error that says both; with none listed,
     the classes get generic names so that channel counts and manifests still line up.
     """
     if num_defect is not None and num_defect < 1:
-        raise ConfigError(f"{source} must be >= 1, got {num_defect}")
+        raise ConfigError.with_params(f"{{num_defect}} must be >= 1, got {num_defect}")
     if cfg.data.classes:
         if num_defect is not None and num_defect != len(cfg.data.classes):
-            raise ConfigError(
-                f"{source} {num_defect} disagrees with data.classes, which lists "
-                f"{len(cfg.data.classes)} classes: {', '.join(cfg.data.classes)}"
+            raise ConfigError.with_params(
+                f"{{num_defect}} {num_defect} disagrees with data.classes, which lists "
+                f"{len(cfg.data.classes)} classes: {{names}}", names=", ".join(cfg.data.classes)
             )
         return cfg
     if num_defect is None:
-        raise ConfigError("the number of defect classes is unknown: pass --num_defect K or list data.classes")
+        raise ConfigError.with_params("the number of defect classes is unknown: pass {num_defect} K or list "
+                                      "data.classes")
     cfg.data.classes = [f"defect{i}" for i in range(1, num_defect + 1)]
     return cfg
 

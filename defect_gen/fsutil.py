@@ -11,6 +11,9 @@
   a rename durable; `file_sha256` hashes a file (checkpoints, exports).
 - `output_error`, `check_writable`: an output that cannot be written, as one line (checked
   before any work where possible).
+- These take `param`, the name of the parameter that chose the path (`sample_dir`, `out`): the
+  message names it as a `{param}` field (`DefectGenError.with_params`), which a command shows
+  as its flag.
 - `bound_remote_access`, `remote_error_line`: gs:// / az:// requests give up after a few tries.
 """
 
@@ -34,9 +37,10 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
                       errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EIO, errno.EFBIG}
 
 
-def output_error(path: str, exc: OSError, flag: str = "", verb: str = "write") -> DefectGenError:
-    """One line for an OSError met while writing `path` (an output of the run); `verb` says
-    what was being done where that is not known for sure."""
+def output_error(path: str, exc: OSError, param: str = "", verb: str = "write") -> DefectGenError:
+    """One line for an OSError met while writing `path` (an output of the run); `param` names the
+    parameter that chose it (a command shows its flag), `verb` says what was being done where
+    that is not known for sure."""
     where = exc.filename if isinstance(getattr(exc, "filename", None), str) else path
     reason = exc.strerror or str(exc) or type(exc).__name__
     hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
@@ -45,38 +49,43 @@ def output_error(path: str, exc: OSError, flag: str = "", verb: str = "write") -
             errno.ENOTDIR: "a file is in the way of a folder: remove it or choose another path",
             errno.EEXIST: "a file is in the way of a folder: remove it or choose another path",
             errno.EISDIR: "a folder is in the way of a file"}.get(exc.errno, "check the output path")
-    chooser = f" ({flag})" if flag else ""
-    return DefectGenError(f"cannot {verb} {where}{chooser}: {reason}; {hint}")
+    chooser = f" ({{{param}}})" if param else ""
+    return DefectGenError.with_params(f"cannot {{verb}} {{target}}{chooser}: {{reason}}; {{fix}}", verb=verb,
+                                      target=where, reason=reason, fix=hint)
 
 
-def make_output_dir(path: str, flag: str) -> None:
-    """os.makedirs for an output folder; a read-only parent or a file in the way is one line."""
+def make_output_dir(path: str, param: str) -> None:
+    """os.makedirs for an output folder chosen by parameter `param`; a read-only parent or a file
+    in the way is one line."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise output_error(path, exc, flag) from None
+        raise output_error(path, exc, param) from None
     if not os.path.isdir(path):
-        raise DefectGenError(f"{flag} {path}: a file is in the way; expected a folder (or a path to create one)")
+        raise DefectGenError.with_params(f"{{{param}}} {{target}}: a file is in the way; expected a folder (or a "
+                                         f"path to create one)", target=path)
 
 
 @contextlib.contextmanager
-def lock_dir(directory: str, what: str, flag: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on `directory` (created if missing) while inside."""
+def lock_dir(directory: str, what: str, param: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on `directory` (created if missing, chosen by the
+    parameter `param`) while inside; `what` names the run, as a refused second one is told."""
     import fcntl  # POSIX only; imported here so the module imports everywhere
 
-    make_output_dir(directory, flag)
+    make_output_dir(directory, param)
     path = os.path.join(directory, LOCK_NAME)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise output_error(path, exc, flag) from None
+        raise output_error(path, exc, param) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise DefectGenError(f"{flag} {directory} is in use by another defect-gen {what} (pid {holder}); "
-                                 f"wait for it to finish or choose another {flag}") from None
+            raise DefectGenError.with_params(
+                f"{{{param}}} {{target}} is in use by another defect-gen {{run}} (pid {{holder}}); wait for it "
+                f"to finish or choose another {{{param}}}", target=directory, run=what, holder=holder) from None
         except OSError as exc:  # some network filesystems have no flock: run, but say it is unguarded
             print(f"warning: cannot lock {directory} ({exc.strerror}); make sure no other defect-gen run uses it",
                   file=sys.stderr)
@@ -199,9 +208,9 @@ def remote_error_line(exc: BaseException) -> str | None:
             f"(data.root), credentials and network")
 
 
-def check_writable(path: str, flag: str) -> None:
-    """Refuse, in one line and before any work, an output path that cannot be created: a file
-    where a folder must go, or a read-only place. Nothing is created here."""
+def check_writable(path: str, param: str) -> None:
+    """Refuse, in one line and before any work, an output path (chosen by parameter `param`) that
+    cannot be created: a file where a folder must go, or a read-only place. Nothing is created here."""
     probe = os.path.abspath(path)
     while not os.path.lexists(probe):
         parent = os.path.dirname(probe)
@@ -209,8 +218,8 @@ def check_writable(path: str, flag: str) -> None:
             return
         probe = parent
     if probe != os.path.abspath(path) and not os.path.isdir(probe):
-        raise DefectGenError(f"{flag} {path}: {probe} is a file, in the way of a folder; remove it or choose "
-                             f"another path")
+        raise DefectGenError.with_params(f"{{{param}}} {{target}}: {{probe}} is a file, in the way of a folder; "
+                                         f"remove it or choose another path", target=path, probe=probe)
     if os.path.isdir(probe) and not os.access(probe, os.W_OK | os.X_OK):
-        raise DefectGenError(f"{flag} {path}: {probe} is not writable (read-only or no permission); choose a "
-                             f"writable folder")
+        raise DefectGenError.with_params(f"{{{param}}} {{target}}: {{probe}} is not writable (read-only or no "
+                                         f"permission); choose a writable folder", target=path, probe=probe)

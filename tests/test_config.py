@@ -52,11 +52,18 @@ def test_overrides_and_file_errors(tmp_path):
 def test_num_defect_reconciliation():
     cfg = from_dict({"data": {"classes": ["a", "b", "c"]}})
     assert resolve_num_defect(cfg, 3).num_defect == 3
-    with pytest.raises(ConfigError, match="--num_defect 2 disagrees with data.classes, which lists 3"):
+    # The library names its parameter; each command that takes --num_defect shows the flag.
+    from defect_gen.cli import bench, data, info, train
+
+    with pytest.raises(ConfigError, match="^num_defect 2 disagrees with data.classes, which lists 3") as err:
         resolve_num_defect(cfg, 2)
+    for command in (train, data, info, bench):
+        assert err.value.render(command.FLAGS) == ("--num_defect 2 disagrees with data.classes, which lists 3 "
+                                                   "classes: a, b, c")
     assert resolve_num_defect(Config(), 2).data.classes == ["defect1", "defect2"]
-    with pytest.raises(ConfigError, match="number of defect classes is unknown"):
+    with pytest.raises(ConfigError, match="number of defect classes is unknown") as err:
         resolve_num_defect(Config(), None)
+    assert err.value.render(train.FLAGS).endswith("pass --num_defect K or list data.classes")
     assert "model:" in to_yaml(cfg)
 
 
@@ -98,3 +105,18 @@ def test_yaml_duplicate_keys_are_errors_and_exponent_floats_are_floats(tmp_path)
     path.write_text("base: &b {lr: 0.1, max_steps: 2}\ntrain:\n  <<: *b\n  lr: 0.2\n")  # merge keys may be overridden
     with pytest.raises(ConfigError, match="unknown config key 'base'"):
         load_config(str(path))
+
+
+def test_bad_set_names_the_parameter_and_each_command_its_flag(tmp_path, capsys):
+    from defect_gen.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.001\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path), ["train.lr"])
+    assert str(err.value) == "overrides 'train.lr': expected section.key=value"
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path), ["train.lr.x=1"])
+    assert str(err.value) == "overrides 'train.lr.x=1': 'lr' is not a section"
+    assert main(["info", "--config", str(path), "--set", "train.lr"]) == 2
+    assert capsys.readouterr().err.strip() == "defect-gen info: error: --set 'train.lr': expected section.key=value"

@@ -87,6 +87,15 @@ def test_export_refuses_to_overwrite_without_force(models, exported, tmp_path, c
     (tmp_path / "not_an_export").mkdir()
     _one_line(capsys, main(["export", str(models / "small"), "--out", str(tmp_path / "not_an_export"), "--force"]),
               "is not an export folder")
+    # The library names its parameters; `export` and `convert-published` show their flags.
+    from defect_gen.cli import export as export_cli
+
+    with pytest.raises(DefectGenError) as err:
+        export.refuse_existing(str(out), force=False)
+    assert str(err.value) == (f"out {out} already exists; pass force to replace it, or choose another out (nothing "
+                              f"was written)")
+    assert err.value.render(export_cli.FLAGS) == (f"--out {out} already exists; pass --force to replace it, or choose "
+                                                  f"another --out (nothing was written)")
 
 
 def test_a_failed_export_leaves_nothing(models, tmp_path, monkeypatch):

@@ -59,3 +59,29 @@ def test_copied_pairs_are_named_as_written_ones(tmp_path):
     rgb, mask = pair_folder.read_pair(str(src), row, "mvtec", ["a", "b"])  # binary on disk: the row's class
     assert (rgb == 9).all() and np.array_equal(mask, index)
     assert np.asarray(Image.open(out / files["mask"])).max() == 255  # copied as it is
+
+
+def test_folder_refusals_name_the_parameters_and_each_command_its_flags(tmp_path):
+    from defect_gen.cli import paint, sample
+
+    with pytest.raises(DefectGenError) as err:
+        pair_folder.prepare_dir(str(tmp_path / "s"), "paired", overwrite=True, resume=True)
+    assert str(err.value) == "overwrite and resume contradict each other: choose one"
+    assert err.value.render(sample.FLAGS) == "--overwrite and --resume contradict each other: choose one"
+    with pytest.raises(DefectGenError) as err:
+        pair_folder.prepare_dir(str(tmp_path / "s"), "paired", overwrite=False, resume=True)
+    assert err.value.render(sample.FLAGS).startswith(f"--resume: {tmp_path / 's' / 'manifest.jsonl'} not found")
+    out = tmp_path / "{resume}"  # braces in a path are shown as they are
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "x.png").write_bytes(b"")
+    with pytest.raises(DefectGenError) as err:
+        pair_folder.prepare_dir(str(out), "paired", overwrite=False)
+    assert str(err.value) == (f"{out} already holds generated pairs (images/); pass resume to finish that run, "
+                              f"overwrite to replace its pairs, or choose another sample_dir")
+    for command in (sample, paint):
+        assert err.value.render(command.FLAGS) == (
+            f"{out} already holds generated pairs (images/); pass --resume to finish that run, --overwrite to "
+            f"replace its pairs, or choose another --sample_dir")
+    with pytest.raises(DefectGenError) as err:
+        pair_folder.pair_files("coco", "x", "")
+    assert err.value.render(sample.FLAGS) == "--layout 'coco': expected one of paired, mvtec, defect_spectrum"

@@ -122,7 +122,7 @@ def _train(cfg, work, *extra):
 
 def test_second_training_run_on_a_work_dir_is_refused(train_cfg, tmp_path, capsys):
     work = tmp_path / "run"
-    with fsutil.lock_dir(str(work), "training run", "--work_dir"):
+    with fsutil.lock_dir(str(work), "training run", "work_dir"):
         code, err, _ = _run(capsys, _train(train_cfg, work))
     _one_line(code, err, f"--work_dir {work} is in use by another defect-gen training run (pid {os.getpid()})")
     assert main(_train(train_cfg, work)) == 0  # released: the lock never outlives its holder
@@ -130,7 +130,7 @@ def test_second_training_run_on_a_work_dir_is_refused(train_cfg, tmp_path, capsy
 
 def test_second_sampling_run_on_a_sample_dir_is_refused(models, tmp_path, capsys):
     out = tmp_path / "s"
-    with fsutil.lock_dir(str(out), "sampling run", "--sample_dir"):
+    with fsutil.lock_dir(str(out), "sampling run", "sample_dir"):
         code, err, _ = _run(capsys, _sample(models, out))
     _one_line(code, err, f"--sample_dir {out} is in use by another defect-gen sampling run")
     assert not (out / "manifest.jsonl").exists()
@@ -551,10 +551,38 @@ def test_a_filesystem_without_locks_warns_and_runs(tmp_path, capsys, monkeypatch
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    with fsutil.lock_dir(str(tmp_path / "d"), "sampling run", "--sample_dir"):
+    with fsutil.lock_dir(str(tmp_path / "d"), "sampling run", "sample_dir"):
         pass
     assert capsys.readouterr().err.strip() == (f"warning: cannot lock {tmp_path / 'd'} (No locks available); make "
                                                f"sure no other defect-gen run uses it")
+
+
+def test_output_errors_name_the_parameter_and_each_command_its_flag(tmp_path):
+    from defect_gen.cli import demo, export, sample, train
+    from defect_gen.errors import DefectGenError
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(DefectGenError) as err:
+        fsutil.check_writable(str(blocker / "m"), "out")
+    assert str(err.value) == (f"out {blocker / 'm'}: {blocker} is a file, in the way of a folder; remove it or "
+                              f"choose another path")
+    assert err.value.render(export.FLAGS) == f"--out {blocker / 'm'}: {blocker} is a file, in the way of a folder; " \
+                                             f"remove it or choose another path"
+    with pytest.raises(DefectGenError) as err:
+        fsutil.make_output_dir(str(blocker), "out_dir")
+    assert err.value.render(demo.FLAGS) == (f"cannot write {blocker} (make-demo-data DIR): File exists; a file is in "
+                                            f"the way of a folder: remove it or choose another path")
+    exc = fsutil.output_error(str(tmp_path / "s"), OSError(errno.ENOSPC, "No space left on device"), "sample_dir")
+    assert str(exc) == f"cannot write {tmp_path / 's'} (sample_dir): No space left on device; free some space"
+    assert exc.render(sample.FLAGS) == f"cannot write {tmp_path / 's'} (--sample_dir): No space left on device; " \
+                                       f"free some space"
+    # a path holding braces is shown as it is, never read as a parameter
+    odd = tmp_path / "{out}"
+    with fsutil.lock_dir(str(odd), "training run", "work_dir"), pytest.raises(DefectGenError) as err:
+        with fsutil.lock_dir(str(odd), "training run", "work_dir"):
+            pass
+    assert err.value.render(train.FLAGS).startswith(f"--work_dir {odd} is in use by another defect-gen training run")
 
 
 @pytest.mark.parametrize("flag", ["--resume", "--overwrite"])

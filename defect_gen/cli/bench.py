@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The library's parameter names -> this command's flags (see errors.DefectGenError.with_params).
+FLAGS = {"num_defect": "--num_defect"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="training-step and sampling speed against the measured matmul peak")

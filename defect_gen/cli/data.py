@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The library's parameter names -> this command's flags (see errors.DefectGenError.with_params).
+FLAGS = {"overrides": "--set", "num_defect": "--num_defect"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("data", help="dataset tools: `data check` validates a dataset before training")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from defect_gen import fsutil
 
+# The library's parameter names -> this command's arguments (see errors.DefectGenError.with_params).
+FLAGS = {"out_dir": "make-demo-data DIR"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("make-demo-data", help="write the built-in procedural demo dataset (paired layout)")
@@ -17,11 +20,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from defect_gen.data.demo import make_demo_data
 
-    fsutil.check_writable(args.dir, "make-demo-data DIR")
+    fsutil.check_writable(args.dir, "out_dir")
     try:
         summary = make_demo_data(args.dir, num_images=args.num_images, image_size=args.image_size,
                                  seed=args.seed, overwrite=args.overwrite)
     except OSError as exc:  # a full disk, a file in the way, a folder made read-only
-        raise fsutil.output_error(args.dir, exc, "make-demo-data DIR") from None
+        raise fsutil.output_error(args.dir, exc, "out_dir") from None
     print(f"wrote {summary['num_images']} demo pairs to {args.dir}")
     return 0

@@ -6,7 +6,7 @@ from defect_gen import fsutil
 
 # The library's parameter names (evaluate, crossvalidate, EvalSettings, SegSettings and the loaders of
 # evaluation/data.py) -> this command's flags: the one place they are renamed.
-FLAGS = {"config_path": "--real", "overrides": "--set", "synthetic_dirs": "--synthetic",
+FLAGS = {"out": "--out", "config_path": "--real", "overrides": "--set", "synthetic_dirs": "--synthetic",
          "copy_paste_dir": "--copy-paste", "out_dir": "--out", "ratios": "--ratios", "seeds": "--seeds",
          "steps": "--steps", "batch_size": "--batch_size", "crop": "--crop", "lr": "--lr", "width": "--width",
          "real_finish": "--real_finish", "real_share": "--real_share", "image_size": "--image_size",
@@ -72,7 +72,7 @@ def run(args) -> int:
     from defect_gen.evaluation.segmenter import SegSettings
 
     cfg = load_config(args.real, args.overrides)
-    fsutil.check_writable(args.out, "--out")  # before minutes of training segmenters
+    fsutil.check_writable(args.out, "out")  # before minutes of training segmenters
     size = args.image_size
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--batch_size", args.batch_size),
                         ("--width", args.width), ("--max_heldout", args.max_heldout or 1), ("--image_size", size),

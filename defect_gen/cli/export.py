@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from defect_gen import fsutil
 
+# The library's parameter names -> the flags of `export` and `convert-published`
+# (see errors.DefectGenError.with_params).
+FLAGS = {"out": "--out", "force": "--force", "report": "--report"}
+
 
 def add_export_parser(sub) -> None:
     p = sub.add_parser("export", help="write an export folder for sharing and sampling: model.safetensors (the "
@@ -28,7 +32,7 @@ def add_convert_parser(sub) -> None:
 def run_export(args) -> int:
     from defect_gen.models.export import export_run, refuse_existing
 
-    fsutil.check_writable(args.out, "--out")
+    fsutil.check_writable(args.out, "out")
     refuse_existing(args.out, args.force)  # before the checkpoint is read: a refusal costs nothing
     print(f"wrote {export_run(args.src, args.out, args.rate, force=args.force, report=args.report)}")
     return 0
@@ -38,7 +42,7 @@ def run_convert(args) -> int:
     from defect_gen.models.export import refuse_existing
     from defect_gen.models.published import convert
 
-    fsutil.check_writable(args.out, "--out")
+    fsutil.check_writable(args.out, "out")
     refuse_existing(args.out, args.force)
     print(f"wrote {convert(args.checkpoint, args.config, args.out, force=args.force)}")
     return 0

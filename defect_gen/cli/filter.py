@@ -6,7 +6,7 @@ from defect_gen import fsutil
 
 # The library's parameter names (filter_folders, FilterSettings, the loaders of evaluation/data.py)
 # -> this command's flags: the one place they are renamed.
-FLAGS = {"config_path": "--real", "overrides": "--set", "synthetic_dirs": "--synthetic", "out_dir": "--out",
+FLAGS = {"out": "--out", "config_path": "--real", "overrides": "--set", "synthetic_dirs": "--synthetic", "out_dir": "--out",
          "keep": "--keep", "steps": "--steps", "seed": "--seed", "image_size": "--image_size"}
 
 
@@ -34,7 +34,7 @@ def run(args) -> int:
     from defect_gen.evaluation.segmenter import SegSettings
 
     cfg = load_config(args.real, args.overrides)
-    fsutil.check_writable(args.out, "--out")  # before minutes of training a segmenter
+    fsutil.check_writable(args.out, "out")  # before minutes of training a segmenter
     for flag, value in (("--steps", args.steps), ("--image_size", args.image_size)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 # The library's parameter names -> this command's flags (see errors.DefectGenError.with_params).
 FLAGS = {"good": "--good", "num_samples": "--num_samples", "strength": "--strength", "steps": "--steps",
          "margin": "--margin", "sampler": "--sampler", "eta": "--eta", "place": "--place",
          "backgrounds": "--backgrounds", "match_light": "--match_light", "copy_paste": "--copy-paste",
-         "scale": "--scale", "guidance": "--guidance", "classes": "--classes"}
+         "scale": "--scale", "guidance": "--guidance", "classes": "--classes", "sample_dir": "--sample_dir",
+         "overwrite": "--overwrite", "overrides": "--set",
+         # paint has no --resume, but the output folder's refusal (pair_folder.prepare_dir) names it
+         "resume": "--resume"}
 
 
 def add_parser(sub) -> None:
@@ -82,7 +87,8 @@ def run(args) -> int:
                               f"{loaded.cfg.data.classes}")
     sources = painting.training_sources(cfg, progress=not args.no_progress)
     print(f"defects from {len(sources)} training pairs of {cfg.data.root}")
-    painting.paint(painter, sources, list(cfg.data.classes), settings)
+    painting.paint(painter, sources, list(cfg.data.classes), settings,
+                   warn=lambda note: print(note.render(FLAGS), file=sys.stderr))
     return 0
 
 

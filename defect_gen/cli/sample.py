@@ -14,7 +14,8 @@ FLAGS = {"n": "--num_samples", "batch_size": "--batch_size", "seed": "--seed", "
          "min_defect_pixels": "--min-defect-pixels", "keep_empty": "--keep-empty", "guidance": "--guidance",
          "large": "--large_recep", "small": "--small_recep", "step_inference": "--step_inference",
          "precision": "--precision", "allow_model_mismatch": "--allow-model-mismatch", "layout": "--layout",
-         "large_config": "--large_recep_config", "small_config": "--small_recep_config"}
+         "large_config": "--large_recep_config", "small_config": "--small_recep_config",
+         "sample_dir": "--sample_dir", "overwrite": "--overwrite", "resume": "--resume"}
 from defect_gen.errors import DefectGenError
 
 

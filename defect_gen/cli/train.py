@@ -8,6 +8,9 @@ import sys
 from defect_gen import fsutil
 from defect_gen.cli.common import sigterm_as_interrupt
 
+# The library's parameter names -> this command's flags (see errors.DefectGenError.with_params).
+FLAGS = {"work_dir": "--work_dir", "overrides": "--set", "num_defect": "--num_defect"}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train one model (large- or small-RF, as its config says)")
@@ -45,7 +48,7 @@ def run(args) -> int:
 
         device = torch.device("cuda", dinfo.local_rank)
     # One run per WORK_DIR: two would write the same checkpoint names and metrics lines.
-    lock = fsutil.lock_dir(args.work_dir, "training run", "--work_dir") if dinfo.is_main else contextlib.nullcontext()
+    lock = fsutil.lock_dir(args.work_dir, "training run", "work_dir") if dinfo.is_main else contextlib.nullcontext()
     loop = None
     try:
         with lock, sigterm_as_interrupt():

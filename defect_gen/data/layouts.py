@@ -295,7 +295,8 @@ LAYOUTS: dict[str, typing.Callable[[DataConfig], Listing]] = {
 def find_records(cfg: DataConfig) -> Listing:
     """List the dataset's records and layout-level problems (sorted, so listings are reproducible)."""
     if not cfg.root:
-        raise DataError("data.root is empty: set it in the config or with --set data.root=DIR")
+        # `overrides`: load_config's, a command's --set
+        raise DataError.with_params("data.root is empty: set it in the config or with {overrides} data.root=DIR")
     if cfg.layout not in LAYOUTS:
         raise DataError(f"unknown data.layout {cfg.layout!r}; available: {', '.join(LAYOUTS)}")
     out = LAYOUTS[cfg.layout](cfg)

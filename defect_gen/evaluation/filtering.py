@@ -126,7 +126,7 @@ def _write(folder: str, out: str, pairs: PairSet, rows: dict[str, dict], scores:
     shutil.rmtree(tmp, ignore_errors=True)  # what a stopped run left
     subs = [sub for sub in pair_folder.FOLDERS["paired"] if os.path.isdir(os.path.join(folder, sub))]
     for sub in subs:  # images/ and masks/ are always there (load_synthetic requires them): tmp is made too
-        fsutil.make_output_dir(os.path.join(tmp, sub), "--out")
+        fsutil.make_output_dir(os.path.join(tmp, sub), "out")
     with pair_folder.ManifestWriter(tmp) as manifest, open(os.path.join(tmp, SCORES), "w", encoding="utf-8") as log:
         for name, score, cls, k in zip(pairs.names, scores, classes, kept):
             stem = file_stem(name)
@@ -166,7 +166,7 @@ def _segmenter(train: PairSet, num_classes: int, s: FilterSettings, out_dir: str
         log(f"segmenter: reused {path} (same training pairs and settings)")
         return model.eval()
     model = train_segmenter(train.images, train.masks, num_classes, s.seg, s.seed)
-    fsutil.make_output_dir(os.path.dirname(path), "--out")
+    fsutil.make_output_dir(os.path.dirname(path), "out")
     atomic_save(model.state_dict(), path)
     return model
 

@@ -217,7 +217,7 @@ def mix_folders(takes: list[Take], out: str, log=print) -> dict[str, int]:
     tmp = out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)  # what a stopped run left
     for sub in SUBDIRS:
-        fsutil.make_output_dir(os.path.join(tmp, sub), "--out")
+        fsutil.make_output_dir(os.path.join(tmp, sub), "out")
     per_class: Counter = Counter()
     written = []
     try:

@@ -121,12 +121,12 @@ def refuse_existing(out: str, force: bool) -> None:
     if not os.path.lexists(out):
         return
     if not force:
-        raise DefectGenError(f"--out {out} already exists; pass --force to replace it, or choose another --out "
-                             f"(nothing was written)")
+        raise DefectGenError.with_params("{out} {path} already exists; pass {force} to replace it, or choose "
+                                         "another {out} (nothing was written)", path=out)
     if not os.path.isdir(out) or folder_of(out) is None:
         # --force replaces an export, never an arbitrary file or folder someone pointed at by mistake
-        raise DefectGenError(f"--out {out} exists and is not an export folder; --force only replaces exports "
-                             f"(nothing was written)")
+        raise DefectGenError.with_params("{out} {path} exists and is not an export folder; {force} only replaces "
+                                         "exports (nothing was written)", path=out)
 
 
 def _write_weights(path: str, weights: dict) -> None:
@@ -170,7 +170,7 @@ def write_export(out: str, weights: dict, cfg: Config, step: int | None, ema_rat
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise fsutil.output_error(out, exc, "--out") from None
+            raise fsutil.output_error(out, exc, "out") from None
         raise
     return out
 
@@ -228,7 +228,8 @@ def export_run(src: str, out: str, rate: str | None = None, force: bool = False,
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     if report is not None and not os.path.isfile(os.path.join(report, "results.json")):
-        raise DefectGenError(f"--report {report}: no results.json in it; expected a `defect-gen evaluate --out` folder")
+        raise DefectGenError.with_params("{report} {path}: no results.json in it; expected a `defect-gen evaluate "
+                                         "--out` folder", path=report)
     source = {"path": os.path.abspath(path), "sha256": fsutil.file_sha256(path), "format": SOURCE_OURS}
     return write_export(out, ckpt_lib.strip_ddp_prefix(emas[rate]), cfg, step=ckpt.get("step"), ema_rate=rate,
                         source=source, force=force, report=report, notes=_run_notes(path))

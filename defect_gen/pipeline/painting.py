@@ -383,8 +383,9 @@ def _preview_cell(photo: np.ndarray, rgb: np.ndarray, mask: np.ndarray, size: in
     return cells
 
 
-def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintSettings) -> int:
-    """Write `s.num_samples` pairs (paired layout) into s.sample_dir; returns how many."""
+def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintSettings, warn=None) -> int:
+    """Write `s.num_samples` pairs (paired layout) into s.sample_dir; returns how many. `warn`
+    takes the output folder's notes about the arguments (`pair_folder.prepare_dir`)."""
     if s.num_samples < 1:
         raise ConfigError.with_params(f"{{num_samples}} must be >= 1, got {s.num_samples}")
     if not 0.0 <= s.strength <= 1.0:
@@ -406,8 +407,8 @@ def paint(painter: Painter, sources: list[Source], classes: list[str], s: PaintS
         raise ConfigError.with_params(f"{{scale}} must be two factors 0 < min <= max, got {s.scale_min}, "
                                       f"{s.scale_max}")
     goods = list_good_images(s.good_dir) if s.backgrounds == "good" else sources
-    with fsutil.lock_dir(s.sample_dir, "painting run", "--sample_dir"):  # one run per folder
-        pair_folder.prepare_dir(s.sample_dir, "paired", s.overwrite)
+    with fsutil.lock_dir(s.sample_dir, "painting run", "sample_dir"):  # one run per folder
+        pair_folder.prepare_dir(s.sample_dir, "paired", s.overwrite, warn=warn)
         _write_pairs(painter, sources, goods, classes, s)
     return s.num_samples
 

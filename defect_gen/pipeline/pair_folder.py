@@ -75,7 +75,7 @@ import numpy as np
 from defect_gen import fsutil, logs
 from defect_gen.core.masks import class_pixel_counts, colorize
 from defect_gen.data.image_io import read_image, read_mask, save_pair_grid, write_png
-from defect_gen.errors import ConfigError, DefectGenError, short_repr
+from defect_gen.errors import ConfigError, DefectGenError, Note, short_repr
 
 FOLDERS = {"paired": ("images", "masks", "masks_color"), "mvtec": ("test", "ground_truth"),
            "defect_spectrum": ("image", "mask", "rgb_mask")}
@@ -100,7 +100,8 @@ def pair_files(layout: str, name: str, kind: str) -> dict[str, str]:
         files = {"image": f"image/{kind}/{name}.png", "mask": f"mask/{kind}/{name}_mask.png",
                  "mask_color": f"rgb_mask/{kind}/{name}_rgb_mask.png"}
     else:
-        raise ConfigError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        raise ConfigError.with_params(f"{{layout}} {{value}}: expected one of {', '.join(LAYOUTS)}",
+                                      value=repr(layout))
     return {"image": files["image"]} if kind == "good" else files
 
 
@@ -267,7 +268,7 @@ def sort_manifest(sample_dir: str) -> None:
 # The output folder
 
 
-def _remove_previous(sample_dir: str) -> None:
+def _remove_previous(sample_dir: str, warn) -> None:
     """Delete what the previous run's manifest lists (never other files), then the manifest."""
     manifest = os.path.join(sample_dir, MANIFEST)
     left = []
@@ -283,8 +284,8 @@ def _remove_previous(sample_dir: str) -> None:
             elif os.path.lexists(os.path.join(sample_dir, str(rel))):
                 left.append(str(rel))
     if left:
-        logs.warn(f"warning: --overwrite left alone {len(left)} path(s) the manifest names that are not regular "
-                  f"files inside {sample_dir}: {', '.join(left[:3])}")
+        warn(Note(f"warning: {{overwrite}} left alone {len(left)} path(s) the manifest names that are not regular "
+                  f"files inside {{folder}}: {{paths}}", folder=sample_dir, paths=", ".join(left[:3])))
     for name in (MANIFEST, PREVIEW):
         if os.path.exists(os.path.join(sample_dir, name)):
             os.remove(os.path.join(sample_dir, name))
@@ -298,33 +299,39 @@ def _holds_files(folder: str) -> bool:
     return any(files for _, _, files in os.walk(folder))
 
 
-def prepare_dir(sample_dir: str, layout: str, overwrite: bool, resume: bool = False) -> set[str]:
+def prepare_dir(sample_dir: str, layout: str, overwrite: bool, resume: bool = False, warn=None) -> set[str]:
     """Make the output folder ready; returns the names already done (only with `resume`).
 
     Refuses to mix with earlier output unless `overwrite` (which removes the earlier pairs)
     or `resume` (which keeps them and lets the caller generate only the missing ones).
+    Errors and `warn`'s notes (`errors.Note`; default: printed with the parameter names)
+    name the parameters `sample_dir`, `overwrite` and `resume`.
     """
+    warn = warn or (lambda note: logs.warn(str(note)))
     if overwrite and resume:
-        raise ConfigError("--overwrite and --resume contradict each other: choose one")
+        raise ConfigError.with_params("{overwrite} and {resume} contradict each other: choose one")
     manifest = os.path.join(sample_dir, MANIFEST)
     if os.path.lexists(manifest) and fsutil.removable_file(sample_dir, MANIFEST) is None:
         # It is appended to and repaired in place: a link would have that happen elsewhere.
-        raise DefectGenError(f"{manifest} is not a regular file (a link, a folder?); expected the manifest a "
-                             f"defect-gen run wrote: remove it or choose another --sample_dir")
+        raise DefectGenError.with_params("{manifest} is not a regular file (a link, a folder?); expected the "
+                                         "manifest a defect-gen run wrote: remove it or choose another {sample_dir}",
+                                         manifest=manifest)
     if resume:
         if not os.path.exists(manifest):
-            raise DefectGenError(f"--resume: {manifest} not found; nothing to resume in {sample_dir}")
+            raise DefectGenError.with_params("{resume}: {manifest} not found; nothing to resume in {folder}",
+                                             manifest=manifest, folder=sample_dir)
         if repair_manifest(manifest):
-            logs.warn(f"note: the last line of {manifest} was cut short (the run was killed mid-write); "
-                      f"removed it, that pair is made again")
+            warn(Note("note: the last line of {manifest} was cut short (the run was killed mid-write); removed it, "
+                      "that pair is made again", manifest=manifest))
         return done_names(sample_dir)
     if overwrite:
-        _remove_previous(sample_dir)
+        _remove_previous(sample_dir, warn)
     busy = [f for f in FOLDERS[layout] if _holds_files(os.path.join(sample_dir, f))]
     if os.path.exists(manifest) or (busy and not overwrite):
         where = MANIFEST if os.path.exists(manifest) else f"{busy[0]}/"
-        raise DefectGenError(f"{sample_dir} already holds generated pairs ({where}); pass --resume to finish "
-                             f"that run, --overwrite to replace its pairs, or choose another --sample_dir")
+        raise DefectGenError.with_params("{folder} already holds generated pairs ({where}); pass {resume} to "
+                                         "finish that run, {overwrite} to replace its pairs, or choose another "
+                                         "{sample_dir}", folder=sample_dir, where=where)
     try:
         os.makedirs(sample_dir, exist_ok=True)
         with open(os.path.join(sample_dir, MANIFEST), "a", encoding="utf-8"):

@@ -188,18 +188,19 @@ def _check_resumable(s: SampleSettings, num: int, models: str, weights: dict, pr
             with open(path, encoding="utf-8") as f:
                 recorded = json.load(f)
         except (ValueError, OSError) as exc:
-            raise ConfigError(f"--resume: {path} is unreadable or cut short ({type(exc).__name__}); it records "
-                              f"the settings the pairs were made with: restore it, or start again with --overwrite"
-                              ) from None
+            raise ConfigError.with_params(f"{{resume}}: {{path}} is unreadable or cut short ({type(exc).__name__}); "
+                                          f"it records the settings the pairs were made with: restore it, or start "
+                                          f"again with {{overwrite}}", path=path) from None
         if not isinstance(recorded, dict):
-            raise ConfigError(f"--resume: {path}: expected a JSON object of settings, got {short_repr(recorded)}")
+            raise ConfigError.with_params("{resume}: {path}: expected a JSON object of settings, got {got}",
+                                          path=path, got=short_repr(recorded))
         # Runs recorded before weights were recorded are checked on their settings alone.
         changed = [f"{k} ({recorded.get(k)!r} -> {v!r})" for k, v in current.items()
                    if (k == "weights" and k in recorded and _hashes(recorded[k]) != _hashes(v))
                    or (k != "weights" and recorded.get(k) != v)]
         if changed:
-            raise ConfigError(f"--resume: these settings differ from the run in {s.sample_dir}: "
-                              f"{'; '.join(changed)}")
+            raise ConfigError.with_params("{resume}: these settings differ from the run in {folder}: {changed}",
+                                          folder=s.sample_dir, changed="; ".join(changed))
         return
     # precision_used: what --precision auto chose, kept by a --resume (see _precision); not compared
     fsutil.atomic_write_json(path, {**current, "precision_used": precision})  # never half a file after a kill
@@ -214,7 +215,7 @@ def _write(s: SampleSettings, pair: Pair, classes: list[str], weights: dict,
                "weights": weights}
         manifest.append(row)
     except OSError as exc:  # a full disk or a folder made read-only mid-run; --resume finishes later
-        raise fsutil.output_error(manifest.path, exc, "--sample_dir") from None
+        raise fsutil.output_error(manifest.path, exc, "sample_dir") from None
     return row
 
 
@@ -229,7 +230,8 @@ def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSett
 
     The pairs come from `DefectGenerator.pairs`; this function decides which ones (this
     rank's slice, less those a resumed run already wrote) and writes them. `warn` takes the
-    generator's notes about the arguments (`DefectGenerator`).
+    notes about the arguments (`errors.Note`) of the generator (`DefectGenerator`) and of the
+    output folder (`pair_folder.prepare_dir`).
     """
     check_settings(s)
     gen = DefectGenerator(large, small, s.step_inference, device=device, precision=_precision(s),
@@ -239,14 +241,14 @@ def generate(large: LoadedModel | None, small: LoadedModel | None, s: SampleSett
     # One run per SAMPLE_DIR: a second one (say a --resume while the first still runs) would
     # make the same names twice. Rank 0 holds the lock for all ranks.
     main = distributed.info().is_main
-    with fsutil.lock_dir(s.sample_dir, "sampling run", "--sample_dir") if main else contextlib.nullcontext():
-        return _generate_locked(gen, request, s, progress)
+    with fsutil.lock_dir(s.sample_dir, "sampling run", "sample_dir") if main else contextlib.nullcontext():
+        return _generate_locked(gen, request, s, progress, warn)
 
 
-def _generate_locked(gen: DefectGenerator, request: Request, s: SampleSettings, progress: bool) -> Summary:
+def _generate_locked(gen: DefectGenerator, request: Request, s: SampleSettings, progress: bool, warn) -> Summary:
     dinfo, num, weights = distributed.info(), request.num_samples, gen.weights
     if dinfo.is_main:
-        pair_folder.prepare_dir(s.sample_dir, s.layout, s.overwrite, s.resume)
+        pair_folder.prepare_dir(s.sample_dir, s.layout, s.overwrite, s.resume, warn=warn)
         _check_resumable(s, num, request.plan.description, weights, gen.precision)
     distributed.barrier()
     done = pair_folder.done_names(s.sample_dir) if s.resume else set()
