@@ -200,6 +200,10 @@ def test_resume_refuses_another_objective_schedule_window_or_classes(data_dir, t
     assert "diffusion.predict ('x0' -> 'eps')" in message and "window ([0, 100] -> [10, 100])" in message
     assert "data.classes (['scratch', 'stain', 'hole'] -> ['scratch', 'stain', 'dent'])" in message
     assert "\n" not in message and "model." not in message
+    from defect_gen.cli import train as train_cli
+
+    assert message.endswith("(use a new work_dir)")
+    assert err.value.render(train_cli.FLAGS).endswith("(use a new --work_dir)")
     saved = ckpt_lib.load(ckpt_lib.latest(work))["config"]
     two = tiny_cfg(data_dir)
     two.data.classes = ["scratch", "stain"]

@@ -6,7 +6,7 @@ from defect_gen import fsutil
 
 # The library's parameter names -> the flags of `export` and `convert-published`
 # (see errors.DefectGenError.with_params).
-FLAGS = {"out": "--out", "force": "--force", "report": "--report"}
+FLAGS = {"out": "--out", "force": "--force", "report": "--report", "config": "--config"}
 
 
 def add_export_parser(sub) -> None:

@@ -150,8 +150,9 @@ def refuse_changed_config(cfg: Config, work_dir: str, path: str | None = None, s
             return
     changed = resume_differences(saved, cfg) if path and isinstance(saved, dict) else []
     if changed:
-        raise CheckpointError(f"cannot resume {path} with this config: {'; '.join(changed)}; a run keeps its "
-                              f"network, objective, schedule, timestep window and classes (use a new --work_dir)")
+        raise CheckpointError.with_params("cannot resume {path} with this config: {changed}; a run keeps its network, "
+                                          "objective, schedule, timestep window and classes (use a new {work_dir})",
+                                          path=path, changed="; ".join(changed))
 
 
 def build_parts(cfg: Config, work_dir: str, progress: bool = True, data=None) -> tuple[UNetModel, GaussianDiffusion,
@@ -264,9 +265,10 @@ class TrainLoop:
         state = ckpt_lib.load(path)
         lacking = [k for k in TRAINING_STATE_KEYS if k not in state]
         if lacking:
-            raise CheckpointError(f"{path} cannot be resumed from: it lacks {', '.join(lacking)} (an exported "
-                                  f"EMA-only file? those are for sampling); point checkpoint/latest at a training "
-                                  f"checkpoint, or use a new --work_dir")
+            raise CheckpointError.with_params(f"{{path}} cannot be resumed from: it lacks {', '.join(lacking)} (an "
+                                              f"exported EMA-only file? those are for sampling); point "
+                                              f"checkpoint/latest at a training checkpoint, or use a new {{work_dir}}",
+                                              path=path)
         refuse_changed_config(self.cfg, self.work_dir, path, state.get("config"))
         self._keep_precision(state.get("precision"))
         self.model.load_state_dict(state["model"])
