@@ -170,11 +170,25 @@ def _precision(s: SampleSettings) -> str:
     if not (s.resume and s.precision == "auto" and os.path.isfile(path)):
         return s.precision
     try:
-        with open(path, encoding="utf-8") as f:
-            used = json.load(f).get("precision_used")
-    except (ValueError, OSError, AttributeError):
-        return s.precision  # _check_resumable says what is wrong with the file
+        used = _read_recorded(path).get("precision_used")
+    except ConfigError:
+        return s.precision  # _check_resumable refuses the file with this error, under the run's lock
     return used if used in PRECISION_DTYPES else s.precision
+
+
+def _read_recorded(path: str) -> dict:
+    """The settings a run recorded in sample_settings.json (a --resume must keep them)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (ValueError, OSError) as exc:
+        raise ConfigError.with_params(f"{{resume}}: {{path}} is unreadable or cut short ({type(exc).__name__}); "
+                                      f"it records the settings the pairs were made with: restore it, or start "
+                                      f"again with {{overwrite}}", path=path) from None
+    if not isinstance(recorded, dict):
+        raise ConfigError.with_params("{resume}: {path}: expected a JSON object of settings, got {got}",
+                                      path=path, got=short_repr(recorded))
+    return recorded
 
 
 def _check_resumable(s: SampleSettings, num: int, models: str, weights: dict, precision: str) -> None:
@@ -184,16 +198,7 @@ def _check_resumable(s: SampleSettings, num: int, models: str, weights: dict, pr
     current = {"num_samples": num, "models": models, **{k: getattr(s, k) for k in PAIR_DEFINING_SETTINGS},
                "weights": weights}
     if s.resume and os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                recorded = json.load(f)
-        except (ValueError, OSError) as exc:
-            raise ConfigError.with_params(f"{{resume}}: {{path}} is unreadable or cut short ({type(exc).__name__}); "
-                                          f"it records the settings the pairs were made with: restore it, or start "
-                                          f"again with {{overwrite}}", path=path) from None
-        if not isinstance(recorded, dict):
-            raise ConfigError.with_params("{resume}: {path}: expected a JSON object of settings, got {got}",
-                                          path=path, got=short_repr(recorded))
+        recorded = _read_recorded(path)
         # Runs recorded before weights were recorded are checked on their settings alone.
         changed = [f"{k} ({recorded.get(k)!r} -> {v!r})" for k, v in current.items()
                    if (k == "weights" and k in recorded and _hashes(recorded[k]) != _hashes(v))

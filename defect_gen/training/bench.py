@@ -55,7 +55,7 @@ class BenchResult:
     train_images_per_s: float
     train_gflops: float
     train_share_of_peak: float
-    reference_train_ms: float | None  # the published step re-created (--reference), same run
+    reference_train_ms: float | None  # another step timed in the same run (run_bench reference=)
     speedup_vs_reference: float | None
     sample_step_ms: float
     sample_step_ms_small: float
