@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from defect_gen import logs
 from defect_gen.cli.common import sigterm_as_interrupt
 
 # The library's parameter names (DefectGenerator, SampleSettings) -> this command's flags: the
@@ -107,8 +108,7 @@ def run(args) -> int:
     try:
         with sigterm_as_interrupt():  # a stopped job says, like Ctrl-C, how to finish it
             summary = generate(large, small, settings, device, progress=not args.no_progress,
-                               warn=lambda note: distributed.info().is_main and print(note.render(FLAGS),
-                                                                                      file=sys.stderr))
+                               warn=lambda note: logs.warn(note.render(FLAGS)))
     finally:
         distributed.cleanup()
     if dinfo.world_size > 1:
